@@ -1,0 +1,34 @@
+"""Shared fixtures: composed tiny configs and one resident tiny workbench per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def make_cfg():
+    from workbench.config import compose, to_run_config
+
+    def _make(*overrides: str):
+        return to_run_config(compose(list(overrides)))
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def bench(make_cfg):
+    from workbench.pipeline import Workbench
+
+    return Workbench.from_config(make_cfg())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from workbench.tokenizer import load_tokenizer
+
+    return load_tokenizer()

@@ -1,0 +1,82 @@
+"""Bad config input fails early with a message naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from workbench.config import ConfigError, compose, to_run_config
+
+
+def test_default_config_composes_to_typed_objects():
+    cfg = to_run_config(compose())
+    assert cfg.model.name == "tiny" and cfg.template.name == "qwen_t2i"
+    assert cfg.sampler.steps == 20 and cfg.sampler.shift_terminal == 0.02
+    assert cfg.height == cfg.width == 128
+
+
+def test_unknown_key():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["sampler.stepz=3"])
+    assert "Key 'stepz' not in 'SamplerConfig'" in str(err.value.__cause__)
+
+
+def test_wrong_type():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["sampler.steps=abc"])
+    cause = err.value.__cause__
+    assert isinstance(cause, ValidationError)
+    assert "Value 'abc' of type 'str' could not be converted to Integer" in str(cause)
+    assert "full_key: sampler.steps" in str(cause)
+
+
+def test_wrong_enum_value_lists_allowed():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["precision.transformer=int8"])
+    assert "Invalid value 'int8', expected one of [float32, bfloat16, float16]" in str(err.value.__cause__)
+
+
+def test_unknown_template_lists_options():
+    with pytest.raises(Exception) as err:
+        compose(["template=qwen_t2x"])
+    msg = str(err.value)
+    assert "Could not find 'template/qwen_t2x'" in msg
+    for name in ("qwen_t2i", "qwen_edit", "qwen_edit_plus", "chat", "raw"):
+        assert name in msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["prompts=[' ']"], r"prompts\[0\] is empty"),
+        (["prompts=[]"], "prompts is empty"),
+        (["height=100"], "height=100 is not a positive multiple of 16 .* use 96 or 112"),
+        (["width=8"], "width=8 is not a positive multiple of 16"),
+        (["sampler.steps=0"], "sampler.steps must be >= 1, got 0"),
+        (["sampler.steps=1"], "steps=1 with shift_terminal set gives NaN"),
+        (["sampler.cfg=0.5"], "sampler.cfg must be >= 1"),
+        (["seeds=[]"], "seeds is empty"),
+        (["template=qwen_edit"], "template 'qwen_edit' takes 1 reference image.* images has 0"),
+        (["images=[x.png]"], "template 'qwen_t2i' takes 0 reference image.* pick an edit template"),
+        (["batch_size=0"], "batch_size must be >= 1"),
+    ],
+)
+def test_semantic_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        to_run_config(compose(overrides))
+
+
+def test_one_step_without_terminal_stretch_is_allowed():
+    assert to_run_config(compose(["sampler.steps=1", "sampler.shift_terminal=null"])).sampler.steps == 1
+
+
+def test_every_config_group_option_composes():
+    from workbench.config import config_dir
+
+    root = config_dir()
+    for group in ("model", "template", "sampler", "lora", "precision", "reference"):
+        for file in sorted((root / group).glob("*.yaml")):
+            extra = ["images=[asset:sample_reference.png]", "height=64", "width=64"] if "edit" in file.stem and group == "template" else []
+            cfg = to_run_config(compose([f"{group}={file.stem}", *extra]))
+            assert getattr(cfg, group).name == file.stem, file

@@ -1,0 +1,24 @@
+"""Qwen-Image Workbench: every stage of the Qwen-Image pipelines owned, inspectable and reproducible.
+
+    from workbench import compose, to_run_config, Workbench
+    cfg = to_run_config(compose(["sampler.steps=8"]))
+    bench = Workbench.from_config(cfg)          # models stay resident
+    images = bench.generate(cfg)
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["Workbench", "compose", "to_run_config", "free_models", "__version__"]
+
+
+def __getattr__(name: str):
+    # lazy: importing the package must not pull in torch / diffusers (CLI start-up time)
+    if name in ("Workbench", "free_models"):
+        from workbench import pipeline
+
+        return getattr(pipeline, name)
+    if name in ("compose", "to_run_config"):
+        from workbench.config import compose as c
+
+        return getattr(c, name)
+    raise AttributeError(name)

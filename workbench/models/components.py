@@ -1,0 +1,69 @@
+"""The resident set of models a run uses, built once from a ``ModelConfig`` + ``PrecisionConfig``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.config.schema import DType, ModelConfig, ModelSource, PrecisionConfig
+
+TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
+
+
+@dataclass
+class Components:
+    tokenizer: Any
+    text_encoder: Any  # transformers Qwen2_5_VLForConditionalGeneration
+    transformer: Any  # diffusers QwenImageTransformer2DModel
+    vae: Any  # diffusers AutoencoderKLQwenImage
+    device: torch.device
+    identity: dict[str, str] = field(default_factory=dict)  # what was loaded, for records and cache keys
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** len(self.vae.config.temperal_downsample)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but no CUDA device is available here; use device=cpu or device=auto")
+    return device
+
+
+def _tiny_identity(model: ModelConfig) -> dict[str, str]:
+    spec = json.dumps({"seed": model.seed, "variant": model.variant.value, "tiny": asdict(model.tiny)}, sort_keys=True)
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    return {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")} | {
+        "tokenizer": "vendored:qwen2_5_vl_tokenizer"
+    }
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: DType) -> torch.nn.Module:
+    """Move to the run's device; cast only when the dtype changes (a no-op cast makes diffusers warn)."""
+    module = module.to(device)
+    return module if module.dtype == TORCH_DTYPES[dtype] else module.to(TORCH_DTYPES[dtype])
+
+
+def build_components(model: ModelConfig, precision: PrecisionConfig, device: str = "auto") -> Components:
+    """Build (or load) every model of a run, on its device and in its dtype."""
+    from workbench.models import tiny
+    from workbench.tokenizer import load_tokenizer
+
+    dev = resolve_device(device)
+    if model.source != ModelSource.tiny:  # pragma: no cover - the enum has one member today
+        raise ValueError(f"model.source={model.source.value!r} is not supported")
+    return Components(
+        tokenizer=load_tokenizer(),
+        text_encoder=_place(tiny.build_text_encoder(model), dev, precision.text_encoder),
+        transformer=_place(tiny.build_transformer(model), dev, precision.transformer),
+        vae=_place(tiny.build_vae(model), dev, precision.vae),
+        device=dev,
+        identity=_tiny_identity(model),
+    )

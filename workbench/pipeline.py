@@ -1,0 +1,185 @@
+"""The workbench: resident components plus one method per stage, and ``generate`` that chains them.
+
+Build once (``Workbench.from_config``), then call ``encode`` / ``prepare_latents`` / ``denoise`` /
+``decode`` alone or ``generate`` for whole configs, as often as you like: models stay resident.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from PIL import Image
+
+from workbench.conditioning import Conditioning
+from workbench.config.schema import Config, ModelConfig, PrecisionConfig, ReferenceConfig, SamplerConfig, TemplateConfig
+from workbench.models.components import Components, build_components
+from workbench.stages import decode as decode_stage
+from workbench.stages import denoise as denoise_stage
+from workbench.stages import encode as encode_stage
+from workbench.stages import latents as latents_stage
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass
+class References:
+    """Edit reference images, prepared once per run: what the VLM sees and what the VAE encoded."""
+
+    vlm_images: list[Image.Image]
+    latents: torch.Tensor  # (1, sum of ref tokens, 64) packed, normalised
+    shapes: list[tuple[int, int, int]]  # (1, h/16, w/16) per reference, for RoPE
+    vae_sizes: list[tuple[int, int]]  # (w, h) each reference was encoded at
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    prompt: str
+    seed: int
+    latents: torch.Tensor  # (1, tokens, 64) final packed latents (CPU)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds, shared per forward batch
+
+
+def load_image(path: str) -> Image.Image:
+    """Open a reference image; ``asset:NAME`` refers to the images shipped in workbench/assets."""
+    file = ASSETS / path.removeprefix("asset:") if path.startswith("asset:") else Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"reference image {path!r} not found (looked at {file})")
+    with Image.open(file) as img:
+        return img.convert("RGB")
+
+
+class Workbench:
+    def __init__(self, components: Components):
+        self.components = components
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Workbench":
+        return cls(cached_components(cfg.model, cfg.precision, cfg.device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    # ----------------------------------------------------------------- stages
+    def encode(
+        self,
+        prompts: list[str],
+        template: TemplateConfig,
+        images: list[Image.Image] = (),
+        max_sequence_length: int = 1024,
+    ) -> Conditioning:
+        c = self.components
+        return encode_stage.encode_prompts(c.tokenizer, c.text_encoder, template, prompts, images, max_sequence_length)
+
+    def prepare_references(self, images: list[Image.Image], reference: ReferenceConfig) -> References:
+        vlm, latents, shapes, sizes = [], [], [], []
+        for img in images:
+            vw, vh = latents_stage.area_size(img.width, img.height, reference.vlm_area, reference.multiple_of)
+            vlm.append(img.resize((vw, vh), resample=Image.Resampling.LANCZOS))
+            w, h = latents_stage.area_size(img.width, img.height, reference.vae_area, reference.multiple_of)
+            latents.append(latents_stage.encode_reference(self.components.vae, img, w, h))
+            shapes.append((1, h // 16, w // 16))
+            sizes.append((w, h))
+        return References(vlm, torch.cat(latents, dim=1), shapes, sizes)
+
+    def prepare_latents(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
+        f = self.components.vae_scale_factor
+        return latents_stage.noise(seeds, height // f, width // f, self.device, self.components.transformer.dtype)
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        cond: Conditioning,
+        sampler: SamplerConfig,
+        height: int,
+        width: int,
+        uncond: Optional[Conditioning] = None,
+        references: Optional[References] = None,
+        callback: Optional[Callable] = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        shapes = [(1, height // 16, width // 16)] + (references.shapes if references else [])
+        ref = references.latents.to(latents.dtype) if references else None
+        return denoise_stage.denoise(
+            self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress
+        )
+
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        f = self.components.vae_scale_factor
+        return decode_stage.to_pil(decode_stage.decode(self.components.vae, latents, height // f, width // f))
+
+    # ----------------------------------------------------------------- whole runs
+    def generate(self, cfg: Config, callback: Optional[Callable] = None, progress: bool = True) -> list[GeneratedImage]:
+        """Every (prompt, seed) pair of ``cfg``, ``cfg.batch_size`` images per forward pass."""
+        timings: dict[str, float] = {}
+        with self._timed(timings, "references"):
+            images = [load_image(p) for p in cfg.images]
+            refs = self.prepare_references(images, cfg.reference) if images else None
+        height, width = cfg.height, cfg.width
+        if height is None:  # edit: the size of the last reference, like diffusers
+            width, height = refs.vae_sizes[-1]
+        vlm_images = refs.vlm_images if refs else []
+
+        with self._timed(timings, "encode"):
+            cond_all = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length)
+            uncond_one = (
+                self.encode([cfg.negative_prompt], cfg.template, vlm_images, cfg.max_sequence_length)
+                if cfg.sampler.cfg > 1
+                else None
+            )
+
+        jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
+        results: list[GeneratedImage] = []
+        for start in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[start : start + cfg.batch_size]
+            t: dict[str, float] = dict(timings)
+            cond = cond_all.select([p for p, _ in chunk])
+            uncond = uncond_one.select([0] * len(chunk)) if uncond_one is not None else None
+            with self._timed(t, "latents"):
+                latents = self.prepare_latents([s for _, s in chunk], height, width)
+            with self._timed(t, "denoise"):
+                latents = self.denoise(latents, cond, cfg.sampler, height, width, uncond, refs, callback, progress)
+            with self._timed(t, "decode"):
+                pil = self.decode(latents, height, width)
+            for k, ((p, s), img) in enumerate(zip(chunk, pil)):
+                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t))
+        return results
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], name: str) -> Iterator[None]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+# --------------------------------------------------------------------- model cache
+_CACHE: dict[tuple, Components] = {}
+
+
+def cached_components(model: ModelConfig, precision: PrecisionConfig, device: str) -> Components:
+    """Build each (model, precision, device) once per process; ``free_models()`` releases them."""
+    from omegaconf import OmegaConf
+
+    key = (OmegaConf.to_yaml(OmegaConf.structured(model)), OmegaConf.to_yaml(OmegaConf.structured(precision)), device)
+    if key not in _CACHE:
+        _CACHE[key] = build_components(model, precision, device)
+    return _CACHE[key]
+
+
+def free_models() -> int:
+    """Drop every resident model; returns how many component sets were released."""
+    n = len(_CACHE)
+    _CACHE.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return n

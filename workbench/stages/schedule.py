@@ -1,0 +1,45 @@
+"""Stage 3a: the noise schedule (sigmas and timesteps) from a ``SamplerConfig``.
+
+Uses diffusers' ``FlowMatchEulerDiscreteScheduler`` with the Qwen-Image settings, and the same
+sigma grid and ``mu`` as the diffusers pipeline: sigmas = linspace(1, 1/steps, steps), mu linear in
+the number of image tokens between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.config.schema import SamplerConfig, ShiftMode
+
+
+def calculate_mu(image_tokens: int, s: SamplerConfig) -> float:
+    slope = (s.max_shift - s.base_shift) / (s.max_image_seq_len - s.base_image_seq_len)
+    return image_tokens * slope + (s.base_shift - slope * s.base_image_seq_len)
+
+
+def make_scheduler(s: SamplerConfig):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if s.shift_mode == ShiftMode.dynamic:
+        return FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000,
+            shift=1.0,
+            use_dynamic_shifting=True,
+            base_shift=s.base_shift,
+            max_shift=s.max_shift,
+            base_image_seq_len=s.base_image_seq_len,
+            max_image_seq_len=s.max_image_seq_len,
+            shift_terminal=s.shift_terminal,
+            time_shift_type="exponential",
+        )
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=s.shift, use_dynamic_shifting=False, shift_terminal=s.shift_terminal
+    )
+
+
+def set_schedule(scheduler, s: SamplerConfig, image_tokens: int, device) -> None:
+    """Set sigmas/timesteps on ``scheduler`` for ``s.steps`` steps at this image size."""
+    sigmas = np.linspace(1.0, 1.0 / s.steps, s.steps)
+    kwargs = {"mu": calculate_mu(image_tokens, s)} if s.shift_mode == ShiftMode.dynamic else {}
+    scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
+    scheduler.set_begin_index(0)

@@ -1,0 +1,47 @@
+"""The vendored Qwen2.5-VL tokenizer and its special-token ids.
+
+The files in ``workbench/assets/qwen2_5_vl_tokenizer`` are the real Qwen BPE (see NOTICE there),
+so token counts, drop counts and vision-token positions are those of the real model.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "qwen2_5_vl_tokenizer"
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+
+IM_START_ID = 151644
+IM_END_ID = 151645
+VISION_START_ID = 151652
+VISION_END_ID = 151653
+IMAGE_PAD_ID = 151655
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str | None = None):
+    """Load a Qwen2 tokenizer (the vendored one unless ``path`` names another folder)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path) if path else TOKENIZER_DIR
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        raise FileNotFoundError(f"no tokenizer files (tokenizer.json or vocab.json) in {folder}")
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    got = tok.convert_tokens_to_ids([IM_START, IMAGE_PAD])
+    if got != [IM_START_ID, IMAGE_PAD_ID]:
+        raise ValueError(
+            f"tokenizer in {folder} maps <|im_start|>, <|image_pad|> to {got}, expected "
+            f"[{IM_START_ID}, {IMAGE_PAD_ID}]: it is not a Qwen2 / Qwen2.5 tokenizer"
+        )
+    return tok
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """All added special tokens (``<|im_end|>``, ``<|image_pad|>``...) a prompt must not smuggle in."""
+    return sorted(str(t) for t in tokenizer.added_tokens_encoder)
