@@ -86,18 +86,26 @@ def _tokens(argv: list[str]) -> int:
     return 0
 
 
+# verb -> "module:function(argv) -> exit code"; imported only when that verb runs
+VERBS = {
+    "run": "workbench.cli:_run",
+    "tokens": "workbench.cli:_tokens",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import importlib
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     verb, rest = argv[0], argv[1:]
-    if verb == "run":
-        return _run(rest)
-    if verb == "tokens":
-        return _tokens(rest)
-    print(f"workbench: unknown command {verb!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+    if verb not in VERBS:
+        print(f"workbench: unknown command {verb!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module, func = VERBS[verb].split(":")
+    return getattr(importlib.import_module(module), func)(rest)
 
 
 if __name__ == "__main__":

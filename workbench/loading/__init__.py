@@ -1,0 +1,1 @@
+"""Loading real checkpoints from the layouts users have (ComfyUI files, diffusers folders, HF cache)."""

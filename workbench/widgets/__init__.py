@@ -1,0 +1,1 @@
+"""ipywidgets panels: views over the library (state in traitlets, compute in workbench)."""
