@@ -18,7 +18,12 @@ def __getattr__(name: str):
 
         return getattr(pipeline, name)
     if name in ("compose", "to_run_config"):
-        from workbench.config import compose as c
+        import importlib
 
-        return getattr(c, name)
+        return getattr(importlib.import_module("workbench.config.compose"), name)
     raise AttributeError(name)
+
+
+def load_ipython_extension(ipython):  # `%load_ext workbench`: the %workbench magics (workbench/magics.py)
+    from workbench.magics import load_ipython_extension as load
+    load(ipython)

@@ -17,6 +17,9 @@ commands:
                          workbench run -m sampler.steps=2,4 template=qwen_t2i,chat
   tokens [--template NAME] [--image FILE] [--json] PROMPT
                          show token ids, kept / dropped tokens and vision-token counts
+  import-comfy FILE [-o OUT.yaml]   ComfyUI workflow (UI / API JSON or PNG) -> experiment config
+  reproduce RECORD_OR_PNG           re-run a record.json or image; report identical / PSNR / what changed
+  models [--root DIR] [--json]      list model files found (kind, variant, dtype, size) by the names configs use
 """
 
 
@@ -90,6 +93,9 @@ def _tokens(argv: list[str]) -> int:
 VERBS = {
     "run": "workbench.cli:_run",
     "tokens": "workbench.cli:_tokens",
+    "import-comfy": "workbench.comfy_import:main",
+    "reproduce": "workbench.reproduce:main",
+    "models": "workbench.loading.cli:main",
 }
 
 

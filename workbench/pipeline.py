@@ -16,8 +16,19 @@ import torch
 from PIL import Image
 
 from workbench.conditioning import Conditioning
-from workbench.config.schema import Config, ModelConfig, PrecisionConfig, ReferenceConfig, SamplerConfig, TemplateConfig
-from workbench.models.components import Components, build_components
+from workbench.config.schema import (
+    Config,
+    ModelConfig,
+    PerfConfig,
+    PrecisionConfig,
+    ReferenceConfig,
+    SamplerConfig,
+    TemplateConfig,
+)
+from workbench.models.components import Components, build_components, resolve_device
+from workbench.precision import apply_precision, check_device
+from workbench.perf import apply_perf
+from workbench.resolutions import snap
 from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
 from workbench.stages import encode as encode_stage
@@ -43,6 +54,7 @@ class GeneratedImage:
     seed: int
     latents: torch.Tensor  # (1, tokens, 64) final packed latents (CPU)
     timings: dict[str, float] = field(default_factory=dict)  # seconds, shared per forward batch
+    notes: list[str] = field(default_factory=list)  # what the run changed on its own (e.g. size snapping)
 
 
 def load_image(path: str) -> Image.Image:
@@ -60,7 +72,17 @@ class Workbench:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Workbench":
-        return cls(cached_components(cfg.model, cfg.precision, cfg.device))
+        bench = cls(cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf))
+        bench.set_loras(cfg.lora.items, fuse=cfg.lora.fuse)
+        return bench
+
+    def set_loras(self, items, fuse: bool = False):
+        """Make exactly ``items`` (``LoraItem``s) the LoRAs of the transformer, through hooks (or fused):
+        never rebuilds or reloads it. Components are shared, so this also holds for other workbenches
+        on the same cached transformer; ``generate`` re-applies its config's LoRAs for that reason."""
+        from workbench.lora import apply_loras
+
+        return apply_loras(self.components.transformer, list(items), fuse=fuse)
 
     @property
     def device(self) -> torch.device:
@@ -118,12 +140,15 @@ class Workbench:
     def generate(self, cfg: Config, callback: Optional[Callable] = None, progress: bool = True) -> list[GeneratedImage]:
         """Every (prompt, seed) pair of ``cfg``, ``cfg.batch_size`` images per forward pass."""
         timings: dict[str, float] = {}
+        self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse)  # a no-op when unchanged
         with self._timed(timings, "references"):
             images = [load_image(p) for p in cfg.images]
             refs = self.prepare_references(images, cfg.reference) if images else None
         height, width = cfg.height, cfg.width
         if height is None:  # edit: the size of the last reference, like diffusers
             width, height = refs.vae_sizes[-1]
+        width, height, size_note = snap(width, height)
+        notes = [size_note] if size_note else []
         vlm_images = refs.vlm_images if refs else []
 
         with self._timed(timings, "encode"):
@@ -148,7 +173,7 @@ class Workbench:
             with self._timed(t, "decode"):
                 pil = self.decode(latents, height, width)
             for k, ((p, s), img) in enumerate(zip(chunk, pil)):
-                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t))
+                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, notes))
         return results
 
     @contextmanager
@@ -166,13 +191,18 @@ class Workbench:
 _CACHE: dict[tuple, Components] = {}
 
 
-def cached_components(model: ModelConfig, precision: PrecisionConfig, device: str) -> Components:
-    """Build each (model, precision, device) once per process; ``free_models()`` releases them."""
+def cached_components(
+    model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig()
+) -> Components:
+    """Build each (model, precision, device, perf) once per process; ``free_models()`` releases them."""
     from omegaconf import OmegaConf
 
-    key = (OmegaConf.to_yaml(OmegaConf.structured(model)), OmegaConf.to_yaml(OmegaConf.structured(precision)), device)
+    key = tuple(OmegaConf.to_yaml(OmegaConf.structured(c)) for c in (model, precision, perf)) + (device,)
     if key not in _CACHE:
-        _CACHE[key] = build_components(model, precision, device)
+        check_device(precision, resolve_device(device))  # an impossible precision fails before any load
+        components = apply_precision(build_components(model, precision, device), precision)
+        components.transformer = apply_perf(components.transformer, perf)
+        _CACHE[key] = components
     return _CACHE[key]
 
 

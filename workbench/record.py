@@ -6,6 +6,7 @@ interrupted run never leaves a half-written image or record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -98,3 +99,123 @@ def peak_memory(device: torch.device) -> dict[str, int]:
 
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return {"process_max_rss_bytes": int(rss_kb) * 1024}
+
+
+# ----------------------------------------------------------------------------- input hashes
+HASH_CACHE = "file_sha256.json"  # {absolute path: {size, mtime_ns, sha256}}
+
+
+def cache_dir() -> Path:
+    """$WORKBENCH_CACHE, else ~/.cache/qwen-image-workbench."""
+    env = os.environ.get("WORKBENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "qwen-image-workbench"
+
+
+def _read_hash_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or corrupt: rebuilt as files are hashed
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, cached by (path, size, mtime) so a 40 GB checkpoint is read once, not per run."""
+    p = Path(path).resolve()
+    st = p.stat()
+    cache_file = cache_dir() / HASH_CACHE
+    hit = _read_hash_cache(cache_file).get(str(p))
+    if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    cache = _read_hash_cache(cache_file)  # re-read: another run may have added entries meanwhile
+    cache[str(p)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    try:
+        atomic_write_json(cache_file, cache)
+    except OSError:
+        pass  # a read-only home must not fail the run; the hash is still recorded
+    return digest
+
+
+def path_sha256(path: Path) -> str:
+    """A file's sha256, or for a folder (diffusers layout) the sha256 of its sorted "name digest" lines."""
+    if path.is_file():
+        return file_sha256(path)
+    lines = [f"{f.relative_to(path).as_posix()} {file_sha256(f)}" for f in sorted(path.rglob("*")) if f.is_file()]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _find_model_file(name: str, roots: list[str]) -> Path | None:
+    """A model name as the config gives it: a path, or a file / folder name under the model roots."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return p.resolve()
+    if not roots:
+        env = os.environ.get("WORKBENCH_MODELS")
+        roots = env.split(os.pathsep) if env else ["models"]
+    for root in map(Path, roots):
+        if (root / name).exists():
+            return (root / name).resolve()
+        if root.is_dir():
+            found = next((f for f in root.rglob(Path(name).name) if f.exists()), None)
+            if found is not None:
+                return found.resolve()
+    return None
+
+
+def _resolve_model_file(key: str, name: str, roots: list[str]) -> Path | None:
+    """The file the loaders use for ``name`` (their resolvers when present), else a plain search."""
+    try:
+        if key.startswith("lora."):
+            from workbench.lora import resolve_lora_file
+
+            return resolve_lora_file(name, roots or None)
+        from workbench.loading.discover import resolve
+
+        return resolve(name, key.removeprefix("model."), roots or None).path
+    except ImportError:
+        pass
+    except Exception:  # noqa: BLE001 - not resolvable (hf: not cached, not found): record it unhashed
+        return None
+    return None if name.startswith("hf:") else _find_model_file(name, roots)
+
+
+def model_file_hashes(config: dict) -> dict[str, dict]:
+    """sha256 of every model / LoRA file a resolved config names: {config key: {name, path, size, sha256}}.
+
+    The embedded tiny model has no files (its identity is in ``models``), so this is empty for it.
+    Names that are not local files (``hf:org/name``, or not found) are recorded with ``sha256: null``.
+    """
+    model = config.get("model") or {}
+    if model.get("source", "tiny") == "tiny":
+        return {}
+    names = {f"model.{k}": model.get(k) for k in ("transformer", "text_encoder", "vae") if model.get(k)}
+    for i, item in enumerate((config.get("lora") or {}).get("items") or []):
+        if isinstance(item, dict) and item.get("file"):
+            names[f"lora.items.{i}"] = item["file"]
+    roots = list(model.get("roots") or [])
+    out = {}
+    for key, name in names.items():
+        path = _resolve_model_file(key, str(name), roots)
+        out[key] = {
+            "name": name,
+            "path": str(path) if path else None,
+            "size": path.stat().st_size if path and path.is_file() else None,
+            "sha256": path_sha256(path) if path else None,
+        }
+    return out
+
+
+def reference_image_hashes(images: list[str]) -> list[dict]:
+    """sha256 of each reference image file, so a reproduction can tell when an input image changed."""
+    assets = Path(__file__).resolve().parent / "assets"
+    out = []
+    for name in images:
+        path = assets / name.removeprefix("asset:") if name.startswith("asset:") else Path(name)
+        data = path.read_bytes() if path.is_file() else None
+        out.append({"path": name, "sha256": hashlib.sha256(data).hexdigest() if data is not None else None})
+    return out

@@ -38,6 +38,8 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
         "device": rec.device_info(bench.device),
         "versions": rec.library_versions(),
         "git_commit": rec.git_commit(),
+        "model_files": rec.model_file_hashes(resolved),  # sha256 per file; empty for the tiny model
+        "reference_images": rec.reference_image_hashes(list(run_cfg.images)),
     }
     entries = []
     for i, r in enumerate(results):
@@ -47,9 +49,11 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
             "prompt": r.prompt,
             "negative_prompt": run_cfg.negative_prompt if run_cfg.sampler.cfg > 1 else None,
             "seed": r.seed,
+            "reference_sha256": [x["sha256"] for x in base["reference_images"]],
             "width": r.image.width,
             "height": r.image.height,
             "timings_s": {k: round(v, 6) for k, v in r.timings.items()},
+            "notes": r.notes,
         }
         rec.save_png(output_dir / name, r.image, base | {"image": entry})
         entries.append(entry)

@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 
 class ModelSource(str, Enum):
     tiny = "tiny"  # embedded random-weight model of the real architecture
+    files = "files"  # checkpoints found under the model roots (`workbench models` lists them)
 
 
 class Variant(str, Enum):
@@ -44,7 +45,20 @@ class ShiftMode(str, Enum):
 
 class Guidance(str, Enum):
     true_cfg = "true_cfg"  # diffusers: CFG, then rescale each token to the conditional norm
-    cfg = "cfg"  # DiffSynth: plain CFG
+    cfg = "cfg"  # DiffSynth / ComfyUI KSampler: plain CFG
+    cfg_norm = "cfg_norm"  # ComfyUI CFGNorm node: plain CFG, x0 rescaled to the conditional norm (<= 1)
+
+
+class CfgBatching(str, Enum):
+    auto = "auto"  # one batched forward when cond and uncond have equal length, else two
+    padded = "padded"  # always one batched forward, shorter prompt padded + attention mask
+    separate = "separate"  # always two forwards (diffusers)
+
+
+class SchedulerKind(str, Enum):
+    euler = "euler"  # diffusers FlowMatchEulerDiscreteScheduler (the Qwen-Image default)
+    heun = "heun"  # second order on the same sigmas (two model calls per step, none on the last)
+    unipc = "unipc"  # diffusers UniPCMultistepScheduler with flow sigmas
 
 
 # ----------------------------------------------------------------------------- model sizes
@@ -102,6 +116,33 @@ class ModelConfig:
     variant: Variant = Variant.t2i
     seed: int = 0  # weight-init seed of the embedded tiny model
     tiny: TinySpec = field(default_factory=TinySpec)
+    # source=files: each component by the name `workbench models` shows (a file, a folder, or hf:org/name)
+    transformer: Optional[str] = None
+    text_encoder: Optional[str] = None
+    vae: Optional[str] = None
+    roots: list[str] = field(default_factory=list)  # empty: $WORKBENCH_MODELS (os.pathsep-separated), else ./models
+    # What single files cannot tell (head sizes, RoPE axes, full-attention blocks): "real" uses
+    # Qwen-Image's (heads of 128 / vision 80, rope 16+56+56), "tiny" takes them from model.tiny.
+    arch_rules: str = "real"
+
+    def __post_init__(self) -> None:
+        slots = ("transformer", "text_encoder", "vae")
+        if self.arch_rules not in ("real", "tiny"):
+            raise ConfigError(f"model.arch_rules must be 'real' or 'tiny', got {self.arch_rules!r}")
+        if self.source == ModelSource.files:
+            unset = [f"model.{k}" for k in slots if not getattr(self, k)]
+            if unset:
+                raise ConfigError(
+                    f"model.source=files but {', '.join(unset)} not set; give each the name shown by "
+                    "`workbench models` (a file, a diffusers folder or hf:org/name)"
+                )
+        else:
+            given = [f"model.{k}" for k in slots if getattr(self, k)]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} set but model.source={self.source.value}; use model.source=files "
+                    "to load files, or remove them"
+                )
 
 
 # ----------------------------------------------------------------------------- template
@@ -160,10 +201,14 @@ class TemplateConfig:
 @dataclass
 class SamplerConfig:
     name: str = "flow_euler"
+    scheduler: SchedulerKind = SchedulerKind.euler
     steps: int = 20
     cfg: float = 1.0  # guidance scale; 1 = off (one forward per step)
     guidance: Guidance = Guidance.true_cfg
-    batch_cfg: bool = True  # cond + uncond in one batched forward (pad + mask)
+    cfg_norm_strength: float = 1.0  # guidance=cfg_norm only: ComfyUI CFGNorm "strength"
+    # padded batches force a masked attention kernel: measured SLOWER than two forwards on an H100
+    # (0.796 vs 0.642 s at 1328x1328, benchmarks/results), hence "auto"
+    cfg_batching: CfgBatching = CfgBatching.auto
     shift_mode: ShiftMode = ShiftMode.dynamic
     shift: float = 1.0  # used when shift_mode=fixed (ComfyUI AuraFlow 3.0 / 3.1, Lightning 3)
     shift_terminal: Optional[float] = 0.02  # terminal stretch (dynamic mode); null = off
@@ -185,32 +230,106 @@ class SamplerConfig:
 
 
 # ----------------------------------------------------------------------------- lora
+class LoraAlpha(str, Enum):
+    apply = "apply"  # scale by alpha / rank where the file has X.alpha (ComfyUI, kohya, lightx2v, diffusers)
+    ignore = "ignore"  # never read X.alpha (DiffSynth-Studio GeneralLoRALoader)
+
+
 @dataclass
 class LoraItem:
+    """One LoRA file: a path, or a name under ``./models/loras/`` (see ``workbench.lora``)."""
+
     file: str = MISSING
-    strength: float = 1.0
+    strength: float = 1.0  # 0 = exactly no LoRA; negative values subtract it
+    alpha: LoraAlpha = LoraAlpha.apply  # tools disagree on .alpha: pick the one the file was made for
+
+    def __post_init__(self) -> None:
+        import math
+
+        if not str(self.file).strip():
+            raise ConfigError("lora.items[].file is empty: give a path or a name under ./models/loras/")
+        if not math.isfinite(self.strength):
+            raise ConfigError(f"lora.items[] {self.file!r}: strength must be a finite number, got {self.strength}")
 
 
 @dataclass
 class LoraConfig:
+    """LoRAs applied to the transformer through hooks; changing them never reloads the model."""
+
     name: str = "none"
     items: list[LoraItem] = field(default_factory=list)
+    fuse: bool = False  # merge into the weights (faster steps; exact unfuse on the next change)
 
     def __post_init__(self) -> None:
-        if self.items:
-            raise ConfigError(
-                "lora.items: LoRA loading is not available in this version of the workbench; "
-                "use lora=none"
-            )
+        from workbench.lora import resolve_lora_file  # fail at config time, before models load
+
+        for i, item in enumerate(self.items):
+            try:
+                resolve_lora_file(item.file)
+            except FileNotFoundError as err:
+                raise ConfigError(f"lora.items[{i}].file: {err}") from None
 
 
 # ----------------------------------------------------------------------------- precision
+class WeightStorage(str, Enum):
+    same = "same"  # weights stored in the compute dtype
+    float8_e4m3fn = "float8_e4m3fn"  # fp8 storage, upcast per layer to the compute dtype (diffusers layerwise casting)
+
+
+class Quantization(str, Enum):
+    none = "none"
+    fp8_torchao = "fp8_torchao"  # fp8 GEMMs (torchao dynamic activation + weight, rowwise); CUDA, sm >= 89
+
+
+class MemoryMode(str, Enum):
+    all_on_device = "all_on_device"  # every model resident on the device
+    model_offload = "model_offload"  # one model on the GPU at a time (accelerate cpu_offload_with_hook)
+    group_offload = "group_offload"  # transformer + text encoder streamed block by block (diffusers group offload)
+
+
 @dataclass
 class PrecisionConfig:
+    """Dtypes of each model plus the transformer's storage / quantisation and the memory mode."""
+
     name: str = "fp32"
-    transformer: DType = DType.float32
+    transformer: DType = DType.float32  # compute dtype of the transformer
     text_encoder: DType = DType.float32
     vae: DType = DType.float32
+    transformer_storage: WeightStorage = WeightStorage.same
+    quantization: Quantization = Quantization.none
+    memory: MemoryMode = MemoryMode.all_on_device
+    group_offload_blocks: int = 1  # blocks per group in memory=group_offload
+
+    def __post_init__(self) -> None:
+        if self.transformer_storage != WeightStorage.same and self.quantization != Quantization.none:
+            raise ConfigError(
+                f"precision {self.name!r}: transformer_storage={self.transformer_storage.value} and "
+                f"quantization={self.quantization.value} both change the transformer weights; pick one"
+            )
+        if self.quantization == Quantization.fp8_torchao and self.transformer == DType.float32:
+            raise ConfigError(
+                f"precision {self.name!r}: quantization=fp8_torchao needs a bf16 transformer; set "
+                "precision.transformer=bfloat16"
+            )
+        if self.group_offload_blocks < 1:
+            raise ConfigError(f"precision.group_offload_blocks must be >= 1, got {self.group_offload_blocks}")
+
+
+# ----------------------------------------------------------------------------- speed
+class CompileMode(str, Enum):
+    none = "none"
+    regional = "regional"  # compile the repeated transformer block once (seconds)
+    full = "full"  # compile the whole transformer (minutes)
+
+
+@dataclass
+class PerfConfig:
+    """Speed switches of the diffusion transformer (workbench/perf.py); each measured in benchmarks/."""
+
+    name: str = "eager"
+    fast_attention: bool = False  # fused QKV + real-valued RoPE attention processor
+    compile: CompileMode = CompileMode.none
+    attention_backend: Optional[str] = None  # diffusers attention dispatcher backend, e.g. _native_cudnn
 
 
 # ----------------------------------------------------------------------------- reference images
@@ -237,6 +356,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     prompts: list[str] = field(default_factory=lambda: ["a red fox in the snow"])
     negative_prompt: str = " "  # used when sampler.cfg > 1
@@ -244,6 +364,7 @@ class Config:
     images: list[str] = field(default_factory=list)  # reference images for edit templates
     height: Optional[int] = 128  # null: from the last reference image (edit)
     width: Optional[int] = 128
+    snap_size: bool = False  # floor sides to multiples of 16 (noted in the record) instead of refusing
     batch_size: int = 1  # images per forward pass
     max_sequence_length: int = 1024
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -258,10 +379,11 @@ class Config:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds='[0]'")
         for key in ("height", "width"):
             value = getattr(self, key)
-            if value is not None and (value < 16 or value % 16):
+            if value is not None and (value < 16 or value % 16) and not self.snap_size:
                 lo, hi = max(16, value // 16 * 16), (value // 16 + 1) * 16
                 raise ConfigError(
-                    f"{key}={value} is not a positive multiple of 16 (8x VAE x 2x2 patches); use {lo} or {hi}"
+                    f"{key}={value} is not a positive multiple of 16 (8x VAE x 2x2 patches); use {lo} or {hi}, "
+                    "or snap_size=true to floor it (noted in the record)"
                 )
         if (self.height is None) != (self.width is None):
             raise ConfigError("height and width must both be set or both be null")

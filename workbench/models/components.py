@@ -45,6 +45,18 @@ def _tiny_identity(model: ModelConfig) -> dict[str, str]:
     }
 
 
+def _files_identity(parts: dict) -> dict[str, str]:
+    """name | bytes | newest mtime of each component: a changed file gives a new identity."""
+    out = {}
+    for slot, loaded in parts.items():
+        path = loaded.entry.path
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        mtime = max(int(p.stat().st_mtime) for p in files)
+        out[slot] = f"{loaded.entry.name}|{sum(p.stat().st_size for p in files)}|{mtime}"
+    out["tokenizer"] = parts["text_encoder"].report.get("tokenizer", "")
+    return out
+
+
 def _place(module: torch.nn.Module, device: torch.device, dtype: DType) -> torch.nn.Module:
     """Move to the run's device; cast only when the dtype changes (a no-op cast makes diffusers warn)."""
     module = module.to(device)
@@ -57,7 +69,20 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
     from workbench.tokenizer import load_tokenizer
 
     dev = resolve_device(device)
-    if model.source != ModelSource.tiny:  # pragma: no cover - the enum has one member today
+    if model.source == ModelSource.files:
+        from workbench.loading.load import load_all
+
+        dtypes = {slot: TORCH_DTYPES[getattr(precision, slot)] for slot in ("text_encoder", "transformer", "vae")}
+        parts = load_all(model, dtypes, dev)  # already on dev, in each dtype
+        return Components(
+            tokenizer=parts["text_encoder"].tokenizer,
+            text_encoder=parts["text_encoder"].module,
+            transformer=parts["transformer"].module,
+            vae=parts["vae"].module,
+            device=dev,
+            identity=_files_identity(parts),
+        )
+    if model.source != ModelSource.tiny:  # pragma: no cover - every member is handled above
         raise ValueError(f"model.source={model.source.value!r} is not supported")
     return Components(
         tokenizer=load_tokenizer(),

@@ -1,7 +1,8 @@
 """Stage 3c: the denoising loop, readable top to bottom.
 
 Per step: (optionally) append reference latents, run the transformer on cond (+ uncond, in one
-batched forward when ``batch_cfg``), combine with the guidance rule, take a scheduler step.
+batched forward when ``cfg_batching`` allows), combine with the guidance rule, take a sampler step
+(diffusers' Euler or UniPC scheduler, or Heun on the same sigmas).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.conditioning import Conditioning, concat
-from workbench.config.schema import SamplerConfig
-from workbench.stages.guidance import COMBINE
+from workbench.config.schema import CfgBatching, SamplerConfig, SchedulerKind
+from workbench.precision import check_finite
+from workbench.stages.guidance import guide
 from workbench.stages.schedule import make_scheduler, set_schedule
 
 
@@ -73,26 +75,42 @@ def denoise(
     guided = sampler.cfg > 1.0
     if guided and uncond is None:
         raise ValueError("sampler.cfg > 1 needs an unconditional (negative) conditioning")
-    both = concat(cond, uncond) if guided and sampler.batch_cfg else None
-    combine = COMBINE[sampler.guidance]
+    both = None
+    if guided and (
+        sampler.cfg_batching == CfgBatching.padded
+        or (sampler.cfg_batching == CfgBatching.auto and cond.lengths == uncond.lengths and len(set(cond.lengths)) == 1)
+    ):
+        both = concat(cond, uncond)
     n = latents.shape[0]
 
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False)):
+    def velocity(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The guided flow velocity at (x, t): 1 forward, or 2 (or 1 batched) with guidance."""
         if not guided:
-            pred = _forward(transformer, latents, cond, t, img_shapes, reference)
-        elif both is not None:
-            pred_cond, pred_uncond = _forward(
-                transformer, torch.cat([latents, latents]), both, t, img_shapes, reference
-            ).split(n)
-            pred = combine(pred_cond, pred_uncond, sampler.cfg)
+            return _forward(transformer, x, cond, t, img_shapes, reference)
+        if both is not None:
+            v_cond, v_uncond = _forward(transformer, torch.cat([x, x]), both, t, img_shapes, reference).split(n)
         else:
-            pred_cond = _forward(transformer, latents, cond, t, img_shapes, reference)
-            pred_uncond = _forward(transformer, latents, uncond, t, img_shapes, reference)
-            pred = combine(pred_cond, pred_uncond, sampler.cfg)
+            v_cond = _forward(transformer, x, cond, t, img_shapes, reference)
+            v_uncond = _forward(transformer, x, uncond, t, img_shapes, reference)
+        return guide(sampler, v_cond, v_uncond, x, sigma)
 
-        sigma = scheduler.sigmas[i]
-        x0 = latents - sigma * pred  # flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0
-        latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-        if callback is not None and callback(StepInfo(i, float(t), float(sigma), latents, x0)):
-            raise Interrupted(f"interrupted by the step callback after step {i + 1} of {len(scheduler.timesteps)}")
+    sigmas = scheduler.sigmas.tolist()
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False)):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        v = velocity(latents, t, sigma)
+        x0 = latents - sigma * v  # flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0
+        if sampler.scheduler == SchedulerKind.heun and sigma_next > 0:
+            # Heun (trapezoid) on the same sigmas, written here because diffusers' FlowMatchHeun
+            # scheduler cannot take the Qwen-Image dynamic-shift schedule.
+            x = latents.float()
+            euler = x + (sigma_next - sigma) * v.float()
+            v_next = velocity(euler.to(latents.dtype), t.new_tensor(sigma_next * 1000), sigma_next)
+            latents = (x + (sigma_next - sigma) * (v.float() + v_next.float()) / 2).to(latents.dtype)
+        elif sampler.scheduler == SchedulerKind.heun:  # last step to sigma 0: Euler, as k-diffusion
+            latents = (latents.float() + (sigma_next - sigma) * v.float()).to(latents.dtype)
+        else:
+            latents = scheduler.step(v, t, latents, return_dict=False)[0]
+        check_finite(latents, v, i, len(sigmas) - 1)  # stops fp16 overflow at its first step, naming the fix
+        if callback is not None and callback(StepInfo(i, float(t), sigma, latents, x0)):
+            raise Interrupted(f"interrupted by the step callback after step {i + 1} of {len(sigmas) - 1}")
     return latents

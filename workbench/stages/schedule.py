@@ -1,15 +1,16 @@
 """Stage 3a: the noise schedule (sigmas and timesteps) from a ``SamplerConfig``.
 
-Uses diffusers' ``FlowMatchEulerDiscreteScheduler`` with the Qwen-Image settings, and the same
-sigma grid and ``mu`` as the diffusers pipeline: sigmas = linspace(1, 1/steps, steps), mu linear in
-the number of image tokens between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift).
+Uses diffusers' schedulers with the Qwen-Image settings and the same sigma grid and ``mu`` as the
+diffusers pipeline: sigmas = linspace(1, 1/steps, steps), mu linear in the number of image tokens
+between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift). Heun runs on the
+Euler scheduler's sigmas (diffusers' FlowMatchHeun cannot take this dynamic-shift schedule).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from workbench.config.schema import SamplerConfig, ShiftMode
+from workbench.config.schema import SamplerConfig, SchedulerKind, ShiftMode
 
 
 def calculate_mu(image_tokens: int, s: SamplerConfig) -> float:
@@ -17,12 +18,9 @@ def calculate_mu(image_tokens: int, s: SamplerConfig) -> float:
     return image_tokens * slope + (s.base_shift - slope * s.base_image_seq_len)
 
 
-def make_scheduler(s: SamplerConfig):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
+def _shift_kwargs(s: SamplerConfig) -> dict:
     if s.shift_mode == ShiftMode.dynamic:
-        return FlowMatchEulerDiscreteScheduler(
-            num_train_timesteps=1000,
+        return dict(
             shift=1.0,
             use_dynamic_shifting=True,
             base_shift=s.base_shift,
@@ -32,9 +30,25 @@ def make_scheduler(s: SamplerConfig):
             shift_terminal=s.shift_terminal,
             time_shift_type="exponential",
         )
-    return FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=s.shift, use_dynamic_shifting=False, shift_terminal=s.shift_terminal
-    )
+    return dict(shift=s.shift, use_dynamic_shifting=False, shift_terminal=s.shift_terminal)
+
+
+def make_scheduler(s: SamplerConfig):
+    """The diffusers scheduler object for this sampler (Euler's also serves Heun)."""
+    if s.scheduler == SchedulerKind.unipc:
+        from diffusers import UniPCMultistepScheduler
+
+        kw = _shift_kwargs(s)
+        return UniPCMultistepScheduler(
+            num_train_timesteps=1000,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=kw.pop("shift"),
+            **{k: v for k, v in kw.items() if k in ("use_dynamic_shifting", "time_shift_type", "shift_terminal")},
+        )
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **_shift_kwargs(s))
 
 
 def set_schedule(scheduler, s: SamplerConfig, image_tokens: int, device) -> None:
@@ -42,4 +56,5 @@ def set_schedule(scheduler, s: SamplerConfig, image_tokens: int, device) -> None
     sigmas = np.linspace(1.0, 1.0 / s.steps, s.steps)
     kwargs = {"mu": calculate_mu(image_tokens, s)} if s.shift_mode == ShiftMode.dynamic else {}
     scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
-    scheduler.set_begin_index(0)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)

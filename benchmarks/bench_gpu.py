@@ -1,0 +1,310 @@
+"""GPU benchmark: stock diffusers vs the workbench, side by side in ONE process, full-size shapes.
+
+Builds the real 20 B ``QwenImageTransformer2DModel`` (and the real VAE) with random bf16 weights
+directly on the GPU (speed does not depend on the values), then measures on identical inputs:
+
+- DiT forward s/step at 1024 and 1328, cfg 1 (one forward) and true CFG (stock: two forwards;
+  workbench: one batched forward), stock eager vs workbench variants (attention backend,
+  regional compile, whole-model compile), with the max abs difference to the stock output;
+- end to end 8-step cfg-1 and 20-step true-CFG images at 1328 (embeds given): stock
+  ``QwenImagePipeline.__call__`` vs the workbench's denoise + decode, and the max latent difference;
+- VAE decode, peak memory.
+
+Usage (on the GPU machine):  python benchmarks/bench_gpu.py --out $OUT/bench.json [--variants ...]
+Results are written after every measurement, so a run cut short still leaves its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEXT_TOKENS = 128  # a typical prompt after the template drop
+
+
+def cuda_time(fn, warmup: int = 2, repeat: int = 5) -> dict:
+    """Median / min wall time of ``fn`` with device sync (seconds)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
+
+
+class Results:
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.data = path, {"meta": meta, "results": {}}
+
+    def put(self, key: str, value) -> None:
+        self.data["results"][key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+        print(f"[{time.strftime('%H:%M:%S')}] {key}: {json.dumps(value)[:300]}", flush=True)
+
+
+def build_transformer():
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = QwenImageTransformer2DModel()  # the diffusers defaults ARE the 20 B config
+        finally:
+            torch.set_default_dtype(prev)
+    return model.eval().requires_grad_(False)
+
+
+def inputs(height: int, width: int, batch: int = 1, text_lens=(TEXT_TOKENS,)):
+    g = torch.Generator("cuda").manual_seed(1)
+    tokens = (height // 16) * (width // 16)
+    latents = torch.randn(batch, tokens, 64, generator=g, device="cuda", dtype=torch.bfloat16)
+    embeds = torch.randn(batch, max(text_lens), 3584, generator=g, device="cuda", dtype=torch.bfloat16)
+    return latents, embeds, [(1, height // 16, width // 16)]
+
+
+def stock_forward(model, latents, embeds, shape, mask=None):
+    n = latents.shape[0]
+    t = torch.full((n,), 0.5, device="cuda", dtype=latents.dtype)
+    return model(hidden_states=latents, timestep=t, encoder_hidden_states=embeds,
+                 encoder_hidden_states_mask=mask, img_shapes=[shape] * n, return_dict=False)[0]
+
+
+def dynamo_counters() -> dict:
+    from torch._dynamo.utils import counters
+
+    return {k: dict(v) for k, v in counters.items() if k in ("stats", "graph_break", "recompiles")}
+
+
+def uncompile(model) -> None:
+    """Undo regional compile (it sets each block's ``_compiled_call_impl``) and dynamo caches."""
+    for block in model.transformer_blocks:
+        block._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def run_variant(model, variant: str, sizes, refs, res) -> None:
+    """Variants: [fast_][regional|regional_infer|full|eager][_fp8]. ``fast_`` switches to the
+    workbench attention processor (in place: it stays on for later variants)."""
+    from torch._dynamo.utils import counters
+
+    from workbench.config.schema import CompileMode, PerfConfig
+    from workbench.perf import apply_perf
+
+    counters.clear()
+    fast = variant.startswith("fast_")
+    mode = variant.removeprefix("fast_").removesuffix("_fp8")
+    if variant.endswith("_fp8"):
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        quantize_(model.transformer_blocks, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    compile_mode = {"regional": CompileMode.regional, "regional_infer": CompileMode.regional,
+                    "full": CompileMode.full, "eager": CompileMode.none}[mode]
+    fwd = apply_perf(model, PerfConfig(fast_attention=fast, compile=compile_mode))
+    grad_ctx = torch.inference_mode if mode == "regional_infer" else torch.no_grad
+    run_sizes = sizes if mode in ("regional", "eager") else [1328]
+    for size in run_sizes:
+        latents, embeds, shape = inputs(size, size)
+        with grad_ctx():
+            tc = time.perf_counter()
+            out = stock_forward(fwd, latents, embeds, shape).float()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - tc
+            r = cuda_time(lambda: stock_forward(fwd, latents, embeds, shape), repeat=3)
+        r["first_call_s"] = first
+        r["max_abs_diff_vs_stock"] = (out - refs[size]).abs().max().item()
+        r["rel_l2_vs_stock"] = ((out - refs[size]).norm() / refs[size].norm()).item()
+        r["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        res.put(f"workbench/forward/{size}/cfg1/{variant}", r)
+    res.put(f"workbench/dynamo/{variant}", {k: dict(v) for k, v in counters.items()
+                                            if k in ("stats", "graph_break", "recompiles")})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--sizes", default="1024,1328")
+    p.add_argument("--variants", default="regional,regional_infer,full,fast_eager,fast_regional,fast_full")
+    p.add_argument("--e2e", action="store_true", help="also run 8-step / 20-step end-to-end images")
+    args = p.parse_args()
+
+    import diffusers
+    import transformers
+
+    res = Results(Path(args.out), {
+        "command": " ".join(sys.argv),
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    torch.backends.cuda.matmul.allow_tf32 = True
+    t0 = time.perf_counter()
+    model = build_transformer()
+    torch.cuda.synchronize()
+    res.put("build_transformer_s", time.perf_counter() - t0)
+    res.put("transformer_params_B", sum(p.numel() for p in model.parameters()) / 1e9)
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    variants = args.variants.split(",")
+    refs = {}
+    with torch.no_grad():
+        for size in sizes:
+            latents, embeds, shape = inputs(size, size)
+            refs[size] = stock_forward(model, latents, embeds, shape).float()
+            torch.cuda.reset_peak_memory_stats()
+            r = cuda_time(lambda: stock_forward(model, latents, embeds, shape))
+            r["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            res.put(f"stock/forward/{size}/cfg1", r)
+            # stock true CFG = two separate forwards with different text lengths (diffusers pipeline)
+            neg = embeds[:, :8]
+            res.put(f"stock/forward/{size}/true_cfg", cuda_time(
+                lambda: (stock_forward(model, latents, embeds, shape), stock_forward(model, latents, neg, shape))))
+            # workbench true CFG = one batched forward, uncond padded + masked
+            both = torch.cat([embeds, torch.cat([neg, torch.zeros_like(embeds[:, 8:])], 1)])
+            mask = torch.zeros(2, embeds.shape[1], dtype=torch.bool, device="cuda")
+            mask[0] = True
+            mask[1, :8] = True
+            lat2 = torch.cat([latents, latents])
+            res.put(f"workbench/forward/{size}/true_cfg_batched", cuda_time(
+                lambda: stock_forward(model, lat2, both, shape, mask)))
+
+        # bf16 noise floor: the same forward at batch 2 (other GEMM tilings) vs batch 1
+        latents, embeds, shape = inputs(1328, 1328)
+        two = stock_forward(model, torch.cat([latents, latents]), torch.cat([embeds, embeds]), shape)[:1].float()
+        res.put("noise_floor/1328/batch2_vs_batch1", {
+            "max_abs_diff": (two - refs[1328]).abs().max().item(),
+            "rel_l2": ((two - refs[1328]).norm() / refs[1328].norm()).item(),
+            "ref_abs_max": refs[1328].abs().max().item()})
+        res.put("workbench/forward/1328/true_cfg_batched_equal_lengths", cuda_time(
+            lambda: stock_forward(model, torch.cat([latents, latents]), torch.cat([embeds, embeds]), shape), repeat=3))
+
+    e2e = None
+    if args.e2e:
+        e2e = E2E(model)
+        e2e.stock(res)
+        e2e.ours(res, "eager", model)
+
+    with torch.no_grad():
+        for variant in variants:
+            if variant == "eager":
+                continue
+            try:
+                run_variant(model, variant, sizes, refs, res)
+            except Exception as err:  # record and go on: one failing variant must not lose the others
+                res.put(f"workbench/forward/error/{variant}", {"error": repr(err), "trace": traceback.format_exc()[-2000:]})
+            finally:
+                uncompile(model)
+
+    if e2e is not None:
+        from workbench.config.schema import CompileMode, PerfConfig
+        from workbench.perf import apply_perf
+
+        fwd = apply_perf(model, PerfConfig(fast_attention=True, compile=CompileMode.regional))
+        e2e.ours(res, "fast_regional", fwd)
+        uncompile(model)
+    res.put("total_s", time.perf_counter() - t0)
+
+
+class E2E:
+    """Whole 1328x1328 images with embeds given: stock ``QwenImagePipeline`` vs workbench stages."""
+
+    SIZE = 1328
+    CASES = (("8step_cfg1", 8, 1.0), ("20step_truecfg4", 20, 4.0))
+
+    def __init__(self, model):
+        from diffusers import AutoencoderKLQwenImage
+
+        from workbench.models.components import Components
+        from workbench.pipeline import Workbench
+
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            self.vae = AutoencoderKLQwenImage().to(torch.bfloat16).eval()
+        g = torch.Generator("cuda").manual_seed(2)
+        self.embeds = torch.randn(1, TEXT_TOKENS, 3584, generator=g, device="cuda", dtype=torch.bfloat16)
+        self.neg = torch.randn(1, 8, 3584, generator=g, device="cuda", dtype=torch.bfloat16)
+        self.model = model
+        self.bench = Workbench(Components(None, None, model, self.vae, torch.device("cuda")))
+        self.stock_latents = {}
+
+    def _cond(self, e):
+        from workbench.conditioning import Conditioning
+
+        return Conditioning(e, torch.ones(e.shape[:2], dtype=torch.bool, device="cuda"), [[0] * e.shape[1]], [0], "t", ["p"])
+
+    def stock(self, res: Results) -> None:
+        from diffusers import QwenImagePipeline
+
+        from workbench.config.schema import SamplerConfig
+        from workbench.stages.schedule import make_scheduler
+
+        size = self.SIZE
+        for name, steps, cfg in self.CASES:
+            pipe = QwenImagePipeline(make_scheduler(SamplerConfig(steps=steps, cfg=cfg)), self.vae, None, None, self.model)
+            pipe.set_progress_bar_config(disable=True)
+            kw = dict(negative_prompt_embeds=self.neg, negative_prompt_embeds_mask=torch.ones(1, 8, dtype=torch.long, device="cuda")) if cfg > 1 else {}
+
+            def call(output_type):
+                return pipe(prompt_embeds=self.embeds, prompt_embeds_mask=torch.ones(1, TEXT_TOKENS, dtype=torch.long, device="cuda"),
+                            height=size, width=size, num_inference_steps=steps, true_cfg_scale=cfg,
+                            generator=torch.Generator("cpu").manual_seed(0), output_type=output_type, **kw).images
+
+            torch.cuda.reset_peak_memory_stats()
+            r = cuda_time(lambda: call("pt"), warmup=1, repeat=2)
+            r["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            lat = call("latent").float()
+            r["rerun_max_abs_diff"] = (call("latent").float() - lat).abs().max().item()
+            self.stock_latents[name] = lat
+            res.put(f"stock/e2e/{size}/{name}", r)
+        lat = torch.randn(1, (size // 16) ** 2, 64, device="cuda", dtype=torch.bfloat16)
+        res.put(f"stock/vae_decode/{size}", cuda_time(lambda: self.bench.decode(lat, size, size), warmup=1, repeat=3))
+
+    def ours(self, res: Results, label: str, transformer) -> None:
+        from workbench.config.schema import SamplerConfig
+
+        self.bench.components.transformer = transformer
+        size = self.SIZE
+        for name, steps, cfg in self.CASES:
+            sampler = SamplerConfig(steps=steps, cfg=cfg)
+
+            def latents():
+                lat = self.bench.prepare_latents([0], size, size)
+                return self.bench.denoise(lat, self._cond(self.embeds), sampler, size, size,
+                                          self._cond(self.neg) if cfg > 1 else None, progress=False)
+
+            torch.cuda.reset_peak_memory_stats()
+            r = cuda_time(lambda: self.bench.decode(latents(), size, size), warmup=1, repeat=2)
+            r["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            mine, ref = latents().float(), self.stock_latents[name]
+            r["max_abs_latent_diff_vs_stock"] = (mine - ref).abs().max().item()
+            r["rel_l2_latent_vs_stock"] = ((mine - ref).norm() / ref.norm()).item()
+            r["stock_latent_abs_max"] = ref.abs().max().item()
+            res.put(f"workbench/e2e/{size}/{name}/{label}", r)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Sweeps: axis syntax, validation before running, resident models, shared conditioning, disk cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from workbench.record import read_png_record
+from workbench.sweep import FAILED, Sweep, SweepError
+from workbench.sweep_axes import Axis, parse_axes, parse_axis, parse_values
+
+SMALL = ["height=32", "width=32"]
+
+
+# ----------------------------------------------------------------------------- axis syntax
+@pytest.mark.parametrize(
+    "text, values",
+    [
+        ("4,8,16", [4, 8, 16]),
+        ("1-8 (+2)", [1, 3, 5, 7]),
+        ("1-4", [1, 2, 3, 4]),
+        ("8-2 (-3)", [8, 5, 2]),
+        ("1.0-4.0 (+0.5)", [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]),
+        ("0.1-0.3 (+0.1)", [0.1, 0.2, 0.3]),  # no float drift, the end is included
+        ("qwen_t2i, chat", ["qwen_t2i", "chat"]),
+        ('"a cat, at night",a dog', ["a cat, at night", "a dog"]),
+        ("2.5,3", [2.5, 3]),
+    ],
+)
+def test_parse_values(text, values):
+    assert parse_values(text) == values
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("1-8 (+0)", "step 0"),
+        ("1-8 (-1)", "never reaches 8"),
+        ("1.0-4.0", "needs a step"),
+        ("1-100000", "at most 256"),
+        ("4,,8", "empty value"),
+        ("", "no values"),
+    ],
+)
+def test_parse_values_errors(text, message):
+    with pytest.raises(SweepError, match=message):
+        parse_values(text)
+
+
+def test_parse_axes_and_overrides():
+    x, y = parse_axes(["sampler.steps=2-4", ("prompts", ["a cat", "it's late"])])
+    assert x == Axis("sampler.steps", (2, 3, 4), "sampler.steps=2-4")
+    assert x.override(3) == "sampler.steps=3"
+    assert y.override("it's late") == "prompts=['it\\'s late']"  # list keys take one element per value
+    assert parse_axis("template=chat").override("chat") == "template=chat"
+    with pytest.raises(SweepError, match="at most 3"):
+        parse_axes(["seeds=1,2", "sampler.steps=2,3", "sampler.cfg=1,2", "template=chat,raw"])
+    with pytest.raises(SweepError, match="on two axes"):
+        parse_axes(["sampler.steps=2,3", "sampler.steps=4"])
+    with pytest.raises(SweepError, match="axis Y: '\\+sampler.stepz' is not a config key"):
+        parse_axes(["seeds=1", "+sampler.stepz=2"])
+    with pytest.raises(SweepError, match="axis X \\(sampler.steps\\): range 1-8 with step -1"):
+        parse_axes(["sampler.steps=1-8 (-1)"])
+    with pytest.raises(SweepError, match="is not 'key=values'"):
+        parse_axes(["steps"])
+
+
+# ----------------------------------------------------------------------------- validation before running
+@pytest.mark.parametrize(
+    "axes, message",
+    [
+        (["sampler.steps=2,abc"], "axis X (sampler.steps) value 'abc': .*could not be converted to Integer"),
+        (["seeds=1", "sampler.stepz=2,3"], "axis Y (sampler.stepz) value 2: .*Key 'stepz' not in 'SamplerConfig'"),
+        (["template=qwen_t2i,nope"], "axis X (template) value 'nope': .*available: chat, qwen_edit"),
+        (["sampler.steps=0,2"], "axis X (sampler.steps) value 0: sampler.steps must be >= 1"),
+        (["seeds=1,2", "sampler.cfg=2,0.5"], "axis Y (sampler.cfg) value 0.5: sampler.cfg must be >= 1"),
+    ],
+)
+def test_plan_names_axis_and_value_before_anything_runs(tmp_path, axes, message):
+    import re
+
+    with pytest.raises(SweepError, match=re.escape(message).replace(r"\.\*", ".*")):
+        Sweep.plan(axes, base=SMALL, out_dir=tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # nothing was run or written
+
+
+def test_base_key_on_an_axis_is_refused(tmp_path):
+    with pytest.raises(SweepError, match="also an axis"):
+        Sweep.plan(["sampler.steps=2,3"], base=["sampler.steps=4"], out_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- running
+def test_sweep_groups_models_shares_conditioning_and_caches(tmp_path):
+    # precision on X (fastest in display order): execution must still group by precision
+    sweep = Sweep.plan(["precision=fp32,bf16", "sampler.steps=2,3"], base=SMALL, out_dir=tmp_path)
+    assert sweep.shape == (2, 2)
+    assert [c.values for c in sweep.cells] == [("fp32", 2), ("bf16", 2), ("fp32", 3), ("bf16", 3)]
+    assert [c.values for c in sweep.execution_order()] == [("fp32", 2), ("fp32", 3), ("bf16", 2), ("bf16", 3)]
+
+    result = sweep.run(progress=False)
+    assert result.stats == {"ran": 4, "cached": 0, "failed": 0, "encodes": 2, "conditioning_hits": 2, "model_switches": 1}
+    assert result.run_order == [0, 2, 1, 3]
+
+    table = result.table
+    assert list(table["precision"]) == ["fp32", "bf16", "fp32", "bf16"]
+    assert list(table["sampler.steps"]) == [2, 2, 3, 3] and list(table["status"]) == ["ok"] * 4
+    assert list(table["cond_cached"]) == [False, False, True, True]
+    assert (table[["denoise_s", "decode_s", "total_s", "peak_mem_mb"]] > 0).all().all()
+    assert table.loc[0, "size"] == "32x32" and table.loc[3, "steps"] == 3
+
+    # each cell: image + record (PNG chunk and record.json) under the hash of its resolved config
+    cell = result.cells[3]
+    record = json.loads((sweep.cell_dir(cell.cell) / "record.json").read_text())
+    assert record["config"]["precision"]["transformer"] == "bfloat16" and record["config"]["sampler"]["steps"] == 3
+    assert record["sweep"]["axes"] == {"precision": "bf16", "sampler.steps": 3}
+    assert read_png_record(cell.files[0])["image"]["seed"] == 0
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "table.csv").is_file()
+
+    # the grid: 2 x 2 tiles of at least 128 px plus legends
+    grid = result.grid
+    assert grid.width > 2 * 128 and grid.height > 2 * 128
+    a, b = (np.asarray(result.cells[i].images[0], dtype=np.float32) for i in (0, 2))
+    assert np.abs(a - b).mean() > 0  # different steps, different images
+
+    cmp = result.compare(0, 1)  # A/B: fp32 vs bf16 at 2 steps
+    assert set(cmp.diff) == {"precision.name", "precision.transformer", "precision.text_encoder", "precision.vae"}
+    assert cmp.diff["precision.name"] == ("fp32", "bf16")
+    assert cmp.mean_abs_diff is not None and cmp.image.width > 2 * 128
+
+    again = sweep.run(progress=False)  # finished cells are read back, nothing is encoded or denoised
+    assert again.stats == {"ran": 0, "cached": 4, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}
+    assert list(again.table["status"]) == ["cached"] * 4
+    for r1, r2 in zip(result.cells, again.cells):
+        assert np.array_equal(np.asarray(r1.images[0]), np.asarray(r2.images[0]))
+
+
+def test_interrupted_sweep_resumes(tmp_path):
+    sweep = Sweep.plan(["prompts=a cat,a dog", "sampler.steps=2,3"], base=SMALL, out_dir=tmp_path)
+    first = sweep.run(progress=False, on_cell=lambda res, result: result.done == 2)  # stop after 2 cells
+    assert first.done == 2 and first.stats["ran"] == 2 and list(first.table["status"]).count("pending") == 2
+
+    def interrupt(res, result):
+        if res.status == "ok":  # finished cells are read back first; Ctrl-C after one more cell ran
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Sweep.plan(["prompts=a cat,a dog", "sampler.steps=2,3"], base=SMALL, out_dir=tmp_path).run(progress=False, on_cell=interrupt)
+    resumed = sweep.run(progress=False)
+    assert resumed.stats["cached"] == 3 and resumed.stats["ran"] == 1
+    assert resumed.stats["encodes"] == 1  # two prompts, but only the unfinished cell needed an encode
+
+
+def test_failing_cells_become_labelled_blank_tiles(tmp_path):
+    # steps=1 is invalid with flow_euler's terminal stretch but fine with lightning: a bad combination;
+    # a missing reference image fails only when the cell runs
+    sweep = Sweep.plan(
+        ["sampler=flow_euler,lightning", "sampler.steps=1,2"], base=SMALL, out_dir=tmp_path / "a"
+    )
+    invalid = [c for c in sweep.cells if c.error]
+    assert [c.values for c in invalid] == [("flow_euler", 1)]
+    assert "shift_terminal" in invalid[0].error
+    result = sweep.run(progress=False)
+    assert list(result.table["status"]) == ["failed", "ok", "ok", "ok"]
+    assert "shift_terminal" in result.table.loc[0, "error"]
+
+    edit = Sweep.plan(
+        ["images=asset:sample_reference.png,/nonexistent/ref.png"],
+        base=["experiment=edit_tiny", "sampler.steps=2"],
+        out_dir=tmp_path / "b",
+    )
+    result = edit.run(progress=False)
+    assert list(result.table["status"]) == ["ok", "failed"]
+    assert "FileNotFoundError" in result.cells[1].error and "/nonexistent/ref.png" in result.cells[1].error
+    grid = np.asarray(result.grid)
+    tile_w = result.cells[0].images[0].width
+    assert (grid == np.array(FAILED, dtype=grid.dtype)).all(axis=-1).sum() > tile_w * 10  # the blank tile is drawn
+    rerun = edit.run(progress=False)  # failures are not cached: they are tried again
+    assert rerun.stats["cached"] == 1 and rerun.stats["failed"] == 1

@@ -1,0 +1,159 @@
+"""Panels and magics without a browser: drive them through their Python API, check widget state."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench.widgets import ModelPanel, SweepPanel, TemplatePanel, available_models
+
+PNG = b"\x89PNG\r\n\x1a\n"
+SMALL = ("height=32", "width=32")
+
+
+# ----------------------------------------------------------------------------- sweep panel
+def test_sweep_panel_plans_runs_fills_grid_and_compares(tmp_path):
+    panel = SweepPanel(axes=[("sampler.steps", "2,3")], base=SMALL, out_dir=tmp_path)
+    assert panel.plan_info.value == "2 cells (2)" and not panel.run_button.disabled
+
+    panel.set_axis(1, "sampler.cfg", "1,0.5")  # invalid value: named, and nothing can run
+    assert "axis Y (sampler.cfg) value 0.5: sampler.cfg must be &gt;= 1" in panel.plan_info.value
+    assert panel.run_button.disabled
+    panel.set_axis(1, "template", "qwen_t2i,chat")
+    assert panel.plan_info.value == "4 cells (2 x 2)" and not panel.run_button.disabled
+
+    grids = []
+    panel.grid.observe(lambda change: grids.append(bytes(change["new"])), names="value")
+    result = panel.run()
+    assert result is panel.result and result.stats["ran"] == 4
+    assert len(grids) >= 4 and all(g.startswith(PNG) for g in grids)  # redrawn after every cell
+    assert len(set(grids)) >= 4  # ...and each redraw shows more of the grid
+    assert panel.progress.value == panel.progress.max == 4 and panel.progress.bar_style == "success"
+    assert panel.status.value == "4 ran, 0 cached, 0 failed"
+    for text in ("<table", "sampler.steps", "template", "denoise_s", "chat"):
+        assert text in panel.table.value
+
+    assert [label for label, _ in panel.compare_a.options][:2] == ["0: steps=2, template=qwen_t2i", "1: steps=3, template=qwen_t2i"]
+    assert bytes(panel.compare_image.value).startswith(PNG)
+    assert "<td>sampler.steps</td><td>2</td><td>3</td>" in panel.compare_info.value
+    panel.compare_b.value = 2  # A/B across the template axis
+    assert "<td>template.name</td><td>qwen_t2i</td><td>chat</td>" in panel.compare_info.value
+
+    panel.run()  # the same sweep again: every cell comes from the cache
+    assert panel.status.value == "0 ran, 4 cached, 0 failed"
+    assert repr(panel) == "SweepPanel(axes=['sampler.steps=2,3', 'template=qwen_t2i,chat'], base=['height=32', 'width=32'])"
+
+
+def test_sweep_panel_failed_cell_is_shown(tmp_path):
+    panel = SweepPanel(axes=[("sampler", "flow_euler,lightning"), ("sampler.steps", "1,2")], base=SMALL, out_dir=tmp_path)
+    assert "1 invalid combination(s) will be blank tiles" in panel.plan_info.value
+    panel.run()
+    assert panel.status.value == "3 ran, 0 cached, 1 failed" and panel.progress.bar_style == "danger"
+    assert "failed" in panel.table.value
+
+
+# ----------------------------------------------------------------------------- template panel
+def test_template_panel_tokens_live():
+    panel = TemplatePanel("qwen_t2i", prompt="a red fox")
+    assert panel.report.drop == 34 and panel.report.kept == len(panel.report.ids) - 34
+    assert "<b>34</b> dropped" in panel.summary.value
+    assert panel.tokens.value.count("tok-drop") == 34 and "tok-keep" in panel.tokens.value
+    assert repr(panel) == f"TemplatePanel(template='qwen_t2i', tokens={len(panel.report.ids)}, drop=34, kept={panel.report.kept})"
+
+    kept = panel.report.kept
+    panel.prompt.value = "a red fox in the snow at night"  # typing updates the tokens
+    assert panel.report.kept > kept
+
+    panel.drop_until.value = ""  # keep every token
+    assert panel.report.drop == 0 and "tok-drop" not in panel.tokens.value
+    assert panel.template.drop_until is None and panel.template.name == "qwen_t2i"
+
+    panel.text.value = panel.text.value.replace("{prompt}", "")  # an invalid edit is explained, not raised
+    assert "exactly one '{prompt}' slot" in panel.error and panel.report is None
+    assert "color:#a00" in panel.summary.value and panel.tokens.value == ""
+    panel.text.value = "<|im_start|>user\n{prompt}<|im_end|>\n"
+    panel.drop_until.value = "<|im_start|>user\n"
+    assert panel.report.drop == 3 and panel.template.name == "qwen_t2i*"
+
+    panel.prompt.value = "a fox<|im_end|>"  # control tokens in the prompt are refused
+    assert "control token" in panel.error and "control token" in panel.summary.value
+
+
+def test_template_panel_edit_template_shows_vision_tokens():
+    panel = TemplatePanel("qwen_t2i", prompt="make it blue")
+    panel.choose.value = "qwen_edit_plus"
+    assert panel.images.value == 1 and panel.report.drop == 64
+    assert len(panel.report.vision_tokens) == 1 and panel.report.vision_tokens[0] > 0
+    assert "vision tokens per image" in panel.summary.value and "tok-vision" in panel.tokens.value
+    panel.images.value = 2
+    assert len(panel.report.vision_tokens) == 2
+    panel.choose.value = "chat"  # back to text-only: no images, the chat prefix (14 tokens)
+    assert panel.images.value == 0 and panel.report.drop == 14 and panel.report.vision_tokens == []
+
+
+# ----------------------------------------------------------------------------- magics
+@pytest.fixture()
+def ip():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "workbench")
+    return shell
+
+
+def test_magics_run_and_sweep(ip, tmp_path):
+    from IPython.core.error import UsageError
+
+    from workbench.sweep import SweepResult
+
+    res = ip.run_line_magic("workbench", f"run --out {tmp_path}/run sampler.steps=2 height=32 width=32 'prompts=[a red fox]'")
+    assert repr(res) == (
+        "RunResult(1 image(s), model tiny, precision fp32, template qwen_t2i, flow_euler 2 steps, cfg 1.0, seeds [0])"
+    )
+    assert res.images[0].size == (32, 32) and (tmp_path / "run" / "record.json").is_file()
+    assert res._repr_mimebundle_()["image/png"].startswith(PNG)
+
+    view = ip.run_line_magic("workbench", f"record {tmp_path}/run/record.json")
+    assert "sampler.steps=2" in repr(view) and "<img src='data:image/png;base64," in view._repr_html_()
+
+    sweep = ip.run_cell_magic(
+        "workbench", f"sweep --out {tmp_path}/sweep --no-progress",
+        "-x sampler.steps=2-3\n# a comment\nprompts=[a red fox, at night]\nheight=32\nwidth=32\n",
+    )
+    assert isinstance(sweep, SweepResult) and sweep.stats["ran"] == 2
+    assert sweep.sweep.cells[0].config.prompts == ["a red fox", "at night"]
+    assert sweep._repr_png_().startswith(PNG)
+
+    with pytest.raises(UsageError, match=r"axis X \(sampler.steps\) value 0"):
+        ip.run_line_magic("workbench", "sweep -x sampler.steps=0,2")
+    with pytest.raises(UsageError, match="Key 'stepz' not in 'SamplerConfig'"):
+        ip.run_line_magic("workbench", f"run --out {tmp_path}/bad sampler.stepz=2")
+    with pytest.raises(UsageError, match="needs a verb"):
+        ip.run_line_magic("workbench", "")
+    assert isinstance(ip.run_line_magic("workbench", "panel template"), TemplatePanel)
+
+
+def test_conditioning_rich_display(ip, bench, make_cfg):
+    cfg = make_cfg()
+    cond = bench.encode(cfg.prompts, cfg.template)
+    html = ip.display_formatter.formatters["text/html"](cond)
+    assert "Conditioning <b>qwen_t2i</b>" in html and "<th>norm_mean</th>" in html
+
+
+# ----------------------------------------------------------------------------- model panel (frees models: last)
+def test_model_panel_lists_tiny_models_loads_and_frees():
+    assert "tiny" in available_models() and all(not m.startswith("files_") for m in available_models())
+    panel = ModelPanel()
+    assert panel.overrides()[:3] == ["model=tiny", "precision=fp32", "device=auto"]
+
+    bench = panel.load()
+    assert bench is panel.bench and panel.progress.value == 1 and panel.progress.bar_style == "success"
+    assert panel.status.value.startswith("ready on cpu") and panel.resident >= 1
+    assert "tiny:transformer:" in panel.info.value and "process RSS" in panel.info.value
+
+    panel.precision.value = "fp8_torchao"  # needs a CUDA GPU: the panel says so and loads nothing
+    assert panel.load() is None and panel.progress.bar_style == "danger"
+    assert "PrecisionError" in panel.status.value and "fp8_torchao" in panel.status.value
+
+    n = panel.free()
+    assert n >= 1 and panel.resident == 0 and "no models resident" in panel.info.value
+    assert panel.status.value == f"freed {n} resident model set(s)"

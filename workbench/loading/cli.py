@@ -1,0 +1,38 @@
+"""``workbench models``: what the model roots and the HF cache hold, by the names configs use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def main(argv: list[str]) -> int:
+    from workbench.loading.discover import ENV, model_roots, scan
+
+    p = argparse.ArgumentParser(prog="workbench models", description="List model files found under the model roots and in the HF cache.")
+    p.add_argument("--root", action="append", default=[], help=f"model root (repeatable; default ${ENV} or ./models)")
+    p.add_argument("--no-hf-cache", action="store_true", help="skip the local Hugging Face cache")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+    roots = model_roots(args.root or None)
+    entries = scan([str(r) for r in roots], hf_cache=not args.no_hf_cache)
+    if args.json:
+        print(json.dumps({"roots": [str(r) for r in roots], "models": [e.as_dict() for e in entries]}, indent=1))
+        return 0
+    print(f"model roots: {', '.join(map(str, roots))}" + ("" if any(r.is_dir() for r in roots) else "  (none exists)"))
+    if not entries:
+        print(f"no model files found; put them under a root (ComfyUI folders text_encoders/, diffusion_models/, vae/, loras/) or set ${ENV}")
+        return 0
+    rows = [(e.kind, e.name, e.variant or "", e.dtype, _size(e.size), e.layout or e.note) for e in entries]
+    widths = [max(len(r[i]) for r in rows + [("kind", "name", "variant", "dtype", "size", "layout / note")]) for i in range(5)]
+    for row in [("kind", "name", "variant", "dtype", "size", "layout / note")] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
+    return 0

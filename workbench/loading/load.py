@@ -1,0 +1,188 @@
+"""Each component from a discovered entry into the classes the tiny model uses.
+
+Single files carry no config: the architecture is inferred from shapes (``infer.py``). Folders
+(diffusers ``transformer/`` / ``vae/``, HF Qwen2.5-VL folders, HF cache snapshots) bring config.json.
+Either way weights go through ``stream.py``: names and shapes checked first, then tensor by tensor
+to the device and dtype. transformers' and diffusers' own ``from_pretrained`` are not used for
+weights because they fill missing tensors with random values (with a warning) instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.config.schema import ModelConfig, Variant
+from workbench.loading import infer
+from workbench.loading.detect import KINDS, weight_files
+from workbench.loading.discover import Entry, resolve
+from workbench.loading.errors import LoadError, few
+from workbench.loading.header import read_header
+from workbench.loading.keys import MARKERS, identity_names, strip_dit_prefix, text_encoder_names, transformer_names, wan_vae_names
+from workbench.loading.stream import TensorSource, check_names, empty_model, fill
+
+SLOTS = ("text_encoder", "transformer", "vae")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    slot: str
+    entry: Entry
+    module: Any
+    report: dict = field(default_factory=dict)  # layout, dtype, variant and what was inferred
+    tokenizer: Any = None  # text encoder only
+
+
+def check_slot(entry: Entry, slot: str) -> None:
+    """Refuse a file given for the wrong slot, saying what it is and where it belongs."""
+    if entry.kind == slot:
+        return
+    if entry.kind in ("unreadable", "refused"):
+        raise LoadError(f"{entry.path}: {entry.note}")
+    found = entry.detected.describe() if entry.detected else entry.kind
+    expected = f"expected a {KINDS[slot]} (Qwen2.5-VL / Qwen-Image)" if slot != "transformer" else "expected a Qwen-Image diffusion transformer"
+    if entry.kind in SLOTS:
+        hint = f"; give it as model.{entry.kind} instead"
+    elif entry.kind == "lora":
+        hint = "; LoRA files go in lora.items, not in model.*"
+    else:
+        hint = " (unknown architecture)"
+    raise LoadError(f"{entry.path} given as model.{slot} is {found}, {expected}{hint}")
+
+
+def folder_source(folder: Path, rename) -> TensorSource:
+    files = weight_files(folder)
+    if not files:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth"))
+        why = f" (only pickle files {few(others)}, which are refused: they can run code when loaded)" if others else ""
+        raise LoadError(f"{folder}: no .safetensors weights in this folder{why}")
+    names: dict = {}
+    for file in files:
+        header = read_header(file)
+        for model_name, file_name in rename(header.tensors).items():
+            if model_name in names:
+                raise LoadError(f"{folder}: tensor {model_name} is in both {names[model_name][0].path.name} and {file.name}")
+            names[model_name] = (header, file_name)
+    return TensorSource(names)
+
+
+# ----------------------------------------------------------------------------- text encoder
+def _tokenizer_for(folder: Path | None):
+    from workbench.tokenizer import load_tokenizer
+
+    for candidate in ([folder, folder.parent / "tokenizer"] if folder else []):
+        if (candidate / "tokenizer.json").is_file() or (candidate / "vocab.json").is_file():
+            return load_tokenizer(str(candidate)), str(candidate)
+    return load_tokenizer(), "vendored (workbench/assets/qwen2_5_vl_tokenizer)"
+
+
+def load_text_encoder(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from workbench.tokenizer import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
+
+    check_slot(entry, "text_encoder")
+    report = {"layout": entry.layout, "dtype": entry.dtype}
+    if entry.path.is_dir():
+        config = Qwen2_5_VLConfig.from_pretrained(str(entry.path))
+        source = folder_source(entry.path, text_encoder_names)
+        report["architecture"] = "config.json"
+        tokenizer, report["tokenizer"] = _tokenizer_for(entry.path)
+    else:
+        header = read_header(entry.path)
+        source = TensorSource.single(header, text_encoder_names(header.tensors))
+        text, vision, report["inferred"] = infer.text_encoder(source.shapes, cfg.arch_rules, cfg.tiny, entry.path)
+        config = Qwen2_5_VLConfig(
+            text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"],
+            image_token_id=IMAGE_PAD_ID, vision_start_token_id=VISION_START_ID, vision_end_token_id=VISION_END_ID,
+        )
+        tokenizer, report["tokenizer"] = _tokenizer_for(None)
+    tied = "lm_head.weight" not in source.names
+    model = empty_model(lambda: Qwen2_5_VLForConditionalGeneration(config))
+    check_names(model, source, "text encoder", optional=("lm_head.weight",) if tied else ())
+
+    def tie(m):  # the file has no lm_head: share the embeddings (lm_head is unused for conditioning)
+        m.lm_head.weight = m.model.language_model.embed_tokens.weight
+
+    fill(model, source, device, dtype, "text encoder", finish=tie if tied else None)
+    return Loaded("text_encoder", entry, model, report, tokenizer)
+
+
+# ----------------------------------------------------------------------------- transformer
+def load_transformer(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+    from diffusers import QwenImageTransformer2DModel
+
+    check_slot(entry, "transformer")
+    report = {"layout": entry.layout, "dtype": entry.dtype, "variant": f"{entry.variant} (from {entry.detected.variant_from})"}
+    if entry.path.is_dir():
+        config = dict(QwenImageTransformer2DModel.load_config(str(entry.path)))
+        source = folder_source(entry.path, transformer_names)
+        marker = bool(config.get("zero_cond_t"))
+        report["architecture"] = "config.json"
+    else:
+        header = read_header(entry.path)
+        marker = MARKERS[1] in {strip_dit_prefix(n) for n in header.tensors}
+        source = TensorSource.single(header, transformer_names(header.tensors))
+        config, report["inferred"] = infer.transformer(source.shapes, cfg.arch_rules, cfg.tiny, entry.path)
+    config["zero_cond_t"] = marker or cfg.variant == Variant.edit_2511
+    report["zero_cond_t"] = f"{config['zero_cond_t']} (" + ("from the file" if marker else f"model.variant={cfg.variant.value}") + ")"
+    if not entry.path.is_dir() and header.format == "gguf":
+        from workbench.loading.gguf import load_gguf_transformer
+
+        model = load_gguf_transformer(entry.path, source, config, device, dtype)
+        return Loaded("transformer", entry, model, report)
+    model = empty_model(lambda: QwenImageTransformer2DModel.from_config(config))
+    check_names(model, source, "diffusion transformer")
+    fill(model, source, device, dtype, "diffusion transformer")
+    return Loaded("transformer", entry, model, report)
+
+
+# ----------------------------------------------------------------------------- VAE
+def load_vae(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+    from diffusers import AutoencoderKLQwenImage
+
+    check_slot(entry, "vae")
+    report = {"layout": entry.layout, "dtype": entry.dtype}
+    if entry.path.is_dir():
+        config = dict(AutoencoderKLQwenImage.load_config(str(entry.path)))
+        source = folder_source(entry.path, identity_names)
+        report["architecture"] = "config.json"
+    else:
+        header = read_header(entry.path)
+        wan = "decoder.middle.0.residual.0.gamma" in header.tensors
+        source = TensorSource.single(header, (wan_vae_names if wan else identity_names)(header.tensors))
+        config, report["inferred"] = infer.vae(source.shapes, entry.path)
+    model = empty_model(lambda: AutoencoderKLQwenImage.from_config(config))
+    check_names(model, source, "VAE")
+    fill(model, source, device, dtype, "VAE")
+    return Loaded("vae", entry, model, report)
+
+
+LOADERS = {"text_encoder": load_text_encoder, "transformer": load_transformer, "vae": load_vae}
+
+
+def load_component(slot: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+    entry = resolve(getattr(cfg, slot), slot, cfg.roots or None)
+    loaded = LOADERS[slot](entry, cfg, device, dtype)
+    log.info("model.%s = %s: %s", slot, entry.name, json.dumps(loaded.report, default=str))
+    return loaded
+
+
+def load_all(cfg: ModelConfig, dtypes: dict[str, torch.dtype], device: torch.device) -> dict[str, Loaded]:
+    """The three components of ``cfg`` (source=files), checked to fit each other."""
+    parts = {slot: load_component(slot, cfg, device, dtypes[slot]) for slot in SLOTS}
+    te, dit = parts["text_encoder"], parts["transformer"]
+    width, joint = te.module.config.text_config.hidden_size, dit.module.config.joint_attention_dim
+    if width != joint:
+        raise LoadError(
+            f"shape mismatch between components: text encoder {te.entry.path} gives {width}-wide hidden states but "
+            f"transformer {dit.entry.path} expects {joint} (joint_attention_dim); use the text encoder of that model"
+        )
+    return parts
+

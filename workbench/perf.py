@@ -1,0 +1,107 @@
+"""Speed switches for the diffusion transformer, each measured in benchmarks/ (see benchmarks/README.md).
+
+- ``fast_attention``: our attention processor for the Qwen-Image double-stream attention: one fused
+  QKV GEMM per stream (diffusers' ``fuse_projections``; the stock processor ignores the fused
+  weights) and RoPE in real arithmetic (cos / sin) instead of complex numbers, which TorchInductor
+  cannot fuse ("does not support code generation for complex operators"). Same math as
+  diffusers 0.42.1's ``QwenDoubleStreamAttnProcessor2_0`` (Apache-2.0), from which its structure is
+  adapted; ``tests/test_perf.py`` checks equal outputs.
+- ``compile``: ``regional`` compiles the repeated block once (``compile_repeated_blocks``: seconds),
+  ``full`` compiles the whole model (minutes; fastest per step).
+- ``attention_backend``: diffusers' dispatcher backend name (e.g. ``_native_cudnn``), or null.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.config.schema import CompileMode, PerfConfig
+
+
+def rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x (B, S, H, D) by angles given as cos / sin (S, D), in float32."""
+    xf = x.float()
+    re, im = xf.unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack([-im, re], dim=-1).flatten(3)
+    return (xf * cos[None, :, None] + rotated * sin[None, :, None]).to(x.dtype)
+
+
+def _cos_sin(freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complex (S, D/2) rotations -> real (S, D) cos / sin, each angle repeated for its pair."""
+    return freqs.real.repeat_interleave(2, dim=-1).float(), freqs.imag.repeat_interleave(2, dim=-1).float()
+
+
+class RealRope(nn.Module):
+    """Wraps the model's ``pos_embed`` so blocks receive real cos / sin instead of complex freqs."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        img, txt = self.inner(*args, **kwargs)
+        return _cos_sin(img), _cos_sin(txt)
+
+
+class FastQwenAttnProcessor:
+    """Joint text + image attention with fused QKV projections and real-valued RoPE."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
+                 attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+        if attention_mask is not None:
+            raise ValueError("FastQwenAttnProcessor builds its joint mask from encoder_hidden_states_mask")
+        if encoder_hidden_states_mask is not None:
+            image_mask = hidden_states.new_ones(hidden_states.shape[:2], dtype=torch.bool)
+            attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
+        seq_txt = encoder_hidden_states.shape[1]
+        head_dim = attn.inner_dim // attn.heads
+
+        # (B, S, 3 * inner) -> three (B, S, H, head_dim)
+        img_q, img_k, img_v = attn.to_qkv(hidden_states).unflatten(-1, (3, -1, head_dim)).unbind(2)
+        txt_q, txt_k, txt_v = attn.to_added_qkv(encoder_hidden_states).unflatten(-1, (3, -1, head_dim)).unbind(2)
+        img_q, img_k = attn.norm_q(img_q), attn.norm_k(img_k)
+        txt_q, txt_k = attn.norm_added_q(txt_q), attn.norm_added_k(txt_k)
+        (img_cos, img_sin), (txt_cos, txt_sin) = image_rotary_emb
+        img_q, img_k = rope_real(img_q, img_cos, img_sin), rope_real(img_k, img_cos, img_sin)
+        txt_q, txt_k = rope_real(txt_q, txt_cos, txt_sin), rope_real(txt_k, txt_cos, txt_sin)
+
+        out = dispatch_attention_fn(
+            torch.cat([txt_q, img_q], dim=1), torch.cat([txt_k, img_k], dim=1), torch.cat([txt_v, img_v], dim=1),
+            attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+            backend=self._attention_backend, parallel_config=self._parallel_config,
+        ).flatten(2, 3).to(img_q.dtype)
+        txt_out, img_out = out[:, :seq_txt], out[:, seq_txt:]
+        img_out = attn.to_out[0](img_out.contiguous())
+        return img_out, attn.to_add_out(txt_out.contiguous())
+
+
+def enable_fast_attention(transformer) -> None:
+    """Fuse QKV weights, switch every block to ``FastQwenAttnProcessor`` and the RoPE to real cos / sin."""
+    if isinstance(transformer.pos_embed, RealRope):
+        return
+    for block in transformer.transformer_blocks:
+        block.attn.fuse_projections()
+        # the separate projections are dead weight once fused: drop them to save memory
+        for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+            delattr(block.attn, name)
+        block.attn.set_processor(FastQwenAttnProcessor())
+    transformer.pos_embed = RealRope(transformer.pos_embed)
+
+
+def apply_perf(transformer, perf: PerfConfig):
+    """Apply the speed switches; returns the callable to use for forwards (compiled or not)."""
+    if perf.attention_backend:
+        transformer.set_attention_backend(perf.attention_backend)
+    if perf.fast_attention:
+        enable_fast_attention(transformer)
+    if perf.compile == CompileMode.regional:
+        transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
+    elif perf.compile == CompileMode.full:
+        return torch.compile(transformer, dynamic=False)
+    return transformer

@@ -1,0 +1,124 @@
+"""Precision and memory levers applied to built components, and the non-finite guard of the loop.
+
+- ``transformer_storage=float8_e4m3fn``: diffusers ``enable_layerwise_casting``: weights stored in
+  fp8, each layer upcast to the compute dtype (``precision.transformer``) for its forward. Runs on
+  CPU; norms, embeddings and the patch / output projections stay in the compute dtype (diffusers'
+  default skip list). ``tests/test_precision.py`` measures the error on the tiny model.
+- ``quantization=fp8_torchao``: torchao fp8 GEMMs (dynamic activation + weight scales, per row).
+  Needs CUDA with compute capability >= 8.9 and the ``torchao`` package; anything else is an error.
+- ``memory``: ``all_on_device``; ``model_offload`` (accelerate ``cpu_offload_with_hook``, chained in
+  a ring so that running any model sends the previous one back to the CPU); ``group_offload``
+  (diffusers block-level group offloading of the transformer and the text encoder, VAE resident).
+  Both offload modes move weights between CPU and GPU: on a CPU run they have nothing to do, and
+  asking for them is an error rather than a silent no-op.
+- fp16: Qwen-Image's activations overflow float16; ``check_finite`` (called by the denoise loop
+  after every step) stops the run at the first non-finite prediction and says so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.config.schema import MemoryMode, PrecisionConfig, Quantization, WeightStorage
+from workbench.models.components import TORCH_DTYPES
+
+
+class PrecisionError(RuntimeError):
+    """A precision / memory setting cannot run here; the message names the setting and the fix."""
+
+
+class NonFiniteError(FloatingPointError):
+    """The denoise loop produced NaN / Inf."""
+
+
+def check_device(precision: PrecisionConfig, device: torch.device) -> None:
+    """Fail before any weights move when a setting needs an accelerator this run does not have."""
+    if precision.quantization == Quantization.fp8_torchao:
+        if device.type != "cuda":
+            raise PrecisionError(
+                f"precision.quantization=fp8_torchao (precision={precision.name}) runs fp8 matrix multiplies "
+                f"on a CUDA GPU (compute capability >= 8.9); this run's device is {device}. On CPU use "
+                "precision.transformer_storage=float8_e4m3fn (fp8 storage, bf16 compute) or precision=bf16"
+            )
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (8, 9):
+            raise PrecisionError(
+                f"precision.quantization=fp8_torchao needs compute capability >= 8.9 (Ada / Hopper), this GPU "
+                f"has {major}.{minor}; use precision.transformer_storage=float8_e4m3fn instead"
+            )
+    if precision.memory != MemoryMode.all_on_device and device.type != "cuda":
+        raise PrecisionError(
+            f"precision.memory={precision.memory.value} moves weights between CPU and GPU memory; this run's "
+            f"device is {device}, where every model already lives in CPU memory. Use "
+            "precision.memory=all_on_device on CPU (or device=cuda)"
+        )
+
+
+def apply_precision(components, precision: PrecisionConfig):
+    """Apply storage, quantisation and memory mode to freshly built ``Components`` (in place)."""
+    device = components.device
+    check_device(precision, device)
+    transformer = components.transformer
+    compute = TORCH_DTYPES[precision.transformer]
+
+    if precision.transformer_storage == WeightStorage.float8_e4m3fn:
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+    if precision.quantization == Quantization.fp8_torchao:
+        _quantize_fp8_torchao(transformer)
+
+    if precision.memory == MemoryMode.model_offload:
+        from accelerate import cpu_offload_with_hook
+
+        hooks = []
+        for model in (components.text_encoder, transformer, components.vae):
+            model.to("cpu")
+            _, hook = cpu_offload_with_hook(model, execution_device=device, prev_module_hook=hooks[-1] if hooks else None)
+            hooks.append(hook)
+        hooks[0].hook.prev_module_hook = hooks[-1]  # ring: the text encoder's forward sends the VAE back
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    elif precision.memory == MemoryMode.group_offload:
+        from diffusers.hooks import apply_group_offloading
+
+        for model in (components.text_encoder, transformer):
+            model.to("cpu")
+            apply_group_offloading(
+                model,
+                onload_device=device,
+                offload_device=torch.device("cpu"),
+                offload_type="block_level",
+                num_blocks_per_group=precision.group_offload_blocks,
+                use_stream=True,
+            )
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return components
+
+
+def _quantize_fp8_torchao(transformer) -> None:
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as err:
+        raise PrecisionError(
+            "precision.quantization=fp8_torchao needs the torchao package (matching your torch); "
+            f"pip install torchao ({err})"
+        ) from None
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+
+
+def check_finite(latents: torch.Tensor, prediction: torch.Tensor, step: int, steps: int) -> None:
+    """Raise at the first step whose prediction or latents hold NaN / Inf (one device sync per step)."""
+    if bool(torch.isfinite(prediction).all()) and bool(torch.isfinite(latents).all()):
+        return
+    what = "model prediction" if not bool(torch.isfinite(prediction).all()) else "latents"
+    if prediction.dtype == torch.float16:
+        raise NonFiniteError(
+            f"non-finite {what} at denoise step {step + 1} of {steps} with a float16 transformer "
+            "(precision=fp16 or precision.transformer=float16): Qwen-Image's activations overflow float16's "
+            "range (max 65504). Use precision=bf16 (same memory, float32's range), or fp32"
+        )
+    raise NonFiniteError(
+        f"non-finite {what} at denoise step {step + 1} of {steps} (transformer dtype {prediction.dtype}); "
+        "check the schedule (one-step schedules with a terminal stretch give NaN sigmas), the LoRA "
+        "strengths and the inputs"
+    )

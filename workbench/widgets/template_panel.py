@@ -1,0 +1,162 @@
+"""Template panel: edit a template, see its tokens live (kept / dropped, drop count, vision tokens).
+
+The tokens come from ``workbench.templates.render`` / ``tokenize`` with the real Qwen2.5 tokenizer,
+exactly as the encoder sees them; reference images are the shipped sample image.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import ipywidgets as W
+
+from workbench.config.schema import ConfigError, TemplateConfig
+
+SAMPLE_IMAGE = "asset:sample_reference.png"
+
+
+@dataclass
+class TokenReport:
+    """What the panel shows, as data (tests and notebooks read it directly)."""
+
+    pieces: list[str]  # token strings, vision pads expanded
+    ids: list[int]
+    drop: int
+    vision_tokens: list[int]  # per image
+
+    @property
+    def kept(self) -> int:
+        return len(self.ids) - self.drop
+
+
+def template_names() -> list[str]:
+    from workbench.config import config_dir
+
+    return sorted(p.stem for p in (config_dir() / "template").glob("*.yaml"))
+
+
+def load_template(name: str) -> TemplateConfig:
+    """A template of ``conf/template/`` on its own (the full config would insist on reference images)."""
+    from omegaconf import OmegaConf
+
+    from workbench.config import compose
+
+    return OmegaConf.to_object(compose([f"template={name}"]).template)
+
+
+def inspect_template(template: TemplateConfig, prompt: str, num_images: int = 0) -> TokenReport:
+    """Render + tokenize ``prompt`` with ``template`` and ``num_images`` copies of the sample image."""
+    from workbench.pipeline import load_image
+    from workbench.templates import render, tokenize
+    from workbench.tokenizer import load_tokenizer
+    from workbench.vision import preprocess
+
+    tok = load_tokenizer()
+    grids = preprocess([load_image(SAMPLE_IMAGE)] * num_images).grids if num_images else []
+    t = tokenize(tok, render(template, prompt, num_images, tok), grids)
+    return TokenReport(tok.convert_ids_to_tokens(t.input_ids), t.input_ids, t.drop, t.vision_tokens)
+
+
+def tokens_html(report: TokenReport) -> str:
+    """Token chips: dropped grey and struck through, kept green, runs of vision pads collapsed."""
+    from workbench.tokenizer import IMAGE_PAD_ID
+
+    chips, i = [], 0
+    while i < len(report.ids):
+        j = i
+        if report.ids[i] == IMAGE_PAD_ID:
+            while j + 1 < len(report.ids) and report.ids[j + 1] == IMAGE_PAD_ID:
+                j += 1
+        text = report.pieces[i].replace("Ċ", "\u21b5").replace("Ġ", "\u00b7")  # byte-level BPE newline / space
+        if j > i:
+            text = f"{text} x{j - i + 1}"
+        kind = "drop" if i < report.drop else ("vision" if report.ids[i] == IMAGE_PAD_ID else "keep")
+        style = {
+            "drop": "background:#eee;color:#888;text-decoration:line-through",
+            "keep": "background:#dff5df",
+            "vision": "background:#dde8ff",
+        }[kind]
+        chips.append(f"<span class='tok-{kind}' title='{report.ids[i]}' style='{style};margin:1px;padding:0 2px;"
+                     f"border-radius:3px;font-family:monospace'>{html.escape(text)}</span>")
+        i = j + 1
+    return "<div style='line-height:1.9'>" + "".join(chips) + "</div>"
+
+
+class TemplatePanel(W.VBox):
+    """Pick a template, edit its text / drop marker / prompt / image count; tokens update as you type."""
+
+    def __init__(self, template: str = "qwen_t2i", prompt: str = "a red fox in the snow", images: int = 0):
+        self.base_template = load_template(template)
+        self.choose = W.Dropdown(options=template_names(), value=template, description="template")
+        self.text = W.Textarea(value=self.base_template.text, description="text", continuous_update=True,
+                               layout=W.Layout(width="720px", height="120px"))
+        self.drop_until = W.Text(value=self.base_template.drop_until or "", description="drop until",
+                                 placeholder="empty: keep every token", continuous_update=True)
+        self.prompt = W.Text(value=prompt, description="prompt", continuous_update=True, layout=W.Layout(width="720px"))
+        self.images = W.BoundedIntText(value=images, min=0, max=8, description="images")
+        self.summary = W.HTML()
+        self.tokens = W.HTML()
+        self.report: Optional[TokenReport] = None
+        self.error: Optional[str] = None
+        self._switching = False
+        self.choose.observe(self._on_choose, names="value")
+        for w in (self.text, self.drop_until, self.prompt, self.images):
+            w.observe(self.update, names="value")
+        super().__init__([self.choose, self.text, self.drop_until, self.prompt, self.images, self.summary, self.tokens])
+        self.update()
+
+    @property
+    def template(self) -> TemplateConfig:
+        """The edited template (raises ``ConfigError`` when it is not valid), for ``Workbench.encode``."""
+        text = self.text.value
+        has_images = "{images}" in text
+        max_images = max(self.base_template.max_images, self.images.value, 1) if has_images else 0
+        return replace(
+            self.base_template,
+            name=self.base_template.name + ("" if text == self.base_template.text else "*"),
+            text=text,
+            drop_until=self.drop_until.value or None,
+            min_images=0,
+            max_images=max_images,
+        )
+
+    def _on_choose(self, change) -> None:
+        self.base_template = load_template(change["new"])
+        self._switching = True  # one update after all fields changed, not one per field
+        try:
+            self.text.value = self.base_template.text
+            self.drop_until.value = self.base_template.drop_until or ""
+            if self.base_template.max_images == 0:
+                self.images.value = 0
+            elif self.images.value == 0:
+                self.images.value = self.base_template.min_images or 1
+        finally:
+            self._switching = False
+        self.update()
+
+    def update(self, change=None) -> None:
+        from workbench.templates import TemplateError
+
+        if self._switching:
+            return
+        try:
+            self.report = inspect_template(self.template, self.prompt.value, self.images.value)
+            self.error = None
+        except (ConfigError, TemplateError) as err:
+            self.report, self.error = None, str(err)
+            self.summary.value = f"<span style='color:#a00'>{html.escape(self.error)}</span>"
+            self.tokens.value = ""
+            return
+        r = self.report
+        vision = f", vision tokens per image {r.vision_tokens}" if r.vision_tokens else ""
+        self.summary.value = (
+            f"<b>{len(r.ids)}</b> tokens: <b>{r.drop}</b> dropped (system prefix), <b>{r.kept}</b> kept{vision}"
+        )
+        self.tokens.value = tokens_html(r)
+
+    def __repr__(self) -> str:
+        r = self.report
+        state = f"error={self.error!r}" if r is None else f"tokens={len(r.ids)}, drop={r.drop}, kept={r.kept}"
+        return f"TemplatePanel(template={self.choose.value!r}, {state})"
