@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +70,9 @@ def lab(tmp_path):
         "--FileContentsManager.delete_to_trash=False", f"--ServerApp.root_dir={root}",
         f"--LabApp.workspaces_dir={tmp_path / 'lab' / 'workspaces'}", f"--LabApp.user_settings_dir={settings}",
     ]
+    # Chromium puts a Unix socket under TMPDIR and aborts when the path exceeds ~107 bytes
+    # ("Socket path too long"): pytest's tmp paths can be that long, so give it a short one.
+    browser_tmp = tempfile.mkdtemp(prefix="wb-chromium-", dir="/tmp")
     log = open(tmp_path / "lab.log", "wb")
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -84,8 +88,9 @@ def lab(tmp_path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"JupyterLab did not start:\n{(tmp_path / 'lab.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield {"url": url, "token": token, "env": env, "home": home, "tmp": tmp_path}
+        yield {"url": url, "token": token, "env": env | {"TMPDIR": browser_tmp}, "home": home, "tmp": tmp_path}
     finally:
+        shutil.rmtree(browser_tmp, ignore_errors=True)
         proc.terminate()
         try:
             proc.wait(timeout=20)
@@ -140,6 +145,13 @@ def test_quickstart_and_sweep_panel_in_chromium(lab):
             panel.scroll_into_view_if_needed()
             panel.screenshot(path=str(tmp / "sweep_panel.png"))
             page.screenshot(path=str(tmp / "lab.png"))
+        except Exception as err:  # keep what the browser showed and what Lab logged, for the report
+            try:
+                page.screenshot(path=str(tmp / "failure.png"))
+            except Exception:
+                pass
+            log = (tmp / "lab.log").read_text(errors="replace")[-4000:]
+            raise AssertionError(f"{err}\n--- screenshot: {tmp / 'failure.png'}\n--- lab.log (tail):\n{log}") from err
         finally:
             browser.close()
     assert (tmp / "sweep_panel.png").stat().st_size > 10_000

@@ -70,7 +70,7 @@ def apply_precision(components, precision: PrecisionConfig):
         from accelerate import cpu_offload_with_hook
 
         hooks = []
-        for model in (components.text_encoder, transformer, components.vae):
+        for model in [m for m in (components.text_encoder, transformer, components.vae) if m is not None]:
             model.to("cpu")
             _, hook = cpu_offload_with_hook(model, execution_device=device, prev_module_hook=hooks[-1] if hooks else None)
             hooks.append(hook)
@@ -80,7 +80,7 @@ def apply_precision(components, precision: PrecisionConfig):
     elif precision.memory == MemoryMode.group_offload:
         from diffusers.hooks import apply_group_offloading
 
-        for model in (components.text_encoder, transformer):
+        for model in [m for m in (components.text_encoder, transformer) if m is not None]:
             model.to("cpu")
             apply_group_offloading(
                 model,

@@ -33,9 +33,11 @@ def noise(seeds: list[int], latent_height: int, latent_width: int, device, dtype
     rows = []
     for seed in seeds:
         gen = torch.Generator("cpu").manual_seed(int(seed))
-        # (1, 1, C, H, W): the frame axis is where diffusers draws it, so values match its pipeline
-        rows.append(torch.randn((1, 1, LATENT_CHANNELS, latent_height, latent_width), generator=gen)[:, 0])
-    return pack(torch.cat(rows)).to(device=device, dtype=dtype)
+        # (1, 1, C, H, W) drawn directly in the target dtype, on the CPU: exactly diffusers'
+        # randn_tensor (some torch versions draw bf16 differently from float32-then-cast)
+        shape = (1, 1, LATENT_CHANNELS, latent_height, latent_width)
+        rows.append(torch.randn(shape, generator=gen, dtype=dtype)[:, 0])
+    return pack(torch.cat(rows)).to(device=device)
 
 
 def normalise(latents: torch.Tensor, vae) -> torch.Tensor:
