@@ -108,8 +108,10 @@ def uncompile(model) -> None:
 
 
 def run_variant(model, variant: str, sizes, refs, res) -> None:
-    """Variants: [fast_][regional|regional_infer|full|eager][_fp8]. ``fast_`` switches to the
-    workbench attention processor (in place: it stays on for later variants)."""
+    """Variants: [fast_][eager|cudnn|regional|regional_infer|full][_fp8]. ``fast_`` switches to the
+    workbench attention processor (in place: it stays on for later variants). ``regional`` compiles
+    with dynamic=False (run 1 of the results used dynamic=None under this name and measured the same);
+    ``regional_infer`` runs under ``torch.inference_mode`` instead of ``no_grad``."""
     from torch._dynamo.utils import counters
 
     from workbench.config.schema import CompileMode, PerfConfig
@@ -122,11 +124,13 @@ def run_variant(model, variant: str, sizes, refs, res) -> None:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         quantize_(model.transformer_blocks, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    compile_mode = {"regional": CompileMode.regional, "regional_infer": CompileMode.regional,
-                    "full": CompileMode.full, "eager": CompileMode.none}[mode]
-    fwd = apply_perf(model, PerfConfig(fast_attention=fast, compile=compile_mode))
+    compile_mode = {"regional": CompileMode.regional, "regional_static": CompileMode.regional,
+                    "regional_infer": CompileMode.regional, "full": CompileMode.full,
+                    "eager": CompileMode.none, "cudnn": CompileMode.none}[mode]
+    backend = "_native_cudnn" if mode == "cudnn" else None
+    fwd = apply_perf(model, PerfConfig(fast_attention=fast, compile=compile_mode, attention_backend=backend))
     grad_ctx = torch.inference_mode if mode == "regional_infer" else torch.no_grad
-    run_sizes = sizes if mode in ("regional", "eager") else [1328]
+    run_sizes = sizes if mode in ("regional", "regional_static", "eager", "cudnn") else [1328]
     for size in run_sizes:
         latents, embeds, shape = inputs(size, size)
         with grad_ctx():
