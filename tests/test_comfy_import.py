@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from workbench.comfy_import import WorkflowError, _schema, import_workflow, load_experiment, main
+from workbench.comfy.cli import main
+from workbench.comfy.graph import WorkflowError
+from workbench.comfy.mapping import import_workflow
+from workbench.comfy.schema_support import schema_support as _schema
+from workbench.comfy.writer import load_experiment
 from workbench.config import compose, to_run_config
 
 FIXTURES = next(

@@ -258,3 +258,12 @@ def test_lora_on_fused_qkv_of_perf_fast_attention(transformer, pairs, lora_dir):
     assert not hasattr(fast.transformer_blocks[0].attn, "to_q")
     assert (_ours(fast, file) - expected).abs().max().item() <= 1e-5
     assert (_ours(fast, file, fuse=True) - expected).abs().max().item() <= 1e-5
+
+
+def test_pickle_lora_is_refused(tmp_path):
+    from workbench.loading.errors import LoadError
+
+    bad = tmp_path / "old.pt"
+    torch.save({"x.lora_A.weight": torch.zeros(1, 1)}, bad)
+    with pytest.raises(LoadError, match="pickles, which can run arbitrary code"):
+        apply_loras(build_transformer(ModelConfig()), [LoraItem(file=str(bad))])

@@ -118,3 +118,111 @@ def test_batch_equals_one_by_one(bench, make_cfg):
     assert [(r.prompt, r.seed) for r in batched] == [(r.prompt, r.seed) for r in single]
     for a, b in zip(batched, single):
         assert (a.latents - b.latents).abs().max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------- reference sizing policies
+def _ref(policy="diffusers", **kw):
+    from workbench.config.schema import ReferenceConfig
+
+    return ReferenceConfig(name=f"t_{policy}", policy=policy, **kw)
+
+
+REFS = {
+    "diffusers_edit": dict(vlm_area=1024 * 1024),
+    "diffusers_edit_plus": dict(),
+    "comfy_edit": dict(policy="comfy", vlm_area=1024 * 1024, multiple_of=8, vae_fit="crop", vlm_resample="bilinear"),
+    "comfy_edit_plus": dict(policy="comfy", multiple_of=8, vae_fit="round", vlm_resample="bilinear"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "vlm", "vae_resize", "vae"),
+    [
+        # diffusers: aspect-kept ~area, both sides rounded to 32
+        ("diffusers_edit", (1000, 750), (1184, 896), (1184, 896), (1184, 896)),
+        ("diffusers_edit_plus", (1000, 750), (448, 320), (1184, 896), (1184, 896)),
+        ("diffusers_edit_plus", (333, 1000), (224, 672), (576, 1760), (576, 1760)),
+        # comfy Edit: round(side * sqrt(1 MP / area)) for both; the VAE copy centre-cropped to 8
+        ("comfy_edit", (1000, 750), (1182, 887), (1182, 887), (1176, 880)),
+        ("comfy_edit", (1920, 1080), (1365, 768), (1365, 768), (1360, 768)),
+        # comfy Edit-Plus: 384x384 area with plain rounding for the VLM, 1 MP multiple of 8 for the VAE
+        ("comfy_edit_plus", (1000, 750), (443, 333), (1184, 888), (1184, 888)),
+        ("comfy_edit_plus", (333, 1000), (222, 665), (592, 1776), (592, 1776)),
+    ],
+)
+def test_reference_sizes_per_policy(name, size, vlm, vae_resize, vae):
+    from workbench.stages.latents import reference_sizes
+
+    plan = reference_sizes(*size, _ref(**REFS[name]))
+    assert (plan.vlm, plan.vae_resize, plan.vae) == (vlm, vae_resize, vae)
+
+
+def test_comfy_rounding_and_crop_rules():
+    from workbench.stages.latents import centre_crop_box, comfy_area_size
+
+    assert comfy_area_size(5, 4, 5) == (2, 2)  # scale 0.5: 2.5 -> 2 (Python rounds halves to even)
+    assert comfy_area_size(7, 4, 7) == (4, 2)  # 3.5 -> 4
+    assert centre_crop_box(1182, 887) == (3, 3, 1179, 883)  # offset (side % 8) // 2
+    assert centre_crop_box(1365, 768) == (2, 0, 1362, 768)
+
+
+def test_reference_config_checks_multiple_of_per_policy():
+    from workbench.config.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reference.multiple_of must be a multiple of 16 with reference.policy=diffusers"):
+        _ref(multiple_of=8)
+    with pytest.raises(ConfigError, match=r"multiple of 8 with reference.policy=comfy"):
+        _ref("comfy", multiple_of=12)
+
+
+def test_comfy_reference_latents_are_padded_to_even(bench, make_cfg):
+    cfg = make_cfg("experiment=edit_tiny", "reference=comfy_edit", "sampler.steps=2")
+    assert cfg.reference.vlm_resample.value == "bilinear" and cfg.reference.policy.value == "comfy"
+    refs = bench.prepare_references([Image.new("RGB", (160, 120), (10, 20, 30))], cfg.reference)
+    # 16384 px area: 148x111 plain-rounded, centre-cropped to 144x104 -> latents 18x13 -> padded to 18x14
+    assert refs.vae_sizes == [(144, 104)] and refs.vlm_images[0].size == (65, 48)
+    assert refs.shapes == [(1, 7, 9)] and refs.latents.shape == (1, 63, 64)
+    (out,) = bench.generate(cfg, progress=False)
+    assert out.image.size == (144, 96) and "snapped" in out.notes[0]
+
+
+def test_vlm_resample_is_plumbed_from_config(bench, make_cfg, monkeypatch):
+    from workbench.conditioning_cache import ConditioningCache
+    from workbench.pipeline import Workbench
+    from workbench.stages import encode as encode_stage
+
+    seen = []
+    real = encode_stage.preprocess
+    monkeypatch.setattr(encode_stage, "preprocess", lambda images, resample="bicubic": seen.append(resample) or real(images, resample=resample))
+    fresh = Workbench(bench.components, conditioning_cache=ConditioningCache())
+    fresh.generate(make_cfg("experiment=edit_tiny", "reference.vlm_resample=bilinear", "sampler.steps=1", "sampler=lightning"), progress=False)
+    fresh.generate(make_cfg("experiment=edit_tiny", "sampler.steps=1", "sampler=lightning"), progress=False)
+    assert seen == ["bilinear", "bicubic"]
+
+
+def test_bilinear_preprocessing_is_pil_bilinear_and_differs():
+    from workbench.vision import CLIP_MEAN, CLIP_STD, patchify
+
+    img = _image(100, 150)
+    bil, bic = preprocess([img], resample="bilinear"), preprocess([img], resample="bicubic")
+    assert bil.grids == bic.grids == [(1, 8, 10)]
+    x = torch.from_numpy(np.asarray(img.resize((140, 112), Image.Resampling.BILINEAR), dtype=np.float32).copy())
+    x = (x.permute(2, 0, 1) / 255.0 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    assert torch.equal(bil.pixel_values, patchify(x))
+    assert (bil.pixel_values - bic.pixel_values).abs().max() > 0.05
+
+
+# ----------------------------------------------------------------------------- batches
+def test_edit_batch_of_prompts_equals_one_by_one(bench, make_cfg):
+    cfg = make_cfg("template=qwen_edit_plus", "images=[asset:sample_reference.png]", "height=64", "width=64")
+    c = bench.components
+    images = [_image(56, 84, 3), _image(84, 56, 4)]  # two references, shared by both prompts
+    prompts = ["make it blue", "turn the second picture into a much longer painting of a harbour at night"]
+    batched = encode_prompts(c.tokenizer, c.text_encoder, cfg.template, prompts, images)
+    assert batched.lengths[0] < batched.lengths[1]  # different lengths: the first row is padded
+    for i, p in enumerate(prompts):
+        one = encode_prompts(c.tokenizer, c.text_encoder, cfg.template, [p], images)
+        n = one.lengths[0]
+        assert batched.token_ids[i] == one.token_ids[0] and batched.lengths[i] == n
+        assert (batched.embeds[i, :n] - one.embeds[0, :n]).abs().max() <= 1e-5
+        assert batched.embeds[i, n:].abs().max() == 0 if n < batched.embeds.shape[1] else True

@@ -15,7 +15,7 @@ commands:
   run [overrides] [-m]   generate images from the Hydra config (conf/); e.g.
                          workbench run sampler.steps=8 'prompts=[a cat, a dog]' seeds=[1,2]
                          workbench run -m sampler.steps=2,4 template=qwen_t2i,chat
-  tokens [--template NAME] [--image FILE] [--json] PROMPT
+  tokens [--template NAME | --template-file T.yaml] [--image FILE] [--control-tokens refuse|escape] [--json] PROMPT
                          show token ids, kept / dropped tokens and vision-token counts
   import-comfy FILE [-o OUT.yaml]   ComfyUI workflow (UI / API JSON or PNG) -> experiment config
   reproduce RECORD_OR_PNG           re-run a record.json or image; report identical / PSNR / what changed
@@ -52,22 +52,30 @@ def _run(argv: list[str]) -> int:
 
 
 def _tokens(argv: list[str]) -> int:
+    import dataclasses
     import json
 
     from workbench.config import ConfigError, compose, to_run_config
     from workbench.pipeline import load_image
-    from workbench.templates import TemplateError, render, tokenize
+    from workbench.templates import TemplateError, load_template, render, tokenize
     from workbench.tokenizer import load_tokenizer
     from workbench.vision import preprocess
 
     p = argparse.ArgumentParser(prog="workbench tokens", description="Tokenize a prompt with a template.")
     p.add_argument("prompt")
     p.add_argument("--template", default="qwen_t2i", help="name of a file in conf/template/")
+    p.add_argument("--template-file", help="a YAML file with TemplateConfig keys (name, text, drop_until, ...)")
+    p.add_argument("--control-tokens", choices=["refuse", "escape"], help="override the template's control_tokens")
     p.add_argument("--image", action="append", default=[], help="reference image (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     try:
-        template = to_run_config(compose([f"template={args.template}", f"images={args.image!r}", "height=null", "width=null"] if args.image else [f"template={args.template}"])).template
+        if args.template_file:
+            template = load_template(args.template_file)
+        else:
+            template = to_run_config(compose([f"template={args.template}", f"images={args.image!r}", "height=null", "width=null"] if args.image else [f"template={args.template}"])).template
+        if args.control_tokens:
+            template = dataclasses.replace(template, control_tokens=args.control_tokens)
         tok = load_tokenizer()
         grids = preprocess([load_image(f) for f in args.image]).grids if args.image else []
         t = tokenize(tok, render(template, args.prompt, len(grids), tok), grids)
@@ -93,7 +101,7 @@ def _tokens(argv: list[str]) -> int:
 VERBS = {
     "run": "workbench.cli:_run",
     "tokens": "workbench.cli:_tokens",
-    "import-comfy": "workbench.comfy_import:main",
+    "import-comfy": "workbench.comfy.cli:main",
     "reproduce": "workbench.reproduce:main",
     "models": "workbench.loading.cli:main",
 }

@@ -47,23 +47,14 @@ class LoraError(ValueError):
 
 
 # ----------------------------------------------------------------------------- file resolution
-# Kept apart from parsing on purpose: workbench/loading/ (model discovery) will own the roots and
-# should replace default_roots / resolve_lora_file; nothing else here depends on where files live.
-LORA_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-
-def default_roots() -> list[str]:
-    """Model roots as model.roots defaults them: $WORKBENCH_MODELS (os.pathsep-separated), else ./models."""
-    env = os.environ.get("WORKBENCH_MODELS", "")
-    return [r for r in env.split(os.pathsep) if r] or ["./models"]
-
-
 def resolve_lora_file(file: str, roots: Optional[Sequence[str]] = None) -> Path:
-    """A path as given, else ``<root>/loras/<file>`` (with or without ``.safetensors``)."""
-    roots = default_roots() if roots is None else roots
+    """A path as given, else ``<root>/loras/<file>`` (with or without ``.safetensors``) under the
+    model roots of model discovery (model.roots, else $WORKBENCH_MODELS, else ./models)."""
+    from workbench.loading.discover import model_roots
+
     candidates = [Path(file).expanduser()]
-    for root in roots:
-        base = Path(root).expanduser() / "loras" / file
+    for root in model_roots(list(roots) if roots else None):
+        base = root / "loras" / file
         candidates += [base, base.with_name(base.name + ".safetensors")]
     for c in candidates:
         if c.is_file():
@@ -84,16 +75,16 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     st = os.stat(path)
     key = (str(path), st.st_mtime_ns, st.st_size)
     if key not in _RAW_CACHE:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
+        from workbench.loading.header import refuse_pickle
 
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-                metadata = dict(f.metadata() or {})
-        elif path.suffix in LORA_SUFFIXES:
-            tensors, metadata = torch.load(path, map_location="cpu", weights_only=True), {}
-        else:
-            raise LoraError(f"LoRA file {path}: unknown suffix {path.suffix!r}; expected one of {LORA_SUFFIXES}")
+        refuse_pickle(path)  # the same rule as for model files: no pickles
+        if path.suffix != ".safetensors":
+            raise LoraError(f"LoRA file {path}: unknown suffix {path.suffix!r}; expected .safetensors")
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = dict(f.metadata() or {})
         while len(_RAW_CACHE) >= _RAW_CACHE_SIZE:
             _RAW_CACHE.pop(next(iter(_RAW_CACHE)))
         _RAW_CACHE[key] = (tensors, metadata)

@@ -15,7 +15,9 @@ from typing import Callable, Iterator, Optional
 import torch
 from PIL import Image
 
+from workbench import vision
 from workbench.conditioning import Conditioning
+from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
 from workbench.config.schema import (
     Config,
     ModelConfig,
@@ -67,14 +69,20 @@ def load_image(path: str) -> Image.Image:
 
 
 class Workbench:
-    def __init__(self, components: Components):
+    def __init__(self, components: Components, conditioning_cache: Optional[ConditioningCache] = None):
         self.components = components
+        # process-wide by default: workbenches on the same encoder share conditionings (see conditioning_cache.py)
+        self.conditioning_cache = DEFAULT_CACHE if conditioning_cache is None else conditioning_cache
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Workbench":
-        bench = cls(cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf))
+    def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
+        bench = cls(cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf), conditioning_cache)
         bench.set_loras(cfg.lora.items, fuse=cfg.lora.fuse)
         return bench
+
+    def clear_conditioning_cache(self) -> int:
+        """Forget cached conditionings (of every workbench sharing this cache); returns how many."""
+        return self.conditioning_cache.clear()
 
     def set_loras(self, items, fuse: bool = False):
         """Make exactly ``items`` (``LoraItem``s) the LoRAs of the transformer, through hooks (or fused):
@@ -95,19 +103,35 @@ class Workbench:
         template: TemplateConfig,
         images: list[Image.Image] = (),
         max_sequence_length: int = 1024,
+        resample: str = "bicubic",
     ) -> Conditioning:
+        """Prompts (+ the VLM copies of reference images, shared by every prompt) -> ``Conditioning``.
+
+        ``template`` is any ``TemplateConfig``: from the config, ``load_template(path)`` or built in a
+        cell. Served from ``self.conditioning_cache`` when the same encoder has already encoded the
+        same inputs; ``resample`` is the VLM resize filter (``reference.vlm_resample``).
+        """
         c = self.components
-        return encode_stage.encode_prompts(c.tokenizer, c.text_encoder, template, prompts, images, max_sequence_length)
+        resample = getattr(resample, "value", resample)
+        preprocessing = {"resample": resample, "min_pixels": vision.MIN_PIXELS, "max_pixels": vision.MAX_PIXELS}
+        key = self.conditioning_cache.key(c, template, prompts, images, max_sequence_length, preprocessing)
+        return self.conditioning_cache.get_or_encode(
+            key,
+            lambda: encode_stage.encode_prompts(
+                c.tokenizer, c.text_encoder, template, list(prompts), list(images), max_sequence_length, resample
+            ),
+        )
 
     def prepare_references(self, images: list[Image.Image], reference: ReferenceConfig) -> References:
+        """Size each reference by ``reference.policy`` (diffusers / comfy) for the VLM and the VAE."""
         vlm, latents, shapes, sizes = [], [], [], []
         for img in images:
-            vw, vh = latents_stage.area_size(img.width, img.height, reference.vlm_area, reference.multiple_of)
-            vlm.append(img.resize((vw, vh), resample=Image.Resampling.LANCZOS))
-            w, h = latents_stage.area_size(img.width, img.height, reference.vae_area, reference.multiple_of)
-            latents.append(latents_stage.encode_reference(self.components.vae, img, w, h))
-            shapes.append((1, h // 16, w // 16))
-            sizes.append((w, h))
+            plan = latents_stage.reference_sizes(img.width, img.height, reference)
+            vlm.append(latents_stage.resize(img, *plan.vlm, plan.resize_filter))
+            packed, shape = latents_stage.encode_reference_sized(self.components.vae, img, plan)
+            latents.append(packed)
+            shapes.append(shape)
+            sizes.append(plan.vae)
         return References(vlm, torch.cat(latents, dim=1), shapes, sizes)
 
     def prepare_latents(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
@@ -152,9 +176,10 @@ class Workbench:
         vlm_images = refs.vlm_images if refs else []
 
         with self._timed(timings, "encode"):
-            cond_all = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length)
+            resample = cfg.reference.vlm_resample
+            cond_all = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length, resample)
             uncond_one = (
-                self.encode([cfg.negative_prompt], cfg.template, vlm_images, cfg.max_sequence_length)
+                self.encode([cfg.negative_prompt], cfg.template, vlm_images, cfg.max_sequence_length, resample)
                 if cfg.sampler.cfg > 1
                 else None
             )
@@ -213,3 +238,21 @@ def free_models() -> int:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return n
+
+
+def resident_models() -> list[dict]:
+    """One entry per cached component set (identity, device, dtypes, weight bytes), for memory views
+    (the model panel) without reaching into the cache; bytes count parameters and buffers."""
+
+    def nbytes(module: torch.nn.Module) -> int:
+        return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+    def dtype(module: torch.nn.Module) -> str:
+        return str(next(module.parameters()).dtype).removeprefix("torch.")
+
+    slots = ("text_encoder", "transformer", "vae")
+    return [
+        {"identity": dict(c.identity), "device": str(c.device),
+         "dtypes": {s: dtype(getattr(c, s)) for s in slots}, "bytes": {s: nbytes(getattr(c, s)) for s in slots}}
+        for c in list(_CACHE.values())
+    ]

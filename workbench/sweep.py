@@ -15,18 +15,20 @@ Why it is built this way:
 - each finished cell is written atomically to ``<out_dir>/cells/<hash of its resolved config>/``;
   a cell whose ``record.json`` exists is read back instead of run, so re-running a sweep skips finished
   cells and an interrupted one resumes;
-- a cell that raises (bad combination, out of memory) becomes a labelled blank tile and the sweep goes on.
+- a cell that raises (bad combination, out of memory) becomes a labelled blank tile and the sweep goes on;
+- where cells run is pluggable (``workbench.sweep_executors``: this process, or Ray actors holding resident
+  models on each GPU): executors run cells with the one ``CellRunner`` and hand back ``CellOutput``s,
+  which ``Sweep.run`` stores in the same cache, grid and table; ``executor`` settings never enter a
+  cell's config hash, so either executor reuses the other's finished cells.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
 import math
 import time
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,7 +39,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from workbench.sweep_axes import Axis, SweepError, parse_axes
 
-__all__ = ["Sweep", "SweepResult", "CellResult", "Cell", "Comparison", "SweepError", "make_grid"]
+__all__ = ["Sweep", "SweepResult", "CellResult", "CellOutput", "CellRunner", "Cell", "Comparison", "SweepError", "make_grid"]
 
 CACHE_VERSION = "sweep-cell-v1"  # bump when what a cell writes changes
 
@@ -78,6 +80,11 @@ class Cell:
         return ", ".join(a.label(v) for a, v in zip(axes, self.values))
 
 
+def _is_executor_key(key: str) -> bool:
+    key = key.strip().lstrip("+~")
+    return key == "executor" or key.startswith("executor.")
+
+
 def _model_key(resolved: dict) -> str:
     return json.dumps([resolved["model"], resolved["precision"], resolved["device"]], sort_keys=True)
 
@@ -110,6 +117,7 @@ class CellResult:
     record: dict = field(default_factory=dict)
     error: Optional[str] = None
     conditioning_cached: bool = False
+    worker: Optional[str] = None  # "host:pid" of the process that ran it (None: read back or invalid)
 
     @property
     def timings(self) -> dict[str, float]:
@@ -277,11 +285,12 @@ class SweepResult:
 class Sweep:
     """A validated plan: axes, base overrides, one ``Cell`` per grid position, and the run order."""
 
-    def __init__(self, axes: list[Axis], base: list[str], cells: list[Cell], out_dir: Path):
+    def __init__(self, axes: list[Axis], base: list[str], cells: list[Cell], out_dir: Path, executor: Any = None):
         self.axes = axes
         self.base = base
         self.cells = cells
         self.out_dir = Path(out_dir)
+        self.executor = executor  # ExecutorConfig from the composed config (base overrides); None: local
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -305,6 +314,12 @@ class Sweep:
         from workbench.config import compose, to_run_config
 
         parsed = parse_axes(list(axes))
+        for a in parsed:
+            if _is_executor_key(a.key):
+                raise SweepError(
+                    f"{a.key!r} cannot be an axis: where cells run does not change them; pass it as a base "
+                    "override (executor=ray) or as Sweep.run(executor=...)"
+                )
         base = [b for b in base if b.strip()]
         for b in base:
             if b.split("=", 1)[0].strip() in {a.key for a in parsed}:
@@ -320,6 +335,7 @@ class Sweep:
                 dcfg = compose(base + overrides)
                 cell.config = to_run_config(dcfg)
                 cell.resolved = OmegaConf.to_container(dcfg, resolve=True)
+                cell.resolved.pop("executor", None)  # where a cell runs is not what it is: same key on every executor
                 cell.key = config_hash(cell.resolved)
             except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
                 cell.error = _describe(err)
@@ -336,10 +352,12 @@ class Sweep:
         if never:
             _, n, axis, value, error = min(never, key=lambda t: (t[0], t[1]))
             raise SweepError(f"axis {'XYZ'[n]} ({axis.key}) value {value!r}: {error}")
-        if out_dir is None:
-            spec = json.dumps({"axes": [a.text or a.key for a in parsed], "base": base})
+        if out_dir is None:  # executor overrides left out: a sweep finds its cache whatever runs it
+            kept = [b for b in base if not _is_executor_key(b.split("=", 1)[0])]
+            spec = json.dumps({"axes": [a.text or a.key for a in parsed], "base": kept})
             out_dir = Path("outputs") / "sweeps" / hashlib.sha256(spec.encode()).hexdigest()[:12]
-        return cls(parsed, base, cells, Path(out_dir))
+        executor = next((c.config.executor for c in cells if c.config is not None), None)
+        return cls(parsed, base, cells, Path(out_dir), executor)
 
     def execution_order(self) -> list[Cell]:
         """Valid cells grouped by (model, precision, device) outermost, then by shared conditioning."""
@@ -373,45 +391,58 @@ class Sweep:
         on_cell: Optional[Callable[[CellResult, SweepResult], Optional[bool]]] = None,
         keep_models: bool = True,
         conditioning_cache_size: int = 16,
+        executor: Any = None,
     ) -> SweepResult:
         """Run (or read back) every cell; returns when all are done.
 
         ``on_cell(cell_result, sweep_result)`` is called after each cell (panels redraw the grid there);
         returning True stops the sweep early (finished cells stay cached). ``keep_models=False`` frees
         the resident models when the sweep moves to the next (model, precision, device) group, for
-        weights that do not fit twice.
+        weights that do not fit twice. ``executor``: where the cells run; None takes the config's
+        ``executor`` section (e.g. the base override ``executor=ray``), or pass ``"local"``, ``"ray"``,
+        an ``ExecutorConfig`` or an executor object (``workbench.sweep_executors``). Finished cells are
+        read back here, whatever the executor; only the others are handed to it.
         """
         from tqdm.auto import tqdm
 
+        from workbench.sweep_executors import RunOptions, make_executor
+
+        runner = make_executor(self.executor if executor is None else executor)  # fails before anything runs
         result = SweepResult(self)
         for cell in self.cells:
             if cell.config is None:
                 result.cells[cell.index] = CellResult(cell, "failed", error=cell.error)
                 result.stats["failed"] += 1
-        runner = _CellRunner(self, result, conditioning_cache_size)
         order = self.execution_order()
         bar = tqdm(total=len(order), desc="sweep", disable=not progress, leave=False)
-        last_model: Optional[str] = None
-        try:
-            for cell in order:
-                res = runner.read_back(cell)
-                if res is None:
-                    model = _model_key(cell.resolved)
-                    if last_model is not None and model != last_model:
-                        result.stats["model_switches"] += 1
-                        runner.conditioning.clear()  # it holds tensors of the previous model
-                        if not keep_models:
-                            from workbench.pipeline import free_models
 
-                            free_models()
-                    last_model = model
-                    res = runner.run(cell)
-                result.cells[cell.index] = res
-                result.run_order.append(cell.index)
-                result.stats[{"ok": "ran", "cached": "cached", "failed": "failed"}[res.status]] += 1
-                bar.update(1)
-                if on_cell is not None and on_cell(res, result):
+        def finish(res: CellResult) -> bool:
+            result.cells[res.cell.index] = res
+            result.run_order.append(res.cell.index)
+            result.stats[{"ok": "ran", "cached": "cached", "failed": "failed"}[res.status]] += 1
+            bar.update(1)
+            return bool(on_cell is not None and on_cell(res, result))
+
+        try:
+            todo, stop = [], False
+            for cell in order:
+                res = read_back(self, cell)
+                if res is None:
+                    todo.append(cell)
+                elif finish(res):
+                    stop = True
                     break
+            if todo and not stop:
+                outputs = runner.run(self, todo, RunOptions(keep_models, conditioning_cache_size))
+                try:
+                    for cell, out in outputs:
+                        result.stats["encodes"] += out.encodes
+                        result.stats["conditioning_hits"] += out.conditioning_hits
+                        result.stats["model_switches"] += int(out.model_switch)
+                        if finish(store_output(self, cell, out)):
+                            break
+                finally:
+                    outputs.close()  # a stopped sweep: the executor drops the cells it has not started
         finally:
             bar.close()
             result.save()
@@ -419,57 +450,80 @@ class Sweep:
 
 
 # ----------------------------------------------------------------------------- running one cell
-class _CellRunner:
-    """Runs cells of one sweep: resident workbench per model, conditioning LRU, disk cache."""
+@dataclass
+class CellOutput:
+    """What running one cell produced, before it is stored: picklable, so a Ray actor can send it back."""
 
-    def __init__(self, sweep: Sweep, result: SweepResult, cache_size: int):
-        self.sweep = sweep
-        self.result = result
+    status: str  # ok | failed
+    images: list[Image.Image] = field(default_factory=list)
+    record: dict = field(default_factory=dict)  # record.json; "images" holds one entry (file name, seed...) per image
+    error: Optional[str] = None
+    encodes: int = 0
+    conditioning_hits: int = 0
+    model_switch: bool = False  # this cell's (model, precision, device) differs from the runner's previous cell
+    worker: Optional[str] = None  # "host:pid"
+
+
+class CellRunner:
+    """Runs cells where the models live (this process, or one Ray actor): a resident workbench per
+    (model, precision, device), a conditioning LRU shared by its cells, and model switches.
+
+    It writes nothing: ``store_output`` puts its outputs in the cache in the sweep's process, so a remote
+    actor needs no shared disk and both executors fill the cache the same way.
+    """
+
+    def __init__(self, keep_models: bool = True, cache_size: int = 16):
+        from workbench.conditioning_cache import ConditioningCache
+
+        self.keep_models = keep_models
         self.cache_size = cache_size
-        self.conditioning: "OrderedDict[str, Any]" = OrderedDict()  # shared by the cells' workbenches
+        # the library's conditioning cache, shared by this runner's workbenches; its keys hold the encoder's
+        # identity + dtype, so entries stay valid across model switches and a group that differs only in
+        # the transformer (precision, LoRA, perf) reuses them
+        self.conditioning = ConditioningCache(max_entries=cache_size)
+        self.model: Optional[str] = None  # _model_key of the last cell
 
-    def run(self, cell: Cell) -> CellResult:
+    def run(self, sweep: Sweep, cell: Cell) -> CellOutput:
+        import os
+        import socket
+
+        model = _model_key(cell.resolved)
+        switch = self.model is not None and model != self.model
+        if switch:
+            if not self.keep_models:
+                from workbench.pipeline import free_models
+
+                free_models()
+        self.model = model
         try:
-            return self._generate(cell)
+            out = self._generate(sweep, cell)
         except Exception as err:  # one bad cell (OOM, a combination the models refuse) must not end the sweep
             _release_cuda()
-            from workbench import record as rec
-
             message = f"{type(err).__name__}: {err}"
-            rec.atomic_write_json(self.sweep.cell_dir(cell) / "error.json", {"error": message, "overrides": cell.overrides})
-            return CellResult(cell, "failed", error=message, record={"config": cell.resolved, "error": message})
+            out = CellOutput("failed", error=message, record={"config": cell.resolved, "error": message})
+        out.model_switch = switch
+        out.worker = f"{socket.gethostname()}:{os.getpid()}"
+        return out
 
-    def read_back(self, cell: Cell) -> Optional[CellResult]:
-        path = self.sweep.cell_dir(cell) / "record.json"
-        if not path.is_file():
-            return None
-        record = json.loads(path.read_text(encoding="utf-8"))
-        files = [path.parent / e["file"] for e in record.get("images", [])]
-        if not files or not all(f.is_file() for f in files):
-            return None  # a partial cell (images removed by hand): run it again
-        images = []
-        for f in files:
-            with Image.open(f) as img:
-                images.append(img.convert("RGB"))
-        return CellResult(cell, "cached", images, files, record, conditioning_cached=record.get("conditioning_cached", False))
-
-    def _generate(self, cell: Cell) -> CellResult:
+    def _generate(self, sweep: Sweep, cell: Cell) -> CellOutput:
         import torch
 
         from workbench import record as rec
+        from workbench.pipeline import Workbench
 
         cfg = cell.config
         t: dict[str, float] = {}
         started = time.perf_counter()
         with _timed(t, "load", None):
-            bench = _caching_workbench_class().from_config(cfg)  # resident: built once per (model, precision, device)
-        bench.cache, bench.cache_size = self.conditioning, self.cache_size
+            # resident: built once per (model, precision, device); encodes go through this runner's cache
+            bench = Workbench.from_config(cfg, conditioning_cache=self.conditioning)
+        self.conditioning.max_entries = self.cache_size  # executors may change it between sweeps
         if bench.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(bench.device)
-        generated = bench.generate(cfg, progress=False)  # the pipeline's own chain; only encode is cached
-        self.result.stats["encodes"] += bench.misses
-        self.result.stats["conditioning_hits"] += bench.hits
-        hit = bench.misses == 0
+        hits, misses = self.conditioning.hits, self.conditioning.misses
+        generated = bench.generate(cfg, progress=False)  # the pipeline's own chain
+        hits, misses = self.conditioning.hits - hits, self.conditioning.misses - misses
+        hit = misses == 0
 
         shared = {k: generated[0].timings.get(k, 0.0) for k in ("references", "encode")}
         batches = {id(g.timings): g.timings for g in generated}.values()  # one dict per forward batch
@@ -478,12 +532,12 @@ class _CellRunner:
         t.update(shared)
         t["total"] = time.perf_counter() - started
 
-        axes = self.sweep.axes
+        axes = sweep.axes
         record = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": cell.resolved,
             "sweep": {
-                "base": self.sweep.base,
+                "base": sweep.base,
                 "overrides": cell.overrides,
                 "axes": {a.key: v for a, v in zip(axes, cell.values)},
                 "pos": list(cell.pos),
@@ -497,58 +551,55 @@ class _CellRunner:
             "timings_s": {k: round(v, 6) for k, v in t.items()},
             "peak_memory": rec.peak_memory(bench.device),
             "conditioning_cached": hit,
-            "images": [],
+            "images": [
+                {
+                    "file": f"{i:03d}-seed{g.seed}.png",
+                    "prompt": g.prompt,
+                    "seed": g.seed,
+                    "width": g.image.width,
+                    "height": g.image.height,
+                    "notes": list(getattr(g, "notes", [])),
+                }
+                for i, g in enumerate(generated)
+            ],
         }
-        folder = self.sweep.cell_dir(cell)
-        files = []
-        for i, g in enumerate(generated):
-            entry = {
-                "file": f"{i:03d}-seed{g.seed}.png",
-                "prompt": g.prompt,
-                "seed": g.seed,
-                "width": g.image.width,
-                "height": g.image.height,
-                "notes": list(getattr(g, "notes", [])),
-            }
-            rec.save_png(folder / entry["file"], g.image, {k: v for k, v in record.items() if k != "images"} | {"image": entry})
-            record["images"].append(entry)
-            files.append(folder / entry["file"])
-        (folder / "error.json").unlink(missing_ok=True)
-        rec.atomic_write_json(folder / "record.json", record)  # last: its presence marks the cell done
-        return CellResult(cell, "ok", [g.image for g in generated], files, record, conditioning_cached=hit)
+        images = [g.image for g in generated]
+        return CellOutput("ok", images, record, encodes=misses, conditioning_hits=hits)
 
 
-@functools.lru_cache(maxsize=None)
-def _caching_workbench_class():
-    from workbench.pipeline import Workbench
+def store_output(sweep: Sweep, cell: Cell, out: CellOutput) -> CellResult:
+    """Write one cell's output to the cache (``record.json`` last: its presence marks the cell done)."""
+    from workbench import record as rec
 
-    class CachingWorkbench(Workbench):
-        """``Workbench`` whose ``encode`` reuses conditionings of earlier cells (same components, same inputs)."""
+    folder = sweep.cell_dir(cell)
+    if out.status != "ok":
+        rec.atomic_write_json(folder / "error.json", {"error": out.error, "overrides": cell.overrides})
+        return CellResult(cell, "failed", error=out.error, record=out.record, worker=out.worker)
+    files = []
+    head = {k: v for k, v in out.record.items() if k != "images"}
+    for entry, image in zip(out.record["images"], out.images):
+        rec.save_png(folder / entry["file"], image, head | {"image": entry})
+        files.append(folder / entry["file"])
+    (folder / "error.json").unlink(missing_ok=True)
+    rec.atomic_write_json(folder / "record.json", out.record)
+    hit = out.record.get("conditioning_cached", False)
+    return CellResult(cell, "ok", out.images, files, out.record, conditioning_cached=hit, worker=out.worker)
 
-        cache: "OrderedDict[str, Any]"
-        cache_size = 16
-        hits = misses = 0
 
-        def encode(self, prompts, template, images=(), max_sequence_length=1024):
-            digest = hashlib.sha256()
-            for img in images:  # the VLM copies of reference images, as the pipeline hands them over
-                digest.update(f"{img.size}{img.mode}".encode())
-                digest.update(img.tobytes())
-            key = json.dumps(
-                [id(self.components), repr(template), list(prompts), digest.hexdigest(), max_sequence_length]
-            )
-            if key in self.cache:
-                self.cache.move_to_end(key)
-                self.hits += 1
-                return self.cache[key]
-            self.misses += 1
-            cond = super().encode(prompts, template, images, max_sequence_length)
-            self.cache[key] = cond
-            while len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
-            return cond
-
-    return CachingWorkbench
+def read_back(sweep: Sweep, cell: Cell) -> Optional[CellResult]:
+    """The cached result of a finished cell, or None when it has to run."""
+    path = sweep.cell_dir(cell) / "record.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    files = [path.parent / e["file"] for e in record.get("images", [])]
+    if not files or not all(f.is_file() for f in files):
+        return None  # a partial cell (images removed by hand): run it again
+    images = []
+    for f in files:
+        with Image.open(f) as img:
+            images.append(img.convert("RGB"))
+    return CellResult(cell, "cached", images, files, record, conditioning_cached=record.get("conditioning_cached", False))
 
 
 @contextmanager

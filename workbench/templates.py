@@ -1,17 +1,52 @@
 """Prompt templates as data: render a prompt, tokenize it, and compute what is dropped.
 
 Other tools hard-code "drop 34 tokens" (t2i) and "drop 64" (edit). Here the drop count is the
-number of tokens that cover the template's system prefix (everything through ``drop_until``),
-found from the tokenizer's character offsets, and it is checked that the kept tokens start exactly
-where the user content starts.
+number of tokens that cover the template's system prefix (everything through ``drop_until``, the
+official ``<|im_start|>user\n`` or any marker a custom template names), found from the tokenizer's
+character offsets, and it is checked that the kept tokens start exactly where the user content starts.
+
+Templates come from ``conf/template/*.yaml`` (``template=NAME``), from any YAML file
+(``load_template(path)``, ``workbench tokens --template-file PATH``) or from a notebook cell
+(``TemplateConfig(name=..., text=...)``); all are validated by ``TemplateConfig``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from workbench.config.schema import TemplateConfig
+from workbench.config.schema import ConfigError, ControlTokens, TemplateConfig
 from workbench.tokenizer import IMAGE_PAD, IMAGE_PAD_ID, control_tokens
+
+
+def load_template(path: str | Path) -> TemplateConfig:
+    """A user-defined template from a YAML file, validated like the ones in ``conf/template/``.
+
+    The file holds the keys of ``TemplateConfig`` (``text`` is required; ``name`` defaults to the
+    file's stem). Unknown keys and wrong types fail naming the key, semantic errors as ``ConfigError``.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"template file {str(path)!r} not found")
+    data = OmegaConf.load(file)
+    if not OmegaConf.is_dict(data):
+        raise ConfigError(f"template file {file}: expected a mapping of TemplateConfig keys (name, text, ...)")
+    if "text" not in data:
+        raise ConfigError(f"template file {file}: key 'text' is missing; give the template text with one '{{prompt}}' slot")
+    if "name" not in data:
+        data.name = file.stem
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TemplateConfig), data))
+    except ConfigError as err:
+        raise ConfigError(f"template file {file}: {err}") from None
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else None
+        raise ConfigError(f"template file {file}: {cause or err}") from None
 
 
 class TemplateError(ValueError):
@@ -23,6 +58,8 @@ class RenderedPrompt:
     text: str  # full text given to the tokenizer (image pads not yet expanded)
     prompt: str
     keep_from_char: int  # first character of the user content (everything before is dropped)
+    prompt_span: tuple[int, int] = (0, 0)  # [start, end) of the prompt in ``text``
+    escape: bool = False  # tokenize the prompt's special-token text as plain text
 
 
 @dataclass(frozen=True)
@@ -33,15 +70,13 @@ class TokenizedPrompt:
     vision_tokens: list[int]  # expanded <|image_pad|> count per image
 
 
+def _special_pattern(tokenizer) -> re.Pattern:
+    """Leftmost-longest match of every added token, as the tokenizer splits them out."""
+    return re.compile("|".join(re.escape(t) for t in sorted(control_tokens(tokenizer), key=len, reverse=True)))
+
+
 def render(template: TemplateConfig, prompt: str, num_images: int = 0, tokenizer=None) -> RenderedPrompt:
-    """Fill the template's slots; refuse prompts that carry control tokens."""
-    if tokenizer is not None:
-        found = [t for t in control_tokens(tokenizer) if t in prompt]
-        if found:
-            raise TemplateError(
-                f"prompt contains control token(s) {found}: they would be injected into the template "
-                f"'{template.name}' (diffusers' str.format lets them through). Remove them from the prompt"
-            )
+    """Fill the template's slots; refuse (or mark for escaping) prompts that carry control tokens."""
     if not template.min_images <= num_images <= template.max_images:
         raise TemplateError(
             f"template '{template.name}' takes {template.min_images}-{template.max_images} images, got {num_images}"
@@ -50,11 +85,74 @@ def render(template: TemplateConfig, prompt: str, num_images: int = 0, tokenizer
     head, tail = template.text.split("{prompt}")
     head, tail = head.replace("{images}", images), tail.replace("{images}", images)
     text = head + prompt + tail
+    span = (len(head), len(head) + len(prompt))
+    escape = ControlTokens(template.control_tokens) == ControlTokens.escape
+    if tokenizer is not None and not escape:
+        # matches touching the prompt: inside it, or formed together with the template text around it
+        found = sorted({m.group() for m in _special_pattern(tokenizer).finditer(text) if m.end() > span[0] and m.start() < span[1]})
+        if found:
+            raise TemplateError(
+                f"prompt contains control token(s) {found}: they would be injected into the template "
+                f"'{template.name}' (diffusers' str.format lets them through). Remove them from the prompt, "
+                "or set template.control_tokens=escape to encode them as plain text"
+            )
     if template.drop_until is None:
         keep_from = 0
     else:
         keep_from = head.index(template.drop_until) + len(template.drop_until)
-    return RenderedPrompt(text=text, prompt=prompt, keep_from_char=keep_from)
+    return RenderedPrompt(text=text, prompt=prompt, keep_from_char=keep_from, prompt_span=span, escape=escape)
+
+
+def plain_tokenizer(tokenizer):
+    """The tokenizer's byte-level BPE without its added tokens: any text -> ordinary pieces only.
+
+    Built once per tokenizer from its ``tokenizers`` JSON with ``added_tokens`` emptied; used to
+    encode a prompt's ``<|im_end|>`` as ``<``, ``|``, ``im``, ``_end``... instead of id 151645.
+    """
+    cached = getattr(tokenizer, "_workbench_plain_bpe", None)
+    if cached is not None:
+        return cached
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TemplateError(
+            f"template.control_tokens=escape needs a fast (tokenizers) tokenizer, got {type(tokenizer).__name__}; "
+            "use template.control_tokens=refuse"
+        )
+    spec = json.loads(backend.to_str())
+    spec["added_tokens"] = []
+    plain = Tokenizer.from_str(json.dumps(spec))
+    tokenizer._workbench_plain_bpe = plain
+    return plain
+
+
+def _encode_escaped(tokenizer, rendered: RenderedPrompt) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenize like the tokenizer does (added tokens split out first, BPE on the runs between them),
+    except that only the template's own added tokens count: special-token text in the prompt stays
+    plain text. For a prompt without such text this gives exactly the ids of a normal call."""
+    text, (p0, p1) = rendered.text, rendered.prompt_span
+    pattern = _special_pattern(tokenizer)
+    specials = [(m.start(), m.end()) for m in pattern.finditer(text, 0, p0)]
+    specials += [(p1 + m.start(), p1 + m.end()) for m in pattern.finditer(text[p1:])]
+    plain = plain_tokenizer(tokenizer)
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+
+    def plain_run(start: int, end: int) -> None:
+        if end > start:
+            enc = plain.encode(text[start:end], add_special_tokens=False)
+            ids.extend(enc.ids)
+            offsets.extend((start + a, start + b) for a, b in enc.offsets)
+
+    last = 0
+    for start, end in specials:
+        plain_run(last, start)
+        ids.append(tokenizer.convert_tokens_to_ids(text[start:end]))
+        offsets.append((start, end))
+        last = end
+    plain_run(last, len(text))
+    return ids, offsets
 
 
 def tokenize(
@@ -67,8 +165,11 @@ def tokenize(
 
     ``image_grids``: (t, h, w) patch grid per image; each pad becomes t*h*w / merge_size**2 tokens.
     """
-    enc = tokenizer(rendered.text, return_offsets_mapping=True, add_special_tokens=False)
-    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    if rendered.escape:
+        ids, offsets = _encode_escaped(tokenizer, rendered)
+    else:
+        enc = tokenizer(rendered.text, return_offsets_mapping=True, add_special_tokens=False)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     starts = [s for s, _ in offsets]
     drop = sum(1 for s in starts if s < rendered.keep_from_char)
     if rendered.keep_from_char and drop < len(starts) and starts[drop] != rendered.keep_from_char:

@@ -2,8 +2,10 @@
 
 Written here (instead of calling transformers' image processor) because the fast processor needs
 torchvision, which does not install beside the CPU torch wheel, and because the resize filter must
-be a switch (HF resizes bicubic, ComfyUI bilinear). ``tests/test_vision.py`` checks that the
-bicubic output equals transformers' ``Qwen2VLImageProcessorPil`` bit for bit.
+be a switch (HF resizes bicubic, ComfyUI bilinear; ``reference.vlm_resample``). ``tests/test_vision_and_edit.py``
+checks that the bicubic output equals transformers' ``Qwen2VLImageProcessorPil`` bit for bit. The bilinear
+case is PIL's bilinear on 8-bit pixels: ComfyUI's sizes, not its exact floats (it interpolates float tensors
+with torch).
 """
 
 from __future__ import annotations

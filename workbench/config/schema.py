@@ -146,15 +146,105 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------- template
+class ControlTokens(str, Enum):
+    refuse = "refuse"  # a prompt holding special-token text (<|im_end|>...) is an error
+    escape = "escape"  # such text is tokenized as plain BPE pieces, never as control ids
+
+
+_IM = ("<|im_start|>", "<|im_end|>")
+_VISION = ("<|vision_start|>", "<|vision_end|>")
+_IMAGE_PAD = "<|image_pad|>"
+
+
+def _special_sequence(text: str, tokens: tuple[str, ...]) -> list[str]:
+    """The occurrences of ``tokens`` in ``text``, in order."""
+    import re
+
+    return re.findall("|".join(re.escape(t) for t in tokens), text)
+
+
+def _check_special_balance(t: "TemplateConfig") -> None:
+    r"""Unbalanced chat / vision markers silently change what the model sees: refuse them at load time.
+
+    ``<|im_start|>`` / ``<|im_end|>`` must alternate; only the last block may stay open (the
+    ``<|im_start|>assistant\n`` generation prompt of the official templates). ``<|vision_start|>`` /
+    ``<|vision_end|>`` must pair up exactly, in ``image_slot`` and in ``text``; an image slot holds
+    exactly one ``<|image_pad|>`` inside its vision pair.
+    """
+    opened = False
+    for tok in _special_sequence(t.text, _IM):
+        if tok == _IM[0] and opened:
+            raise ConfigError(
+                f"template '{t.name}': key 'text' opens {_IM[0]} twice without {_IM[1]} in between; "
+                f"close each block with {_IM[1]} (only the last, e.g. '{_IM[0]}assistant\\n', may stay open)"
+            )
+        if tok == _IM[1] and not opened:
+            raise ConfigError(
+                f"template '{t.name}': key 'text' has {_IM[1]} without a matching {_IM[0]} before it; "
+                f"open the block with {_IM[0]} or remove the {_IM[1]}"
+            )
+        opened = tok == _IM[0]
+    for key, text in (("image_slot", t.image_slot), ("text", t.text)):
+        if key == "image_slot" and t.max_images == 0:
+            continue  # the slot is never used
+        inside = False
+        for tok in _special_sequence(text, _VISION + (_IMAGE_PAD,)):
+            if tok == _IMAGE_PAD and not inside:
+                raise ConfigError(
+                    f"template '{t.name}': key '{key}' has {_IMAGE_PAD} outside a "
+                    f"{_VISION[0]}...{_VISION[1]} pair; write '{_VISION[0]}{_IMAGE_PAD}{_VISION[1]}'"
+                )
+            if tok == _VISION[0] and inside or tok == _VISION[1] and not inside:
+                raise ConfigError(
+                    f"template '{t.name}': key '{key}' has unbalanced {_VISION[0]} / {_VISION[1]}; "
+                    f"write each image as '{_VISION[0]}{_IMAGE_PAD}{_VISION[1]}'"
+                )
+            if tok in _VISION:
+                inside = tok == _VISION[0]
+        if inside:
+            raise ConfigError(
+                f"template '{t.name}': key '{key}' has {_VISION[0]} without {_VISION[1]}; "
+                f"write each image as '{_VISION[0]}{_IMAGE_PAD}{_VISION[1]}'"
+            )
+    if t.max_images > 0 and t.image_slot.count(_IMAGE_PAD) != 1:
+        raise ConfigError(
+            f"template '{t.name}': key 'image_slot' must hold exactly one {_IMAGE_PAD} (one per image), "
+            f"found {t.image_slot.count(_IMAGE_PAD)}"
+        )
+    if _IMAGE_PAD in t.text:
+        raise ConfigError(
+            f"template '{t.name}': key 'text' holds {_IMAGE_PAD} itself; put image slots in 'image_slot' "
+            "and reference them with '{images}'"
+        )
+
+
 @dataclass
 class TemplateConfig:
-    """A prompt template as data.
+    r"""A prompt template as data.
 
     ``text`` holds one ``{prompt}`` slot and, for edit templates, one ``{images}`` slot that is
     filled with ``image_slot`` once per reference image (``{n}`` = 1-based image number).
     Everything up to and including ``drop_until`` (first occurrence) is the system prefix whose
     hidden states are dropped; ``null`` keeps every token. The drop count is computed by the
-    tokenizer, never written down.
+    tokenizer, never written down. ``drop_until`` may be any marker string, not only the official
+    ``<|im_start|>user\n``: a custom template such as ``"### Task: draw.\n### Prompt:\n{prompt}"``
+    with ``drop_until: "### Prompt:\n"`` drops exactly the tokens covering ``### Task: draw.\n###
+    Prompt:\n`` (the tokenizer must place a token boundary right after the marker; see templates.py).
+
+    ``control_tokens`` says what happens to a prompt that contains special-token text such as
+    ``<|im_end|>``: ``refuse`` (an error naming the tokens) or ``escape`` (the prompt is tokenized
+    as plain text: ``<|im_end|>`` becomes ordinary BPE pieces, never the control id).
+
+    From a notebook cell, build one directly and pass it to ``Workbench.encode``::
+
+        from workbench.config.schema import TemplateConfig
+        mine = TemplateConfig(
+            name="terse",
+            text="<|im_start|>system\nDraw exactly this.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n",
+        )
+        cond = bench.encode(["a red fox"], mine)   # drop count computed from the text: 12 tokens
+
+    or load one from YAML with ``workbench.templates.load_template(path)``.
     """
 
     name: str = MISSING
@@ -163,8 +253,16 @@ class TemplateConfig:
     drop_until: Optional[str] = "<|im_start|>user\n"
     min_images: int = 0
     max_images: int = 0
+    control_tokens: ControlTokens = ControlTokens.refuse
 
     def __post_init__(self) -> None:
+        try:
+            self.control_tokens = ControlTokens(self.control_tokens)  # a plain string from a notebook cell
+        except ValueError:
+            raise ConfigError(
+                f"template '{self.name}': control_tokens={self.control_tokens!r}; expected one of "
+                f"{[m.value for m in ControlTokens]} (template.control_tokens=refuse|escape)"
+            ) from None
         if self.text.count("{prompt}") != 1:
             raise ConfigError(
                 f"template '{self.name}': key 'text' must contain exactly one '{{prompt}}' slot, "
@@ -195,6 +293,7 @@ class TemplateConfig:
                 f"template '{self.name}': drop_until {self.drop_until!r} comes after '{{prompt}}' in key "
                 "'text'; the dropped prefix must end before the prompt"
             )
+        _check_special_balance(self)
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -333,18 +432,81 @@ class PerfConfig:
 
 
 # ----------------------------------------------------------------------------- reference images
+class ReferencePolicy(str, Enum):
+    # aspect-kept ~area, both sides rounded to multiple_of (32), Lanczos resize (diffusers pipelines)
+    diffusers = "diffusers"
+    # side * sqrt(area / (w * h)) with Python round(), "area" resize (ComfyUI TextEncodeQwenImageEdit[Plus]);
+    # the VAE copy per vae_fit, sides multiple of multiple_of (8); odd latents padded circularly
+    comfy = "comfy"
+
+
+class VaeFit(str, Enum):
+    round = "round"  # sides round(side * scale / 8) * 8 (ComfyUI Edit-Plus node)
+    crop = "crop"  # plain rounding, then the VAE's centre crop to a multiple of 8 (ComfyUI Edit node)
+
+
+class Resample(str, Enum):
+    bicubic = "bicubic"  # transformers' Qwen2VLImageProcessor
+    bilinear = "bilinear"  # ComfyUI's process_qwen2vl_images
+
+
 @dataclass
 class ReferenceConfig:
-    """How edit reference images are sized for the vision-language model and for the VAE."""
+    """How edit reference images are sized for the vision-language model and for the VAE.
+
+    Sizing is the users' top complaint (edits shifted / zoomed against the input), so each tool's
+    rule is a config: ``policy`` picks the rounding (see ``workbench.stages.latents.reference_sizes``
+    for the exact arithmetic), ``vlm_resample`` the filter of the VLM's smart resize.
+    """
 
     name: str = "diffusers_edit_plus"
+    policy: ReferencePolicy = ReferencePolicy.diffusers
     vlm_area: int = 384 * 384  # target pixel count of the copy the text encoder sees
     vae_area: int = 1024 * 1024  # target pixel count of the copy the VAE encodes
-    multiple_of: int = 32
+    multiple_of: int = 32  # diffusers: both copies' sides; comfy: the VAE copy's sides (8)
+    vae_fit: VaeFit = VaeFit.round  # comfy only
+    vlm_resample: Resample = Resample.bicubic
 
     def __post_init__(self) -> None:
-        if self.multiple_of % 16:
-            raise ConfigError(f"reference.multiple_of must be a multiple of 16, got {self.multiple_of}")
+        if self.policy == ReferencePolicy.diffusers and self.multiple_of % 16:
+            raise ConfigError(
+                f"reference.multiple_of must be a multiple of 16 with reference.policy=diffusers, got "
+                f"{self.multiple_of}; use 32 (diffusers), or reference.policy=comfy for multiples of 8"
+            )
+        if self.policy == ReferencePolicy.comfy and (self.multiple_of < 8 or self.multiple_of % 8):
+            raise ConfigError(
+                f"reference.multiple_of must be a multiple of 8 with reference.policy=comfy (the VAE's "
+                f"8x downscale), got {self.multiple_of}; ComfyUI uses 8"
+            )
+        for key in ("vlm_area", "vae_area"):
+            if getattr(self, key) < 28 * 28:
+                raise ConfigError(f"reference.{key} must be >= 784 pixels (one 28x28 VLM cell), got {getattr(self, key)}")
+
+
+# ----------------------------------------------------------------------------- sweep executor
+class ExecutorName(str, Enum):
+    local = "local"  # sweep cells run in this process, on its resident models
+    ray = "ray"  # on Ray actors, one per GPU (or CPU slot), each holding resident models
+
+
+@dataclass
+class ExecutorConfig:
+    """Where sweep cells run (workbench/sweep_executors.py). Not part of a cell's cache key: the same
+    cell gives the same image on either executor, so each reuses the other's finished cells."""
+
+    name: ExecutorName = ExecutorName.local
+    address: Optional[str] = None  # ray: null = start a local cluster; "auto" = the running one; "ray://head:10001"
+    num_actors: Optional[int] = None  # ray: null = one per GPU of the cluster (one per CPU slot without GPUs)
+    gpus_per_actor: Optional[float] = None  # ray: null = 1 where the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0  # ray
+
+    def __post_init__(self) -> None:
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ConfigError(f"executor.num_actors must be >= 1 (or null: one per GPU), got {self.num_actors}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ConfigError(f"executor.gpus_per_actor must be >= 0 (0 = CPU actors), got {self.gpus_per_actor}")
+        if self.cpus_per_actor <= 0:
+            raise ConfigError(f"executor.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
 
 
 # ----------------------------------------------------------------------------- top level
@@ -357,6 +519,7 @@ class Config:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # sweeps only; never in a cell's cache key
 
     prompts: list[str] = field(default_factory=lambda: ["a red fox in the snow"])
     negative_prompt: str = " "  # used when sampler.cfg > 1

@@ -7,6 +7,7 @@ the same latents on every device and whatever the batch composition.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -63,6 +64,88 @@ def area_size(width: int, height: int, area: int, multiple_of: int) -> tuple[int
     return max(multiple_of, round(w / multiple_of) * multiple_of), max(multiple_of, round(h / multiple_of) * multiple_of)
 
 
+def comfy_area_size(width: int, height: int, area: int, multiple_of: int = 1) -> tuple[int, int]:
+    """ComfyUI's TextEncodeQwenImageEdit[Plus] sizing: scale = sqrt(area / (w * h)), each side
+    ``round(side * scale / multiple_of) * multiple_of`` with Python's round (halves to even).
+    ``multiple_of=1`` is the nodes' plain rounding (VLM copies, Edit's VAE copy), 8 Edit-Plus's VAE copy."""
+    scale = math.sqrt(area / (width * height))
+    w = round(width * scale / multiple_of) * multiple_of if multiple_of > 1 else round(width * scale)
+    h = round(height * scale / multiple_of) * multiple_of if multiple_of > 1 else round(height * scale)
+    return max(multiple_of, w), max(multiple_of, h)
+
+
+def centre_crop_box(width: int, height: int, multiple_of: int = 8) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of ComfyUI's VAE-encode crop: each side floored to ``multiple_of``,
+    the cut split with the extra pixel at the end (offset = (side % multiple_of) // 2)."""
+    w, h = width // multiple_of * multiple_of, height // multiple_of * multiple_of
+    left, top = (width % multiple_of) // 2, (height % multiple_of) // 2
+    return left, top, left + w, top + h
+
+
+@dataclass(frozen=True)
+class ReferenceSizes:
+    """Where one reference image goes: the VLM copy, and the VAE copy (resized, then cropped)."""
+
+    vlm: tuple[int, int]  # (w, h) handed to the vision preprocessing (which then snaps to 28)
+    vae_resize: tuple[int, int]  # (w, h) the image is resized to for the VAE
+    vae_crop: tuple[int, int, int, int]  # box cut from that, (left, top, right, bottom)
+    resize_filter: str  # "lanczos" (diffusers' VaeImageProcessor) | "area" (ComfyUI common_upscale)
+
+    @property
+    def vae(self) -> tuple[int, int]:
+        left, top, right, bottom = self.vae_crop
+        return right - left, bottom - top
+
+
+def reference_sizes(width: int, height: int, reference) -> ReferenceSizes:
+    """The sizes a ``ReferenceConfig`` gives an input of ``width`` x ``height``.
+
+    diffusers: both copies ``area_size`` (aspect kept, sides rounded to ``multiple_of`` = 32), no crop.
+    comfy: the VLM copy ``comfy_area_size(vlm_area)`` with plain rounding; the VAE copy either
+    rounded to ``multiple_of`` (``vae_fit=round``, Edit-Plus node) or plainly rounded and then
+    centre-cropped to ``multiple_of`` (``vae_fit=crop``, Edit node + the VAE's encode crop).
+    """
+    policy = getattr(reference.policy, "value", reference.policy)
+    fit = getattr(reference.vae_fit, "value", reference.vae_fit)
+    m = reference.multiple_of
+    if policy == "diffusers":
+        vw, vh = area_size(width, height, reference.vlm_area, m)
+        w, h = area_size(width, height, reference.vae_area, m)
+        return ReferenceSizes((vw, vh), (w, h), (0, 0, w, h), "lanczos")
+    if policy != "comfy":
+        raise ValueError(f"reference.policy={policy!r}: expected diffusers or comfy")
+    vlm = comfy_area_size(width, height, reference.vlm_area)
+    if fit == "round":
+        w, h = comfy_area_size(width, height, reference.vae_area, m)
+        return ReferenceSizes(vlm, (w, h), (0, 0, w, h), "area")
+    w, h = comfy_area_size(width, height, reference.vae_area)
+    return ReferenceSizes(vlm, (w, h), centre_crop_box(w, h, m), "area")
+
+
+def resize(image: Image.Image, width: int, height: int, filter: str) -> Image.Image:
+    """Resize with Lanczos (PIL, like diffusers) or "area" (torch ``interpolate(mode="area")``, like
+    ComfyUI's ``common_upscale(..., "area")``; the result is rounded back to 8-bit)."""
+    import numpy as np
+
+    image = image.convert("RGB")
+    if filter == "lanczos":
+        return image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    if filter != "area":
+        raise ValueError(f"resize filter {filter!r}: expected lanczos or area")
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)[None] / 255.0
+    y = torch.nn.functional.interpolate(x, size=(height, width), mode="area")[0]
+    return Image.fromarray((y.clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).numpy())
+
+
+def pad_to_even(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> sides padded to even, circularly at the bottom / right, as ComfyUI's Qwen model
+    pads odd reference latents (multiple-of-8 images) before 2x2 patching."""
+    h, w = latents.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        return latents
+    return torch.nn.functional.pad(latents, (0, w % 2, 0, h % 2), mode="circular")
+
+
 def image_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
     """PIL -> (1, 3, H, W) in [-1, 1], resized with Lanczos like diffusers' VaeImageProcessor."""
     import numpy as np
@@ -78,3 +161,21 @@ def encode_reference(vae, image: Image.Image, width: int, height: int) -> torch.
     x = image_to_tensor(image, width, height).to(vae.device, vae.dtype).unsqueeze(2)  # (1, 3, 1, H, W)
     latents = vae.encode(x).latent_dist.mode()  # (1, 16, 1, h, w); the mode, as diffusers' "argmax"
     return pack(normalise(latents, vae)[:, :, 0])
+
+
+@torch.no_grad()
+def encode_reference_sized(vae, image: Image.Image, sizes: ReferenceSizes) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """A reference image sized by a policy -> (packed latents (1, tokens, 64), RoPE shape (1, h/2, w/2)).
+
+    Sides that are multiples of 8 but not 16 give odd latents; they are padded circularly to even
+    (ComfyUI's behaviour), so the RoPE shape rounds up.
+    """
+    if sizes.resize_filter == "lanczos" and sizes.vae_crop == (0, 0) + sizes.vae_resize:
+        packed = encode_reference(vae, image, *sizes.vae_resize)  # the diffusers path, unchanged
+        w, h = sizes.vae
+        return packed, (1, h // 16, w // 16)
+    img = resize(image, *sizes.vae_resize, sizes.resize_filter).crop(sizes.vae_crop)
+    x = image_to_tensor(img, img.width, img.height).to(vae.device, vae.dtype).unsqueeze(2)
+    latents = normalise(vae.encode(x).latent_dist.mode(), vae)[:, :, 0]  # (1, 16, h, w)
+    latents = pad_to_even(latents)
+    return pack(latents), (1, latents.shape[-2] // 2, latents.shape[-1] // 2)

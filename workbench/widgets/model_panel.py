@@ -1,7 +1,8 @@
 """Model panel: model / precision / memory mode / device, load and free buttons, resident memory.
 
 Loading goes through ``Workbench.from_config`` (the per-process component cache), freeing through
-``workbench.pipeline.free_models``: what this panel loads is what sweeps and runs then reuse.
+``workbench.pipeline.free_models``: what this panel loads is what sweeps and runs then reuse. Besides the
+tiny models, the model list offers what model discovery finds on disk (``files:...``), as overrides.
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ import ipywidgets as W
 
 
 # ----------------------------------------------------------------------------- choices (library side)
-def available_models() -> list[str]:
-    """Model options for the dropdown: the embedded tiny models of ``conf/model/``.
-
-    This is the one place to plug model discovery into (``workbench.loading``, being written): it
-    should return the names a ``model=<name>`` override accepts.
-    """
+def tiny_models() -> list[str]:
+    """The embedded tiny models of ``conf/model/`` (each a ``model=<name>`` override)."""
     from omegaconf import OmegaConf
 
     from workbench.config import config_dir
@@ -29,6 +26,68 @@ def available_models() -> list[str]:
         if OmegaConf.load(path).get("source", "tiny") == "tiny":
             names.append(path.stem)
     return names
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"  # Hydra: quoted, so '/', ':', spaces and ',' stay literal
+
+
+def _arch_rules(transformer) -> str:
+    """Single files carry no config: heads of Qwen-Image's 128 mean its real rules, anything else is the tiny
+    test model's shape (folders bring config.json, so either works for them)."""
+    from workbench.loading.header import read_header
+    from workbench.loading.infer import REAL_ROPE_AXES
+    from workbench.loading.keys import strip_dit_prefix
+
+    if transformer.path.is_dir():
+        return "real"
+    shapes = {strip_dit_prefix(n): t.shape for n, t in read_header(transformer.path).tensors.items()}
+    head = shapes.get("transformer_blocks.0.attn.norm_q.weight", (sum(REAL_ROPE_AXES),))[0]
+    return "real" if head == sum(REAL_ROPE_AXES) else "tiny"
+
+
+def discovered_models(roots: Optional[list[str]] = None, hf_cache: bool = True) -> dict[str, list[str]]:
+    """Complete models that discovery finds (``workbench.loading.discover.scan``), label -> the overrides
+    that load them.
+
+    A diffusers folder is one model (``files:<folder>``). Each other transformer is paired with the text
+    encoder and the VAE nearest to it on disk (same ComfyUI tree first), since ComfyUI keeps them in
+    sibling folders; other pairings are a ``model.text_encoder=`` / ``model.vae=`` override away.
+    """
+    import os
+
+    from workbench.config.schema import Variant
+    from workbench.loading.discover import scan
+
+    entries = scan(roots, hf_cache=hf_cache)
+    by_kind = {k: [e for e in entries if e.kind == k] for k in ("transformer", "text_encoder", "vae")}
+    base = [f"model.roots=[{', '.join(_quote(str(r)) for r in roots)}]"] if roots else []
+    out: dict[str, list[str]] = {}
+    for dit in by_kind["transformer"]:
+        variant = [f"model.variant={dit.variant}"] if dit.variant in {v.value for v in Variant} else []
+        if dit.path.name == "transformer" and (dit.path.parent / "model_index.json").is_file():
+            folder = dit.name.removesuffix("/transformer")
+            parts = {e.name for e in entries}
+            if {f"{folder}/text_encoder", f"{folder}/vae"} <= parts:
+                out[f"files:{folder}"] = ["model=files_diffusers", *base, *variant,
+                                          *(f"model.{s}={_quote(folder)}" for s in ("transformer", "text_encoder", "vae"))]
+            continue
+        # nearest on disk first; on a tie, a standalone file before a part of some diffusers folder
+        near = lambda e: (-len(os.path.commonpath([e.path, dit.path])), (e.path.parent / "model_index.json").is_file())  # noqa: E731
+        te = min(by_kind["text_encoder"], key=near, default=None)
+        vae = min(by_kind["vae"], key=near, default=None)
+        if te is None or vae is None:  # not a complete model: nothing to load it with
+            continue
+        out[f"files:{dit.name}"] = ["model=files_comfyui", *base, *variant, f"model.arch_rules={_arch_rules(dit)}",
+                                    f"model.transformer={_quote(dit.name)}", f"model.text_encoder={_quote(te.name)}",
+                                    f"model.vae={_quote(vae.name)}"]
+    return out
+
+
+def available_models(roots: Optional[list[str]] = None, hf_cache: bool = True) -> list[str]:
+    """Dropdown options: the tiny models (``model=<name>``), then the ``files:...`` models discovery finds
+    under the model roots (default ``$WORKBENCH_MODELS``, else ./models) and in the HF cache."""
+    return tiny_models() + list(discovered_models(roots, hf_cache))
 
 
 def available_precisions() -> list[str]:
@@ -51,23 +110,13 @@ def available_devices() -> list[str]:
     return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
-def _module_bytes(module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
-        b.numel() * b.element_size() for b in module.buffers()
-    )
-
-
 def memory_report() -> dict:
-    """Resident component sets with their weight bytes, plus CUDA and process memory now."""
+    """Resident component sets (``pipeline.resident_models()``), plus CUDA and process memory now."""
     import torch
 
-    from workbench import pipeline
+    from workbench.pipeline import resident_models
 
-    resident = []
-    for comps in list(pipeline._CACHE.values()):  # no public accessor yet; see the module docstring
-        sizes = {name: _module_bytes(getattr(comps, name)) for name in ("text_encoder", "transformer", "vae")}
-        resident.append({"models": comps.identity.get("transformer", "?"), "device": str(comps.device), **sizes})
-    report: dict = {"resident": resident, "process_rss_bytes": _rss_bytes()}
+    report: dict = {"resident": resident_models(), "process_rss_bytes": _rss_bytes()}
     if torch.cuda.is_available():
         report["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated())
         report["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved())
@@ -92,10 +141,15 @@ def _mb(n: int) -> str:
 
 # ----------------------------------------------------------------------------- the view
 class ModelPanel(W.VBox):
-    """Dropdowns for the model settings; Load builds (or reuses) them, Free drops every resident model."""
+    """Dropdowns for the model settings; Load builds (or reuses) them, Free drops every resident model.
 
-    def __init__(self, model: str = "tiny", precision: str = "fp32", device: str = "auto", memory: Optional[str] = None):
-        self.model = W.Dropdown(options=available_models(), value=model, description="model")
+    ``roots``: model roots to discover files in (default ``$WORKBENCH_MODELS``, else ./models).
+    """
+
+    def __init__(self, model: str = "tiny", precision: str = "fp32", device: str = "auto", memory: Optional[str] = None,
+                 roots: Optional[list[str]] = None, hf_cache: bool = True):
+        self.discovered = discovered_models(roots, hf_cache)  # label -> overrides, for files:... options
+        self.model = W.Dropdown(options=tiny_models() + list(self.discovered), value=model, description="model")
         self.precision = W.Dropdown(options=available_precisions(), value=precision, description="precision")
         modes = available_memory_modes()
         self.memory = W.Dropdown(options=modes, value=memory or (modes[0] if modes else None), description="memory",
@@ -117,7 +171,8 @@ class ModelPanel(W.VBox):
 
     def overrides(self) -> list[str]:
         """The Hydra overrides these dropdowns stand for (paste them into a run or a sweep base)."""
-        out = [f"model={self.model.value}", f"precision={self.precision.value}", f"device={self.device.value}"]
+        model = self.discovered.get(self.model.value, [f"model={self.model.value}"])
+        out = [*model, f"precision={self.precision.value}", f"device={self.device.value}"]
         if self.memory.value:
             out.append(f"precision.memory={self.memory.value}")
         return out
@@ -154,9 +209,10 @@ class ModelPanel(W.VBox):
     def refresh(self) -> dict:
         """Redraw the memory view; returns ``memory_report()``."""
         report = memory_report()
+        slots = ("text_encoder", "transformer", "vae")
         rows = "".join(
-            f"<tr><td>{html.escape(r['models'])}</td><td>{html.escape(r['device'])}</td>"
-            f"<td>{_mb(r['text_encoder'])}</td><td>{_mb(r['transformer'])}</td><td>{_mb(r['vae'])}</td></tr>"
+            f"<tr><td>{html.escape(r['identity'].get('transformer', '?'))}</td><td>{html.escape(r['device'])}</td>"
+            + "".join(f"<td>{_mb(r['bytes'][s])} {html.escape(r['dtypes'][s])}</td>" for s in slots) + "</tr>"
             for r in report["resident"]
         )
         table = (

@@ -43,8 +43,10 @@ class SweepPanel(W.VBox):
         axes: Sequence[tuple[str, str]] = (("sampler.steps", "2,4"),),
         base: Sequence[str] = ("height=64", "width=64"),
         out_dir: Optional[str | Path] = None,
+        executor=None,  # None: the config's executor section (a base line executor=ray works too); "local" / "ray"
     ):
         self.out_dir = out_dir
+        self.executor = executor
         self.result: Optional[SweepResult] = None
         self.sweep: Optional[Sweep] = None
         self._holding = False
@@ -129,7 +131,7 @@ class SweepPanel(W.VBox):
         self.progress.max, self.progress.value, self.progress.bar_style = len(sweep.cells), 0, "info"
         self.status.value = "running..."
         try:
-            self.result = sweep.run(progress=False, on_cell=self._on_cell)
+            self.result = sweep.run(progress=False, on_cell=self._on_cell, executor=self.executor)
         except Exception as err:  # shown, not swallowed: the traceback also goes to the log
             self.status.value = f"<span style='color:#a00'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
             self.progress.bar_style = "danger"

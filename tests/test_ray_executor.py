@@ -1,0 +1,141 @@
+"""executor=ray: sweep cells on Ray actors give the local executor's images and fill the same cache.
+
+One local Ray cluster on CPU (2 actors of 1 CPU) is started for the module; every actor builds the
+tiny model once and keeps it for every cell it is dealt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from workbench.sweep import FAILED, Sweep, SweepError
+from workbench.sweep_executors import ExecutorError, LocalExecutor, RayExecutor, make_executor
+
+SMALL = ["height=32", "width=32"]
+RAY = ["executor=ray", "executor.num_actors=2", "executor.gpus_per_actor=0"]  # the executor comes from the config
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    ray = pytest.importorskip("ray", reason="executor=ray needs ray: pip install qwen-image-workbench[ray]")
+    from workbench import sweep_executors
+
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # else Ray writes token files into ~/.ray
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    sweep_executors.shutdown()
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = old
+
+
+def pixels(result) -> list[np.ndarray]:
+    return [np.asarray(r.images[0]) for r in result.cells]
+
+
+def test_ray_matches_local_and_shares_the_cache(ray_cluster, tmp_path):
+    axes = ["precision=fp32,bf16", "sampler.steps=2,3"]
+    on_ray = Sweep.plan(axes, base=SMALL + RAY, out_dir=tmp_path / "ray")
+    local = Sweep.plan(axes, base=SMALL, out_dir=tmp_path / "local")
+    assert [c.key for c in on_ray.cells] == [c.key for c in local.cells]  # executor settings are not in the key
+    assert on_ray.executor.name.value == "ray" and local.executor.name.value == "local"
+
+    r = on_ray.run(progress=False)
+    assert r.stats["ran"] == 4 and r.stats["failed"] == 0
+    # one actor per model group, each built its model once: no switches, one encode per group
+    assert r.stats["model_switches"] == 0 and r.stats["encodes"] == 2
+    workers = {res.worker for res in r.cells}
+    assert len(workers) == 2 and not any(w.endswith(f":{os.getpid()}") for w in workers)
+    by_precision = {res.worker: res.cell.values[0] for res in r.cells}
+    for res in r.cells:  # a worker ran only cells of its own precision
+        assert by_precision[res.worker] == res.cell.values[0]
+
+    l = local.run(progress=False)
+    assert l.stats["ran"] == 4 and all(res.worker.endswith(f":{os.getpid()}") for res in l.cells)
+    for a, b in zip(pixels(r), pixels(l)):
+        assert a.shape == (32, 32, 3) and np.array_equal(a, b)  # bit-equal pixels
+    for a, b in zip(r.cells, l.cells):
+        assert a.record["config"] == b.record["config"] and "executor" not in a.record["config"]
+        assert a.files[0].name == b.files[0].name
+    assert pixels(r)[0].tolist() != pixels(r)[2].tolist()  # different steps, different images
+
+    # the same cache: either executor reads back the other's cells and runs nothing
+    again = Sweep.plan(axes, base=SMALL, out_dir=tmp_path / "ray").run(progress=False)
+    assert again.stats["cached"] == 4 and again.stats["ran"] == 0
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(again), pixels(r)))
+    assert on_ray.run(progress=False, executor=None).stats["cached"] == 4
+    assert local.run(progress=False, executor="ray").stats["cached"] == 4  # executor as an argument
+
+    # a removed cell is the only one that runs again, on Ray, into the folder the local run made
+    (local.cell_dir(local.cells[3]) / "record.json").unlink()
+    resumed = Sweep.plan(axes, base=SMALL + RAY, out_dir=tmp_path / "local").run(progress=False)
+    assert resumed.stats["cached"] == 3 and resumed.stats["ran"] == 1
+    # ... on the actor that already holds that model and its conditioning from the first sweep
+    assert resumed.cells[3].worker == r.cells[3].worker and resumed.stats["encodes"] == 0
+    assert np.array_equal(pixels(resumed)[3], pixels(l)[3])
+    assert (tmp_path / "local" / "grid.png").is_file()
+
+
+def test_ray_failing_cell_is_a_labelled_tile(ray_cluster, tmp_path):
+    edit = Sweep.plan(
+        ["images=asset:sample_reference.png,/nonexistent/ref.png"],
+        base=["experiment=edit_tiny", "sampler.steps=2"] + RAY,
+        out_dir=tmp_path,
+    )
+    result = edit.run(progress=False)
+    assert list(result.table["status"]) == ["ok", "failed"]
+    assert "FileNotFoundError" in result.cells[1].error and "/nonexistent/ref.png" in result.cells[1].error
+    error = json.loads((edit.cell_dir(edit.cells[1]) / "error.json").read_text())
+    assert "/nonexistent/ref.png" in error["error"]
+    grid = np.asarray(result.grid)
+    tile_w = result.cells[0].images[0].width
+    assert (grid == np.array(FAILED, dtype=grid.dtype)).all(axis=-1).sum() > tile_w * 10  # the blank tile is drawn
+
+
+def test_ray_sweep_stops_when_the_callback_says_so(ray_cluster, tmp_path):
+    sweep = Sweep.plan(["sampler.steps=2,3,4"], base=SMALL + RAY, out_dir=tmp_path)
+    result = sweep.run(progress=False, on_cell=lambda res, all_results: True)  # stop after the first cell
+    assert result.done == 1 and list(result.table["status"]).count("pending") == 2
+    assert len(list(tmp_path.glob("cells/*/record.json"))) == 1  # cells finishing after the stop are not stored
+
+
+def test_executor_settings_are_checked_and_never_swept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default sweep folders land here
+    with pytest.raises(SweepError, match="'executor.num_actors' cannot be an axis"):
+        Sweep.plan(["executor.num_actors=1,2"], base=SMALL)
+    with pytest.raises(SweepError, match="executor.num_actors must be >= 1"):
+        Sweep.plan(["sampler.steps=2"], base=SMALL + ["executor=ray", "executor.num_actors=0"])
+    # the default sweep folder does not depend on the executor: a Ray run finds a local run's cache
+    a = Sweep.plan(["sampler.steps=2,3"], base=SMALL)
+    b = Sweep.plan(["sampler.steps=2,3"], base=SMALL + RAY)
+    assert a.out_dir == b.out_dir and b.executor.num_actors == 2
+    assert isinstance(make_executor(a.executor), LocalExecutor) and isinstance(make_executor("local"), LocalExecutor)
+    with pytest.raises(ExecutorError, match="unknown executor 'dask'; use one of 'local', 'ray'"):
+        make_executor("dask")
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # Ray not installed
+    with pytest.raises(ExecutorError, match=r"needs Ray.*pip install qwen-image-workbench\[ray\]"):
+        b.run(progress=False)
+    assert not (tmp_path / "outputs").exists()  # nothing ran
+
+
+def test_ray_cluster_too_small_is_refused(ray_cluster):
+    from workbench.config.schema import ExecutorConfig, ExecutorName
+
+    with pytest.raises(ExecutorError, match="need 3 CPUs but the Ray cluster has 2"):
+        RayExecutor(ExecutorConfig(name=ExecutorName.ray, num_actors=3, gpus_per_actor=0)).actors(3)
+    with pytest.raises(ExecutorError, match="need 1 GPUs but the Ray cluster has 0.*gpus_per_actor \\(0 runs on CPUs\\)"):
+        RayExecutor(ExecutorConfig(name=ExecutorName.ray, num_actors=1, gpus_per_actor=1)).actors(1)
