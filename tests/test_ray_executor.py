@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from workbench.sweep import FAILED, Sweep, SweepError
-from workbench.sweep_executors import ExecutorError, LocalExecutor, RayExecutor, make_executor
+from workbench.sweep.executors import ExecutorError, LocalExecutor, RayExecutor, make_executor
 
 SMALL = ["height=32", "width=32"]
 RAY = ["executor=ray", "executor.num_actors=2", "executor.gpus_per_actor=0"]  # the executor comes from the config
@@ -22,7 +22,7 @@ RAY = ["executor=ray", "executor.num_actors=2", "executor.gpus_per_actor=0"]  # 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     ray = pytest.importorskip("ray", reason="executor=ray needs ray: pip install qwen-image-workbench[ray]")
-    from workbench import sweep_executors
+    from workbench.sweep import executors as sweep_executors
 
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # else Ray writes token files into ~/.ray

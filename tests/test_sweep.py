@@ -9,7 +9,7 @@ import pytest
 
 from workbench.record import read_png_record
 from workbench.sweep import FAILED, Sweep, SweepError
-from workbench.sweep_axes import Axis, parse_axes, parse_axis, parse_values
+from workbench.sweep.axes import Axis, parse_axes, parse_axis, parse_values
 
 SMALL = ["height=32", "width=32"]
 

@@ -15,7 +15,6 @@ The magics only parse arguments and display; the work is ``workbench.run`` / ``w
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shlex
 from datetime import datetime
@@ -24,29 +23,14 @@ from typing import Optional
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
+from workbench.record import png_bytes
+from workbench.sweep.grid import in_a_row
+
 USAGE = __doc__.split("\n\n")[1]
 
 
 class MagicError(ValueError):
     """Bad magic arguments; shown as one line, without a traceback."""
-
-
-def _png(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _strip(images):
-    from PIL import Image
-
-    w, h = sum(i.width for i in images), max(i.height for i in images)
-    out = Image.new("RGB", (w, h), "white")
-    x = 0
-    for img in images:
-        out.paste(img, (x, 0))
-        x += img.width
-    return out
 
 
 class RunResult:
@@ -71,7 +55,7 @@ class RunResult:
         )
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"text/plain": repr(self), "image/png": _png(_strip(self.images))}
+        return {"text/plain": repr(self), "image/png": png_bytes(in_a_row(self.images))}
 
 
 class RecordView:

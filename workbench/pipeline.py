@@ -35,6 +35,7 @@ from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
 from workbench.stages import encode as encode_stage
 from workbench.stages import latents as latents_stage
+from workbench.stages import schedule as schedule_stage
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -138,6 +139,19 @@ class Workbench:
         f = self.components.vae_scale_factor
         return latents_stage.noise(seeds, height // f, width // f, self.device, self.components.transformer.dtype)
 
+    def prepare_img2img_latents(
+        self, seeds: list[int], height: int, width: int, image: Image.Image, sampler: SamplerConfig, strength: float
+    ) -> tuple[torch.Tensor, int]:
+        """Start latents for image-to-image and the step they start at (pass it to ``denoise``)."""
+        f = self.components.vae_scale_factor
+        start = schedule_stage.img2img_start(sampler.steps, strength)
+        sigma0 = schedule_stage.sigma_at(sampler, (height // 16) * (width // 16), start)
+        latents = latents_stage.img2img_noise(
+            self.components.vae, image, seeds, height // f, width // f, sigma0, self.device,
+            self.components.transformer.dtype,
+        )
+        return latents, start
+
     def denoise(
         self,
         latents: torch.Tensor,
@@ -149,11 +163,12 @@ class Workbench:
         references: Optional[References] = None,
         callback: Optional[Callable] = None,
         progress: bool = True,
+        start_step: int = 0,
     ) -> torch.Tensor:
         shapes = [(1, height // 16, width // 16)] + (references.shapes if references else [])
         ref = references.latents.to(latents.dtype) if references else None
         return denoise_stage.denoise(
-            self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress
+            self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress, start_step
         )
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
@@ -168,6 +183,7 @@ class Workbench:
         with self._timed(timings, "references"):
             images = [load_image(p) for p in cfg.images]
             refs = self.prepare_references(images, cfg.reference) if images else None
+            init = load_image(cfg.init_image) if cfg.init_image else None
         height, width = cfg.height, cfg.width
         if height is None:  # edit: the size of the last reference, like diffusers
             width, height = refs.vae_sizes[-1]
@@ -191,10 +207,14 @@ class Workbench:
             t: dict[str, float] = dict(timings)
             cond = cond_all.select([p for p, _ in chunk])
             uncond = uncond_one.select([0] * len(chunk)) if uncond_one is not None else None
+            seeds = [s for _, s in chunk]
             with self._timed(t, "latents"):
-                latents = self.prepare_latents([s for _, s in chunk], height, width)
+                if init is None:
+                    latents, start = self.prepare_latents(seeds, height, width), 0
+                else:
+                    latents, start = self.prepare_img2img_latents(seeds, height, width, init, cfg.sampler, cfg.strength)
             with self._timed(t, "denoise"):
-                latents = self.denoise(latents, cond, cfg.sampler, height, width, uncond, refs, callback, progress)
+                latents = self.denoise(latents, cond, cfg.sampler, height, width, uncond, refs, callback, progress, start)
             with self._timed(t, "decode"):
                 pil = self.decode(latents, height, width)
             for k, ((p, s), img) in enumerate(zip(chunk, pil)):

@@ -40,15 +40,21 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def save_png(path: Path, image: Image.Image, record: dict) -> None:
-    """Save ``image`` with ``record`` (JSON) in the PNG text chunk ``workbench``."""
+def png_bytes(image: Image.Image, record: dict | None = None) -> bytes:
+    """PNG-encode ``image``; with ``record``, as JSON in the text chunk ``workbench``."""
     import io
 
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(PNG_KEY, json.dumps(record, ensure_ascii=False))
+    if record is not None:
+        info.add_itxt(PNG_KEY, json.dumps(record, ensure_ascii=False))
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_png(path: Path, image: Image.Image, record: dict) -> None:
+    """Save ``image`` with ``record`` (JSON) in the PNG text chunk ``workbench``, atomically."""
+    atomic_write_bytes(path, png_bytes(image, record))
 
 
 def read_png_record(path: Path) -> dict:

@@ -103,7 +103,7 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
-CHANGE_FIELDS = ("versions", "models", "model_files", "device", "git_commit", "reference_images")
+CHANGE_FIELDS = ("versions", "models", "model_files", "device", "git_commit", "reference_images", "init_image")
 
 
 def changed_inputs(old: dict, new: dict) -> list[dict]:

@@ -40,6 +40,7 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
         "git_commit": rec.git_commit(),
         "model_files": rec.model_file_hashes(resolved),  # sha256 per file; empty for the tiny model
         "reference_images": rec.reference_image_hashes(list(run_cfg.images)),
+        "init_image": rec.reference_image_hashes([run_cfg.init_image] if run_cfg.init_image else []),
     }
     entries = []
     for i, r in enumerate(results):

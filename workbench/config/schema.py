@@ -491,7 +491,7 @@ class ExecutorName(str, Enum):
 
 @dataclass
 class ExecutorConfig:
-    """Where sweep cells run (workbench/sweep_executors.py). Not part of a cell's cache key: the same
+    """Where sweep cells run (workbench/sweep/executors.py). Not part of a cell's cache key: the same
     cell gives the same image on either executor, so each reuses the other's finished cells."""
 
     name: ExecutorName = ExecutorName.local
@@ -527,6 +527,8 @@ class Config:
     images: list[str] = field(default_factory=list)  # reference images for edit templates
     height: Optional[int] = 128  # null: from the last reference image (edit)
     width: Optional[int] = 128
+    init_image: Optional[str] = None  # image-to-image: start from this image, noised to `strength`
+    strength: float = 1.0  # image-to-image: fraction of the schedule that runs (ComfyUI's "denoise")
     snap_size: bool = False  # floor sides to multiples of 16 (noted in the record) instead of refusing
     batch_size: int = 1  # images per forward pass
     max_sequence_length: int = 1024
@@ -552,6 +554,17 @@ class Config:
             raise ConfigError("height and width must both be set or both be null")
         if self.height is None and not self.images:
             raise ConfigError("height/width are null but no reference images are given to take the size from")
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"strength must be in (0, 1], got {self.strength}")
+        if self.strength < 1.0 and self.init_image is None:
+            raise ConfigError(
+                f"strength={self.strength} needs init_image (image-to-image); set init_image=PATH or strength=1"
+            )
+        if self.init_image is not None and int(self.sampler.steps * self.strength) < 1:
+            raise ConfigError(
+                f"strength={self.strength} x sampler.steps={self.sampler.steps} leaves no step to run; "
+                "raise sampler.steps or strength"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         n = len(self.images)

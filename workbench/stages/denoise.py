@@ -63,8 +63,12 @@ def denoise(
     reference: Optional[torch.Tensor] = None,
     callback: Optional[Callable[[StepInfo], Optional[bool]]] = None,
     progress: bool = True,
+    start_step: int = 0,
 ) -> torch.Tensor:
     """Run the sampler from noise ``latents`` (B, tokens, 64); returns the final packed latents.
+
+    ``start_step``: image-to-image starts part way (``schedule.img2img_start``), from latents
+    already noised to that step's sigma.
 
     ``img_shapes``: (frames, h/16, w/16) of the target, then of each reference image.
     ``reference``: packed reference latents (1, ref tokens, 64), appended after the target tokens.
@@ -95,7 +99,10 @@ def denoise(
         return guide(sampler, v_cond, v_uncond, x, sigma)
 
     sigmas = scheduler.sigmas.tolist()
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", disable=not progress, leave=False)):
+    if start_step and hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start_step)
+    steps = list(enumerate(scheduler.timesteps))[start_step:]
+    for i, t in tqdm(steps, desc="denoise", disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         v = velocity(latents, t, sigma)
         x0 = latents - sigma * v  # flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0

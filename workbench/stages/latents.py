@@ -179,3 +179,24 @@ def encode_reference_sized(vae, image: Image.Image, sizes: ReferenceSizes) -> tu
     latents = normalise(vae.encode(x).latent_dist.mode(), vae)[:, :, 0]  # (1, 16, h, w)
     latents = pad_to_even(latents)
     return pack(latents), (1, latents.shape[-2] // 2, latents.shape[-1] // 2)
+
+
+@torch.no_grad()
+def img2img_noise(
+    vae, image: Image.Image, seeds: list[int], latent_height: int, latent_width: int, sigma0: float, device, dtype
+) -> torch.Tensor:
+    """Packed start latents for image-to-image: sigma0 * noise + (1 - sigma0) * init (flow matching).
+
+    Per seed, one CPU generator first samples the init image's latent distribution, then draws the
+    noise: the order of diffusers' ``QwenImageImg2ImgPipeline``, so results match it.
+    """
+    x = image_to_tensor(image, latent_width * 8, latent_height * 8).to(vae.device, vae.dtype).unsqueeze(2)
+    dist = vae.encode(x).latent_dist  # (1, 16, 1, h, w) mean / std
+    rows = []
+    for seed in seeds:
+        gen = torch.Generator("cpu").manual_seed(int(seed))
+        init = normalise(dist.sample(generator=gen), vae).transpose(1, 2).to(dtype)  # (1, 1, 16, h, w)
+        shape = (1, 1, LATENT_CHANNELS, latent_height, latent_width)
+        eps = torch.randn(shape, generator=gen, dtype=dtype).to(init.device)
+        rows.append((sigma0 * eps + (1.0 - sigma0) * init)[:, 0])
+    return pack(torch.cat(rows)).to(device)

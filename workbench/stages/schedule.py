@@ -58,3 +58,16 @@ def set_schedule(scheduler, s: SamplerConfig, image_tokens: int, device) -> None
     scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)
+
+
+def img2img_start(steps: int, strength: float) -> int:
+    """First step index for image-to-image at ``strength`` (diffusers' ``get_timesteps`` rule):
+    the last ``steps * strength`` steps run, starting from the init image noised to that sigma."""
+    return int(max(steps - min(steps * strength, steps), 0))
+
+
+def sigma_at(s: SamplerConfig, image_tokens: int, step: int) -> float:
+    """The schedule's sigma at ``step`` for this sampler and image size."""
+    scheduler = make_scheduler(s)
+    set_schedule(scheduler, s, image_tokens, device="cpu")
+    return float(scheduler.sigmas[step])

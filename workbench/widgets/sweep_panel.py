@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import html
-import io
 from pathlib import Path
 from typing import Optional, Sequence
 
 import ipywidgets as W
 
+from workbench.record import png_bytes
 from workbench.sweep import Sweep, SweepError, SweepResult
 
 # suggestions for the key fields; any config key works
@@ -17,12 +17,6 @@ AXIS_KEYS = [
     "height", "width", "model", "reference", "reference.vlm_area", "lora", "negative_prompt",
 ]
 TABLE_COLUMNS_HIDDEN = ("error",)  # shown in the tiles; the table keeps its width
-
-
-def png_bytes(image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def table_html(df) -> str:

@@ -3,7 +3,7 @@
 ``Sweep.run`` reads finished cells back from the cache itself and hands the others to an executor,
 whose ``run(sweep, cells, options)`` yields ``(cell, CellOutput)`` as each finishes; the sweep stores
 every output in the same cache, grid and table, whatever ran it. Both executors run cells with the one
-``workbench.sweep.CellRunner``, so the cell logic exists once.
+``workbench.sweep.runner.CellRunner``, so the cell logic exists once.
 
 Ray (``executor=ray``): one actor per GPU (or per CPU slot), each with its own resident ``CellRunner``
 (models built once per actor by ``Workbench.from_config`` / ``cached_components`` and kept across cells
@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
 from workbench.config.schema import ExecutorConfig, ExecutorName
-from workbench.sweep import CellOutput, CellRunner, _model_key
+from workbench.sweep.plan import model_group_key
+from workbench.sweep.runner import CellOutput, CellRunner
 
 if TYPE_CHECKING:
-    from workbench.sweep import Cell, Sweep
+    from workbench.sweep.plan import Cell, Sweep
 
 __all__ = ["Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RunOptions", "make_executor", "shutdown"]
 
@@ -176,7 +177,7 @@ class RayExecutor:
         actors = self.actors(len(cells))
         groups: "OrderedDict[str, deque]" = OrderedDict()  # model group -> its cells, in execution order
         for cell in cells:
-            groups.setdefault(_model_key(cell.resolved), deque()).append(cell)
+            groups.setdefault(model_group_key(cell.resolved), deque()).append(cell)
         sweep_ref = ray.put(sweep)  # shipped once, not with every cell
         running: dict = {}  # ObjectRef -> (actor index, cell)
 
@@ -207,7 +208,7 @@ class RayExecutor:
                     out = ray.get(ready[0])
                 except ray.exceptions.RayError as err:  # the actor died (killed for memory, crashed)
                     message = f"{type(err).__name__}: the Ray actor running this cell failed: {str(err).splitlines()[0]}"
-                    out = CellOutput("failed", error=message, record={"config": cell.resolved, "error": message})
+                    out = CellOutput.failure(cell, message)
                     actors[i].holds = None  # a restarted actor holds no models
                 submit(i)  # keep the actor busy before the caller stores and draws this cell
                 yield cell, out

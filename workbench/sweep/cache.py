@@ -1,0 +1,63 @@
+"""The cell cache: ``<out_dir>/cells/<config hash>/``, so a re-run reads finished cells back instead of running them.
+
+A cell's folder is named by the hash of its resolved config and is complete once its ``record.json``
+exists (written last, atomically): an interrupted sweep resumes, and either executor reuses the
+other's cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Optional
+
+from PIL import Image
+
+from workbench.sweep.result import CellResult
+
+if TYPE_CHECKING:
+    from workbench.sweep.plan import Cell, Sweep
+    from workbench.sweep.runner import CellOutput
+
+CACHE_VERSION = "sweep-cell-v1"  # bump when what a cell writes changes
+
+
+def config_hash(resolved: dict) -> str:
+    """Hash of a resolved config: the cell cache key (same config -> same folder)."""
+    text = json.dumps({"v": CACHE_VERSION, "config": resolved}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def store_output(sweep: Sweep, cell: Cell, out: CellOutput) -> CellResult:
+    """Write one cell's output to the cache (``record.json`` last: its presence marks the cell done)."""
+    from workbench import record as rec
+
+    folder = sweep.cell_dir(cell)
+    if out.status != "ok":
+        rec.atomic_write_json(folder / "error.json", {"error": out.error, "overrides": cell.overrides})
+        return CellResult(cell, "failed", error=out.error, record=out.record, worker=out.worker)
+    files = []
+    head = {k: v for k, v in out.record.items() if k != "images"}
+    for entry, image in zip(out.record["images"], out.images):
+        rec.save_png(folder / entry["file"], image, head | {"image": entry})
+        files.append(folder / entry["file"])
+    (folder / "error.json").unlink(missing_ok=True)
+    rec.atomic_write_json(folder / "record.json", out.record)
+    hit = out.record.get("conditioning_cached", False)
+    return CellResult(cell, "ok", out.images, files, out.record, conditioning_cached=hit, worker=out.worker)
+
+
+def read_back(sweep: Sweep, cell: Cell) -> Optional[CellResult]:
+    """The cached result of a finished cell, or None when it has to run."""
+    path = sweep.cell_dir(cell) / "record.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    files = [path.parent / e["file"] for e in record.get("images", [])]
+    if not files or not all(f.is_file() for f in files):
+        return None  # a partial cell (images removed by hand): run it again
+    images = []
+    for f in files:
+        with Image.open(f) as img:
+            images.append(img.convert("RGB"))
+    return CellResult(cell, "cached", images, files, record, conditioning_cached=record.get("conditioning_cached", False))

@@ -1,0 +1,69 @@
+"""``Sweep.run``: read finished cells back, hand the others to an executor, store and count what comes back.
+
+Reading back and storing happen here, in the sweep's process, whatever the executor: a remote one
+needs no shared disk, and both fill the same cache, grid and table.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from workbench.sweep.cache import read_back, store_output
+from workbench.sweep.executors import RunOptions, make_executor
+from workbench.sweep.result import CellResult, SweepResult
+
+if TYPE_CHECKING:
+    from workbench.sweep.plan import Sweep
+
+
+def run_sweep(
+    sweep: Sweep,
+    progress: bool,
+    on_cell: Optional[Callable[[CellResult, SweepResult], Optional[bool]]],
+    keep_models: bool,
+    conditioning_cache_size: int,
+    executor: Any,
+) -> SweepResult:
+    """The body of ``Sweep.run`` (its docstring has the arguments)."""
+    from tqdm.auto import tqdm
+
+    runner = make_executor(sweep.executor if executor is None else executor)  # fails before anything runs
+    result = SweepResult(sweep)
+    for cell in sweep.cells:
+        if cell.config is None:
+            result.cells[cell.index] = CellResult(cell, "failed", error=cell.error)
+            result.stats["failed"] += 1
+    order = sweep.execution_order()
+    bar = tqdm(total=len(order), desc="sweep", disable=not progress, leave=False)
+
+    def finish(res: CellResult) -> bool:
+        result.cells[res.cell.index] = res
+        result.run_order.append(res.cell.index)
+        result.stats[{"ok": "ran", "cached": "cached", "failed": "failed"}[res.status]] += 1
+        bar.update(1)
+        return bool(on_cell is not None and on_cell(res, result))
+
+    try:
+        todo, stop = [], False
+        for cell in order:
+            res = read_back(sweep, cell)
+            if res is None:
+                todo.append(cell)
+            elif finish(res):
+                stop = True
+                break
+        if todo and not stop:
+            outputs = runner.run(sweep, todo, RunOptions(keep_models, conditioning_cache_size))
+            try:
+                for cell, out in outputs:
+                    result.stats["encodes"] += out.encodes
+                    result.stats["conditioning_hits"] += out.conditioning_hits
+                    result.stats["model_switches"] += int(out.model_switch)
+                    if finish(store_output(sweep, cell, out)):
+                        break
+            finally:
+                outputs.close()  # a stopped sweep: the executor drops the cells it has not started
+    finally:
+        bar.close()
+        result.save()
+    return result

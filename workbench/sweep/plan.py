@@ -1,0 +1,203 @@
+"""A sweep's plan: one validated config per grid cell, and the order that keeps models resident.
+
+Every cell is composed and validated here, so a typo fails before a model loads; running is
+``workbench.sweep.execute``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+from workbench.sweep.axes import Axis, SweepError, parse_axes
+from workbench.sweep.cache import config_hash
+
+if TYPE_CHECKING:
+    from workbench.sweep.result import CellResult, SweepResult
+
+
+def _describe(err: BaseException) -> str:
+    """One readable line from Hydra / OmegaConf / ConfigError exceptions (their cause holds the key)."""
+    head = str(err).strip().split("\n")[0]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        head = f"{head} ({str(cause).strip().splitlines()[0]})"
+    if "Available options" in str(err):  # unknown group option: keep Hydra's list of choices
+        options = str(err).split("Available options", 1)[1].split("Config search path")[0]
+        head += " available:" + ",".join(" " + o.strip() for o in options.splitlines()[1:] if o.strip())
+    return head
+
+
+@dataclass
+class Cell:
+    """One grid position: its axis values, overrides and validated config (or the reason it has none)."""
+
+    index: int  # position in display order (X fastest, then Y, then Z)
+    pos: tuple[int, int, int]  # (ix, iy, iz)
+    values: tuple  # one value per axis
+    overrides: list[str]  # the axis overrides (the base overrides come first)
+    config: Any = None  # workbench.config.schema.Config, None when invalid
+    resolved: Optional[dict] = None
+    key: Optional[str] = None  # config_hash(resolved)
+    error: Optional[str] = None  # why this combination cannot run
+
+    def label(self, axes: Sequence[Axis]) -> str:
+        return ", ".join(a.label(v) for a, v in zip(axes, self.values))
+
+
+def _is_executor_key(key: str) -> bool:
+    key = key.strip().lstrip("+~")
+    return key == "executor" or key.startswith("executor.")
+
+
+def model_group_key(resolved: dict) -> str:
+    """What a set of resident weights is built from: cells with the same key share them."""
+    return json.dumps([resolved["model"], resolved["precision"], resolved["device"]], sort_keys=True)
+
+
+def conditioning_key(resolved: dict) -> str:
+    """What the conditioning depends on: template, prompts, images (and their sizing), model, encoder dtype."""
+    r = resolved
+    guided = r["sampler"]["cfg"] > 1
+    parts = {
+        "template": r["template"],
+        "prompts": r["prompts"],
+        "negative": r["negative_prompt"] if guided else None,
+        "images": r["images"],
+        "reference": r["reference"] if r["images"] else None,
+        "model": r["model"],
+        "dtype": [r["precision"]["text_encoder"], r["precision"]["vae"] if r["images"] else None],
+        "device": r["device"],
+        "max_sequence_length": r["max_sequence_length"],
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+class Sweep:
+    """A validated plan: axes, base overrides, one ``Cell`` per grid position, and the run order."""
+
+    def __init__(self, axes: list[Axis], base: list[str], cells: list[Cell], out_dir: Path, executor: Any = None):
+        self.axes = axes
+        self.base = base
+        self.cells = cells
+        self.out_dir = Path(out_dir)
+        self.executor = executor  # ExecutorConfig from the composed config (base overrides); None: local
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(a.values) for a in self.axes)
+
+    @classmethod
+    def plan(
+        cls,
+        axes: Sequence,
+        base: Sequence[str] = (),
+        out_dir: Optional[str | Path] = None,
+    ) -> "Sweep":
+        """Parse the axes, compose and validate every cell; raise ``SweepError`` before anything runs.
+
+        A value that fails in every cell it appears in raises, naming its axis and value. A
+        combination that fails while its values work elsewhere (e.g. ``steps=1`` only with one sampler)
+        is kept as an invalid cell: it becomes a blank tile with the reason.
+        """
+        from omegaconf import OmegaConf
+
+        from workbench.config import compose, to_run_config
+
+        parsed = parse_axes(list(axes))
+        for a in parsed:
+            if _is_executor_key(a.key):
+                raise SweepError(
+                    f"{a.key!r} cannot be an axis: where cells run does not change them; pass it as a base "
+                    "override (executor=ray) or as Sweep.run(executor=...)"
+                )
+        base = [b for b in base if b.strip()]
+        for b in base:
+            if b.split("=", 1)[0].strip() in {a.key for a in parsed}:
+                raise SweepError(f"base override {b!r} sets a key that is also an axis; drop one of them")
+        cells: list[Cell] = []
+        ranges = [range(len(a.values)) for a in parsed] + [range(1)] * (3 - len(parsed))
+        for i, (iz, iy, ix) in enumerate(itertools.product(ranges[2], ranges[1], ranges[0])):
+            pos = (ix, iy, iz)
+            values = tuple(a.values[p] for a, p in zip(parsed, pos))
+            overrides = [a.override(v) for a, v in zip(parsed, values)]
+            cell = Cell(i, pos, values, overrides)
+            try:
+                dcfg = compose(base + overrides)
+                cell.config = to_run_config(dcfg)
+                cell.resolved = OmegaConf.to_container(dcfg, resolve=True)
+                cell.resolved.pop("executor", None)  # where a cell runs is not what it is: same key on every executor
+                cell.key = config_hash(cell.resolved)
+            except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
+                cell.error = _describe(err)
+            cells.append(cell)
+
+        # a value that fails in every cell it is in is a typo: fail now, naming it. When several do
+        # (a wrong key fails every cell), blame the axis whose key the error message names.
+        never = []
+        for n, axis in enumerate(parsed):
+            for p, value in enumerate(axis.values):
+                mine = [c for c in cells if c.pos[n] == p]
+                if all(c.error for c in mine):
+                    never.append((axis.key not in str(mine[0].error), n, axis, value, mine[0].error))
+        if never:
+            _, n, axis, value, error = min(never, key=lambda t: (t[0], t[1]))
+            raise SweepError(f"axis {'XYZ'[n]} ({axis.key}) value {value!r}: {error}")
+        if out_dir is None:  # executor overrides left out: a sweep finds its cache whatever runs it
+            kept = [b for b in base if not _is_executor_key(b.split("=", 1)[0])]
+            spec = json.dumps({"axes": [a.text or a.key for a in parsed], "base": kept})
+            out_dir = Path("outputs") / "sweeps" / hashlib.sha256(spec.encode()).hexdigest()[:12]
+        executor = next((c.config.executor for c in cells if c.config is not None), None)
+        return cls(parsed, base, cells, Path(out_dir), executor)
+
+    def execution_order(self) -> list[Cell]:
+        """Valid cells grouped by (model, precision, device) outermost, then by shared conditioning."""
+        valid = [c for c in self.cells if c.config is not None]
+        model_rank: dict[str, int] = {}
+        cond_rank: dict[str, int] = {}
+        for c in valid:
+            model_rank.setdefault(model_group_key(c.resolved), len(model_rank))
+            cond_rank.setdefault(conditioning_key(c.resolved), len(cond_rank))
+        return sorted(
+            valid,
+            key=lambda c: (model_rank[model_group_key(c.resolved)], cond_rank[conditioning_key(c.resolved)], c.index),
+        )
+
+    def describe(self) -> dict:
+        return {
+            "axes": [{"name": "XYZ"[i], "key": a.key, "values": list(a.values)} for i, a in enumerate(self.axes)],
+            "base": self.base,
+            "cells": [
+                {"index": c.index, "pos": list(c.pos), "overrides": c.overrides, "key": c.key, "error": c.error}
+                for c in self.cells
+            ],
+        }
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.out_dir / "cells" / str(cell.key)
+
+    def run(
+        self,
+        progress: bool = True,
+        on_cell: Optional[Callable[[CellResult, SweepResult], Optional[bool]]] = None,
+        keep_models: bool = True,
+        conditioning_cache_size: int = 16,
+        executor: Any = None,
+    ) -> SweepResult:
+        """Run (or read back) every cell; returns when all are done.
+
+        ``on_cell(cell_result, sweep_result)`` is called after each cell (panels redraw the grid there);
+        returning True stops the sweep early (finished cells stay cached). ``keep_models=False`` frees
+        the resident models when the sweep moves to the next (model, precision, device) group, for
+        weights that do not fit twice. ``executor``: where the cells run; None takes the config's
+        ``executor`` section (e.g. the base override ``executor=ray``), or pass ``"local"``, ``"ray"``,
+        an ``ExecutorConfig`` or an executor object (``workbench.sweep.executors``). Finished cells are
+        read back here, whatever the executor; only the others are handed to it.
+        """
+        from workbench.sweep.execute import run_sweep  # it imports the executors, which import this module
+
+        return run_sweep(self, progress, on_cell, keep_models, conditioning_cache_size, executor)

@@ -1,0 +1,174 @@
+"""What a sweep hands back: per-cell results, and views over them (grid, timing table, A/B compare).
+
+Every view works on partial results too, so a panel can redraw after each cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from PIL import Image
+
+from workbench import record as rec
+from workbench.sweep.axes import Axis
+from workbench.sweep.grid import cell_size, in_a_row, make_grid, side_by_side, tile_or_blank
+
+if TYPE_CHECKING:
+    from workbench.sweep.plan import Cell, Sweep
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    status: str  # ok | cached | failed
+    images: list[Image.Image] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    record: dict = field(default_factory=dict)
+    error: Optional[str] = None
+    conditioning_cached: bool = False
+    worker: Optional[str] = None  # "host:pid" of the process that ran it (None: read back or invalid)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.record.get("timings_s", {})
+
+    @property
+    def tile(self) -> Optional[Image.Image]:
+        """The cell's images side by side (one per prompt x seed), or None when it failed."""
+        if not self.images:
+            return None
+        return in_a_row(self.images)
+
+
+@dataclass
+class Comparison:
+    """A/B view of two cells: images side by side, the config keys that differ, pixel difference."""
+
+    a: CellResult
+    b: CellResult
+    image: Image.Image
+    diff: dict[str, tuple[Any, Any]]  # flattened config key -> (value in a, value in b)
+    mean_abs_diff: Optional[float]  # mean |a - b| over pixels (0..255), None when sizes differ / failed
+
+    def __repr__(self) -> str:
+        keys = ", ".join(self.diff) or "none"
+        return f"Comparison(cell {self.a.cell.index} vs {self.b.cell.index}; differing keys: {keys})"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+class SweepResult:
+    """Results in display order; ``grid``, ``table`` and ``compare`` work on partial results too."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self.cells: list[Optional[CellResult]] = [None] * len(sweep.cells)
+        self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}  # switches between model groups that ran
+        self.run_order: list[int] = []  # cell indices in the order they were executed
+
+    @property
+    def axes(self) -> list[Axis]:
+        return self.sweep.axes
+
+    @property
+    def done(self) -> int:
+        return sum(r is not None for r in self.cells)
+
+    def cell(self, x: int = 0, y: int = 0, z: int = 0) -> CellResult:
+        """The result at grid position (x, y, z)."""
+        for c in self.sweep.cells:
+            if c.pos == (x, y, z):
+                res = self.cells[c.index]
+                if res is None:
+                    raise KeyError(f"cell {c.label(self.axes)} has not run yet")
+                return res
+        raise KeyError(f"no cell at x={x}, y={y}, z={z}; the grid is {self.sweep.shape}")
+
+    @property
+    def grid(self) -> Image.Image:
+        return make_grid(self.sweep, self.cells)
+
+    @property
+    def table(self):
+        """pandas DataFrame, one row per cell (display order): axis values, status, timings, memory, settings."""
+        import pandas as pd
+
+        rows = []
+        for cell in self.sweep.cells:
+            res = self.cells[cell.index]
+            row: dict[str, Any] = {a.key: v for a, v in zip(self.axes, cell.values)}
+            row["status"] = res.status if res else ("invalid" if cell.error else "pending")
+            t = res.timings if res else {}
+            for stage in ("encode", "denoise", "decode"):
+                row[f"{stage}_s"] = t.get(stage)
+            row["total_s"] = t.get("total")
+            row["cond_cached"] = res.conditioning_cached if res else None
+            mem = res.record.get("peak_memory", {}) if res else {}
+            row["peak_mem_mb"] = round(max(mem.values()) / 2**20, 1) if mem else None
+            c = cell.config
+            if c is not None:
+                row.update(
+                    model=c.model.name,
+                    precision=c.precision.name,
+                    template=c.template.name,
+                    sampler=c.sampler.name,
+                    steps=c.sampler.steps,
+                    cfg=c.sampler.cfg,
+                    size=f"{c.width}x{c.height}" if c.height else "from image",
+                    seeds=",".join(map(str, c.seeds)),
+                )
+            row["error"] = (res.error if res else cell.error) or ""
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        df.index.name = "cell"
+        return df
+
+    def compare(self, a: int, b: int) -> Comparison:
+        """A/B: cells ``a`` and ``b`` (display-order indices, see ``table``)."""
+        ra, rb = self.cells[a], self.cells[b]
+        for i, r in ((a, ra), (b, rb)):
+            if r is None:
+                raise KeyError(f"cell {i} has not run yet")
+        fa = _flatten(ra.cell.resolved or {})
+        fb = _flatten(rb.cell.resolved or {})
+        diff = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+        mad = None
+        if ra.tile is not None and rb.tile is not None and ra.tile.size == rb.tile.size:
+            import numpy as np
+
+            pa = np.asarray(ra.tile.convert("RGB"), dtype=np.float32)
+            pb = np.asarray(rb.tile.convert("RGB"), dtype=np.float32)
+            mad = float(np.abs(pa - pb).mean())
+        axes = self.axes
+        tiles = [tile_or_blank(r, cell_size([ra, rb])) for r in (ra, rb)]
+        labels = [f"A: {ra.cell.label(axes)}", f"B: {rb.cell.label(axes)}"]
+        image = side_by_side(tiles, labels)
+        return Comparison(ra, rb, image, diff, mad)
+
+    def save(self) -> Path:
+        """Write grid.png, table.csv and sweep.json to the sweep folder; returns the folder."""
+        out = self.sweep.out_dir
+        rec.atomic_write_bytes(out / "grid.png", rec.png_bytes(self.grid))
+        rec.atomic_write_bytes(out / "table.csv", self.table.to_csv().encode("utf-8"))
+        rec.atomic_write_json(out / "sweep.json", self.sweep.describe() | {"stats": self.stats})
+        return out
+
+    def _repr_png_(self) -> bytes:  # notebooks show the grid
+        return rec.png_bytes(self.grid)
+
+    def __repr__(self) -> str:
+        s = self.stats
+        shape = "x".join(map(str, self.sweep.shape))
+        return (
+            f"SweepResult({len(self.cells)} cells, grid {shape}: {s['ran']} ran, {s['cached']} cached, "
+            f"{s['failed']} failed; {s['encodes']} encodes, {s['model_switches']} model switches)"
+        )

@@ -1,0 +1,163 @@
+"""Running one cell where the models live (this process or a Ray actor); storing it is ``workbench.sweep.cache``.
+
+Both executors run cells through this one ``CellRunner``, so the cell logic exists once, and get back
+a picklable ``CellOutput``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Iterator, Optional
+
+from PIL import Image
+
+from workbench.sweep.plan import model_group_key
+
+if TYPE_CHECKING:
+    from workbench.sweep.plan import Cell, Sweep
+
+
+@dataclass
+class CellOutput:
+    """What running one cell produced, before it is stored: picklable, so a Ray actor can send it back."""
+
+    status: str  # ok | failed
+    images: list[Image.Image] = field(default_factory=list)
+    record: dict = field(default_factory=dict)  # record.json; "images" holds one entry (file name, seed...) per image
+    error: Optional[str] = None
+    encodes: int = 0
+    conditioning_hits: int = 0
+    model_switch: bool = False  # this cell's (model, precision, device) differs from the runner's previous cell
+    worker: Optional[str] = None  # "host:pid"
+
+    @classmethod
+    def failure(cls, cell: Cell, message: str) -> "CellOutput":
+        """A cell that raised (or whose worker died): the message becomes its blank tile's label."""
+        return cls("failed", error=message, record={"config": cell.resolved, "error": message})
+
+
+class CellRunner:
+    """Runs cells where the models live (this process, or one Ray actor): a resident workbench per
+    (model, precision, device), a conditioning LRU shared by its cells, and model switches.
+
+    It writes nothing: ``store_output`` puts its outputs in the cache in the sweep's process, so a remote
+    actor needs no shared disk and both executors fill the cache the same way.
+    """
+
+    def __init__(self, keep_models: bool = True, cache_size: int = 16):
+        from workbench.conditioning_cache import ConditioningCache
+
+        self.keep_models = keep_models
+        self.cache_size = cache_size
+        # the library's conditioning cache, shared by this runner's workbenches; its keys hold the encoder's
+        # identity + dtype, so entries stay valid across model switches and a group that differs only in
+        # the transformer (precision, LoRA, perf) reuses them
+        self.conditioning = ConditioningCache(max_entries=cache_size)
+        self.model: Optional[str] = None  # model_group_key of the last cell
+
+    def run(self, sweep: Sweep, cell: Cell) -> CellOutput:
+        import os
+        import socket
+
+        model = model_group_key(cell.resolved)
+        switch = self.model is not None and model != self.model
+        if switch:
+            if not self.keep_models:
+                from workbench.pipeline import free_models
+
+                free_models()
+        self.model = model
+        try:
+            out = self._generate(sweep, cell)
+        except Exception as err:  # one bad cell (OOM, a combination the models refuse) must not end the sweep
+            _release_cuda()
+            message = f"{type(err).__name__}: {err}"
+            out = CellOutput.failure(cell, message)
+        out.model_switch = switch
+        out.worker = f"{socket.gethostname()}:{os.getpid()}"
+        return out
+
+    def _generate(self, sweep: Sweep, cell: Cell) -> CellOutput:
+        import torch
+
+        from workbench import record as rec
+        from workbench.pipeline import Workbench
+
+        cfg = cell.config
+        t: dict[str, float] = {}
+        started = time.perf_counter()
+        with _timed(t, "load", None):
+            # resident: built once per (model, precision, device); encodes go through this runner's cache
+            bench = Workbench.from_config(cfg, conditioning_cache=self.conditioning)
+        self.conditioning.max_entries = self.cache_size  # executors may change it between sweeps
+        if bench.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(bench.device)
+        hits, misses = self.conditioning.hits, self.conditioning.misses
+        generated = bench.generate(cfg, progress=False)  # the pipeline's own chain
+        hits, misses = self.conditioning.hits - hits, self.conditioning.misses - misses
+        hit = misses == 0
+
+        shared = {k: generated[0].timings.get(k, 0.0) for k in ("references", "encode")}
+        batches = {id(g.timings): g.timings for g in generated}.values()  # one dict per forward batch
+        for stage in ("latents", "denoise", "decode"):
+            t[stage] = sum(b.get(stage, 0.0) for b in batches)
+        t.update(shared)
+        t["total"] = time.perf_counter() - started
+
+        axes = sweep.axes
+        record = {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": cell.resolved,
+            "sweep": {
+                "base": sweep.base,
+                "overrides": cell.overrides,
+                "axes": {a.key: v for a, v in zip(axes, cell.values)},
+                "pos": list(cell.pos),
+            },
+            "models": bench.components.identity,
+            "device": rec.device_info(bench.device),
+            "versions": rec.library_versions(),
+            "git_commit": rec.git_commit(),
+            "model_files": rec.model_file_hashes(cell.resolved),  # as workbench run records them
+            "reference_images": rec.reference_image_hashes(list(cfg.images)),
+            "timings_s": {k: round(v, 6) for k, v in t.items()},
+            "peak_memory": rec.peak_memory(bench.device),
+            "conditioning_cached": hit,
+            "images": [
+                {
+                    "file": f"{i:03d}-seed{g.seed}.png",
+                    "prompt": g.prompt,
+                    "seed": g.seed,
+                    "width": g.image.width,
+                    "height": g.image.height,
+                    "notes": list(getattr(g, "notes", [])),
+                }
+                for i, g in enumerate(generated)
+            ],
+        }
+        images = [g.image for g in generated]
+        return CellOutput("ok", images, record, encodes=misses, conditioning_hits=hits)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str, device) -> Iterator[None]:
+    import torch
+
+    sync = device is not None and device.type == "cuda"
+    if sync:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if sync:
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _release_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
