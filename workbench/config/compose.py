@@ -15,7 +15,10 @@ def config_dir() -> Path:
     """The ``conf/`` tree, shipped as the package ``workbench.conf`` (see pyproject.toml)."""
     from importlib.resources import files
 
-    path = Path(str(files("workbench.conf")))
+    try:
+        path = Path(str(files("workbench.conf")))
+    except ModuleNotFoundError:  # a source checkout on PYTHONPATH, not pip-installed: conf/ beside the package
+        path = Path(__file__).resolve().parents[2] / "conf"
     if not (path / "config.yaml").is_file():
         raise FileNotFoundError(f"workbench config tree not found at {path} (expected config.yaml there)")
     return path

@@ -116,6 +116,9 @@ class ModelConfig:
     variant: Variant = Variant.t2i
     seed: int = 0  # weight-init seed of the embedded tiny model
     tiny: TinySpec = field(default_factory=TinySpec)
+    # random weights created directly on the run's device in its dtypes (full-size random models
+    # for GPU benchmarks); the default builds in float32 on the CPU, identical on every machine
+    init_on_device: bool = False
     # source=files: each component by the name `workbench models` shows (a file, a folder, or hf:org/name)
     transformer: Optional[str] = None
     text_encoder: Optional[str] = None

@@ -37,8 +37,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _tiny_identity(model: ModelConfig) -> dict[str, str]:
-    spec = json.dumps({"seed": model.seed, "variant": model.variant.value, "tiny": asdict(model.tiny)}, sort_keys=True)
+def _tiny_identity(model: ModelConfig, device: torch.device) -> dict[str, str]:
+    spec = {"seed": model.seed, "variant": model.variant.value, "tiny": asdict(model.tiny)}
+    if model.init_on_device:  # weights drawn by that device's generator, in the run's dtypes
+        spec["init_on"] = device.type
+    spec = json.dumps(spec, sort_keys=True)
     digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
     return {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")} | {
         "tokenizer": "vendored:qwen2_5_vl_tokenizer"
@@ -84,11 +87,17 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
         )
     if model.source != ModelSource.tiny:  # pragma: no cover - every member is handled above
         raise ValueError(f"model.source={model.source.value!r} is not supported")
+    def build(make, dtype: DType):
+        if not model.init_on_device:
+            return _place(make(model), dev, dtype)
+        with tiny.init_on(dev, TORCH_DTYPES[dtype]):
+            return make(model)
+
     return Components(
         tokenizer=load_tokenizer(),
-        text_encoder=_place(tiny.build_text_encoder(model), dev, precision.text_encoder),
-        transformer=_place(tiny.build_transformer(model), dev, precision.transformer),
-        vae=_place(tiny.build_vae(model), dev, precision.vae),
+        text_encoder=build(tiny.build_text_encoder, precision.text_encoder),
+        transformer=build(tiny.build_transformer, precision.transformer),
+        vae=build(tiny.build_vae, precision.vae),
         device=dev,
-        identity=_tiny_identity(model),
+        identity=_tiny_identity(model, dev),
     )

@@ -7,6 +7,9 @@ component does not change the weights of the others.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 from workbench.config.schema import ModelConfig, TinySpec, Variant
@@ -16,9 +19,27 @@ VOCAB_SIZE = 152064  # Qwen2.5-VL embedding rows (the tokenizer's 151665 ids fit
 
 
 def _seeded(seed: int, build):
-    with torch.random.fork_rng(devices=[]):
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         return build()
+
+
+@contextmanager
+def init_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Create parameters directly on ``device`` in ``dtype`` (model.init_on_device).
+
+    Why: a full-size random model (28 B parameters) does not fit a float32 build on the CPU and
+    takes minutes there; on a GPU in bf16 it takes seconds. The weights then come from that
+    device's random generator, so they differ from a CPU build (the identity says so).
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def text_encoder_config(spec: TinySpec):
