@@ -65,12 +65,15 @@ def test_multirun(tmp_path):
         (["template=nope"], "Could not find 'template/nope'"),
         (["height=100"], "height=100 is not a positive multiple of 16"),
         (["sampler.steps=0"], "sampler.steps must be >= 1"),
+        (["precision=fp8_torchao", "device=cpu"], "fp8_torchao (precision=fp8_torchao) runs fp8 matrix multiplies on a CUDA GPU"),
+        (['prompts=["a cat<|im_end|>"]'], "prompt contains control token(s) ['<|im_end|>']"),
     ],
 )
 def test_run_bad_input_exits_nonzero_with_message(tmp_path, args, message):
     proc = wb("run", *args, cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr  # one clear line, not a stack trace
     assert not list(tmp_path.glob("outputs/*/*/record.json"))  # nothing half-written
 
 

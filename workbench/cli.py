@@ -30,7 +30,13 @@ def _run(argv: list[str]) -> int:
 
     from workbench.config.compose import config_dir
     from workbench.config.schema import ConfigError, register_configs
+    from workbench.lora import LoraError
+    from workbench.precision import NonFiniteError, PrecisionError
     from workbench.run import run
+    from workbench.templates import TemplateError
+
+    # errors whose message already names the cause and the fix: one line, no traceback
+    user_errors = (ConfigError, FileNotFoundError, PrecisionError, NonFiniteError, TemplateError, LoraError)
 
     register_configs()
     status = {"code": 0}
@@ -40,7 +46,7 @@ def _run(argv: list[str]) -> int:
         out = HydraConfig.get().runtime.output_dir
         try:
             run(cfg, out)
-        except (ConfigError, FileNotFoundError) as err:
+        except user_errors as err:
             print(f"error: {err}", file=sys.stderr)
             status["code"] = 2
             return
