@@ -267,3 +267,59 @@ def test_pickle_lora_is_refused(tmp_path):
     torch.save({"x.lora_A.weight": torch.zeros(1, 1)}, bad)
     with pytest.raises(LoadError, match="pickles, which can run arbitrary code"):
         apply_loras(build_transformer(ModelConfig()), [LoraItem(file=str(bad))])
+
+
+def test_free_models_releases_a_transformer_that_had_loras(tmp_path, make_cfg):
+    """The LoRA state (hooks, fused originals) must not keep a transformer alive after free_models()."""
+    import weakref
+
+    from workbench.pipeline import Workbench, free_models
+
+    cfg = make_cfg("model.seed=123", "sampler.steps=2", "height=64", "width=64")
+    bench = Workbench.from_config(cfg)
+    path = tmp_path / "l.safetensors"
+    module = "transformer_blocks.0.attn.to_q"
+    lin = dict(bench.components.transformer.named_modules())[module]
+    weights = [weakref.ref(m) for m in bench.components.transformer.modules()]  # where the memory is
+    save_file({f"{module}.lora_A.weight": torch.randn(2, lin.in_features),
+               f"{module}.lora_B.weight": torch.randn(lin.out_features, 2)}, str(path))
+    bench.set_loras([LoraItem(file=str(path), strength=1.0)], fuse=True)
+    bench.set_loras([LoraItem(file=str(path), strength=0.5)])
+    del bench, lin
+    free_models()  # must collect itself: LoRA hooks put the modules in reference cycles
+    assert sum(w() is not None for w in weights) == 0
+
+
+def test_fuse_keeps_the_originals_off_the_weights_and_is_all_or_nothing(tmp_path, monkeypatch):
+    """Originals of fused weights are separate tensors (host memory on a GPU); a failure midway
+    (here: the second module's delta raises) leaves every weight exactly as it was."""
+    model = build_transformer(ModelConfig())
+    names = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k"]
+    mods = dict(model.named_modules())
+    before = {n: mods[n].weight.detach().clone() for n in names}
+    tensors = {}
+    for n in names:
+        tensors[f"{n}.lora_A.weight"] = torch.randn(2, mods[n].in_features)
+        tensors[f"{n}.lora_B.weight"] = torch.randn(mods[n].out_features, 2)
+    path = tmp_path / "two.safetensors"
+    save_file(tensors, str(path))
+    lset = apply_loras(model, [LoraItem(file=str(path))], fuse=True)
+    assert lset.fused and all(not torch.equal(mods[n].weight, before[n]) for n in names)
+    apply_loras(model, [LoraItem(file=str(path))], fuse=False)
+    assert all(torch.equal(mods[n].weight, before[n]) for n in names)
+
+    import workbench.lora as lora_mod
+
+    calls = {"n": 0}
+    real_delta = lora_mod.LoraPair.delta
+
+    def failing_delta(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated out of memory")
+        return real_delta(self)
+
+    monkeypatch.setattr(lora_mod.LoraPair, "delta", failing_delta)
+    with pytest.raises(RuntimeError, match="simulated out of memory"):
+        apply_loras(model, [LoraItem(file=str(path), strength=0.5)], fuse=True)
+    assert all(torch.equal(mods[n].weight, before[n]) for n in names)

@@ -347,9 +347,18 @@ class LoraSet:
         return hook
 
     def fuse(self) -> None:
-        """Merge the update into each weight (float32 sum, cast back), keeping the original tensors."""
+        """Merge the update into each weight (float32 sum, cast back), keeping the original tensors
+        in host memory (a device copy would double the transformer's memory: 41 GB more for the 20 B
+        model, measured as an out-of-memory on an 80 GB H100)."""
         if self.fused:
             return
+        try:
+            self._fuse()
+        except BaseException:
+            self.unfuse()  # all or nothing: never leave part of the weights fused
+            raise
+
+    def _fuse(self) -> None:
         for name, entries in self._table.items():
             weight = self._linears[name].weight
             if weight.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
@@ -359,13 +368,16 @@ class LoraSet:
                     "would round the LoRA into fp8. Use lora.fuse=false (hooks) with fp8 storage"
                 )
             delta = sum(strength * pair.delta().to(weight.device) for pair, strength in entries)
-            self._originals[name] = weight.data
-            weight.data = (weight.data.float() + delta).to(weight.dtype)
+            original = weight.data
+            fused = (original.float() + delta).to(weight.dtype)
+            self._originals[name] = original.to("cpu") if original.device.type != "cpu" else original
+            weight.data = fused
 
     def unfuse(self) -> None:
         """Put the original weight tensors back (the same bits, not a subtraction)."""
         for name, original in self._originals.items():
-            self._linears[name].weight.data = original
+            weight = self._linears[name].weight
+            weight.data = original.to(weight.device)
         self._originals.clear()
 
     def clear(self) -> None:

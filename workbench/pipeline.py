@@ -253,8 +253,13 @@ def cached_components(
 
 def free_models() -> int:
     """Drop every resident model; returns how many component sets were released."""
+    import gc
+
     n = len(_CACHE)
     _CACHE.clear()
+    # LoRA hooks (and compiled graphs) hold modules in reference cycles: without a collection the
+    # weights stay allocated until Python's GC happens to run (an out-of-memory on the H100, run7)
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return n
