@@ -28,11 +28,9 @@ def main() -> None:
     dist.init_process_group("nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.cuda.set_device(rank)
-    import diffusers
     from diffusers import ContextParallelConfig
 
-    res = Results(Path(args.out), {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(0),
-                                   "gpus": world, "torch": torch.__version__, "diffusers": diffusers.__version__})
+    res = Results.open(args.out, gpus=world)
     model = build_transformer()  # same seed on every rank -> identical weights
     model.set_attention_backend("_native_cudnn")  # a backend with context-parallel support
     sizes = [int(s) for s in args.sizes.split(",")]

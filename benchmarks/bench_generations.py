@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_gpu import Results  # noqa: E402
+from bench_gpu import Results, sync  # noqa: E402
 
 BASE = ["model=random_full", "device=cuda", "height=1328", "width=1328", "sampler=lightning",
         "prompts=[a red fox in the snow, photographed at dusk]"]
@@ -41,11 +41,6 @@ def write_random_lora(transformer, path: Path, rank: int = 64) -> int:
     return len(tensors) // 2
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -54,15 +49,10 @@ def main() -> None:
     args = p.parse_args()
     if args.dry_run_tiny:
         BASE[:] = ["height=64", "width=64", "sampler=lightning"]
-    import diffusers
-
     from workbench.config import compose, to_run_config
     from workbench.pipeline import Workbench, free_models
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    res = Results(Path(args.out), {"command": " ".join(sys.argv), "device": device,
-                                   "torch": torch.__version__, "diffusers": diffusers.__version__,
-                                   "date": time.strftime("%Y-%m-%d %H:%M:%S"), "base": BASE})
+    res = Results.open(args.out, base=BASE)
     lora_written = False
     bench = out = None
     for precision in ("bf16", "fp8_e4m3fn"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -52,9 +51,29 @@ def cuda_time(fn, warmup: int = 2, repeat: int = 5) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class Results:
+    """Results JSON written after every measurement (a run cut short keeps what it measured)."""
+
     def __init__(self, path: Path, meta: dict):
         self.path, self.data = path, {"meta": meta, "results": {}}
+
+    @classmethod
+    def open(cls, out: str, **extra) -> "Results":
+        """With the meta every results file carries: command, device, versions, date (+ ``extra``)."""
+        import diffusers
+        import transformers
+
+        return cls(Path(out), {
+            "command": " ".join(sys.argv),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra,
+        })
 
     def put(self, key: str, value) -> None:
         self.data["results"][key] = value
@@ -156,15 +175,7 @@ def main() -> None:
     p.add_argument("--e2e", action="store_true", help="also run 8-step / 20-step end-to-end images")
     args = p.parse_args()
 
-    import diffusers
-    import transformers
-
-    res = Results(Path(args.out), {
-        "command": " ".join(sys.argv),
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    })
+    res = Results.open(args.out)
     torch.backends.cuda.matmul.allow_tf32 = True
     t0 = time.perf_counter()
     model = build_transformer()

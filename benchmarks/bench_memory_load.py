@@ -38,11 +38,7 @@ def main() -> None:
     p.add_argument("--skip-e2e", action="store_true")
     p.add_argument("--file", default="/tmp/qwen_image_bf16.safetensors")
     args = p.parse_args()
-    import diffusers
-
-    res = Results(Path(args.out), {"command": " ".join(sys.argv), "device": torch.cuda.get_device_name(0),
-                                   "torch": torch.__version__, "diffusers": diffusers.__version__,
-                                   "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    res = Results.open(args.out)
     model = build_transformer()
     latents, embeds, shape = inputs(SIZE, SIZE)
     with torch.no_grad():

@@ -19,16 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_gpu import Results  # noqa: E402
+from bench_gpu import Results, sync  # noqa: E402
 
 BASE = ["model=random_full", "precision=bf16", "device=cuda", "height=1024", "width=1024",
         "prompts=[a red fox in the snow, photographed at dusk]"]
 STAGES = ("references", "encode", "latents", "denoise", "decode")
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -39,16 +34,11 @@ def main() -> None:
     args = p.parse_args()
     if args.dry_run_tiny:
         BASE[:] = ["height=64", "width=64"]
-    import diffusers
-
     from workbench.config import compose, to_run_config
     from workbench.pipeline import Workbench
     from workbench.sweep import Sweep
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    res = Results(Path(args.out), {"command": " ".join(sys.argv), "device": device,
-                                   "torch": torch.__version__, "diffusers": diffusers.__version__,
-                                   "date": time.strftime("%Y-%m-%d %H:%M:%S"), "base": BASE})
+    res = Results.open(args.out, base=BASE)
     cfg = to_run_config(compose(BASE + ["sampler.steps=8"]))
     for label in ("first_generation_load_included", "second_generation_models_resident"):
         sync()
