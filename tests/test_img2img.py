@@ -18,7 +18,7 @@ def test_img2img_latents_equal_diffusers(bench, make_cfg, steps, strength):
                    "init_image=asset:sample_reference.png", f"strength={strength}")
     image = load_image(cfg.init_image)
     cond = bench.encode(cfg.prompts, cfg.template)
-    latents, start = bench.prepare_img2img_latents([7], 128, 128, image, cfg.sampler, strength)
+    latents, start = bench.prepare_img2img_latents([7], bench.encode_init(image, 128, 128), cfg.sampler, strength)
     assert start == img2img_start(steps, strength)
     ours = bench.denoise(latents, cond, cfg.sampler, 128, 128, progress=False, start_step=start)
     c = bench.components
@@ -35,7 +35,8 @@ def test_generate_runs_img2img_from_config(bench, make_cfg):
     cfg = make_cfg("sampler.steps=6", "seeds=[1]", "init_image=asset:sample_reference.png", "strength=0.5")
     (out,) = bench.generate(cfg, progress=False)
     cond = bench.encode(cfg.prompts, cfg.template)
-    latents, start = bench.prepare_img2img_latents([1], 128, 128, load_image(cfg.init_image), cfg.sampler, 0.5)
+    init = bench.encode_init(load_image(cfg.init_image), 128, 128)
+    latents, start = bench.prepare_img2img_latents([1], init, cfg.sampler, 0.5)
     manual = bench.denoise(latents, cond, cfg.sampler, 128, 128, progress=False, start_step=start)
     assert start == 3 and torch.equal(out.latents, manual.float())
     t2i = bench.generate(make_cfg("sampler.steps=6", "seeds=[1]"), progress=False)[0]

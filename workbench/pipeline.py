@@ -139,16 +139,21 @@ class Workbench:
         f = self.components.vae_scale_factor
         return latents_stage.noise(seeds, height // f, width // f, self.device, self.components.transformer.dtype)
 
-    def prepare_img2img_latents(
-        self, seeds: list[int], height: int, width: int, image: Image.Image, sampler: SamplerConfig, strength: float
-    ) -> tuple[torch.Tensor, int]:
-        """Start latents for image-to-image and the step they start at (pass it to ``denoise``)."""
+    def encode_init(self, image: Image.Image, height: int, width: int):
+        """The image-to-image start image at the output size -> its VAE latent distribution."""
         f = self.components.vae_scale_factor
+        return latents_stage.encode_init(self.components.vae, image, height // f, width // f)
+
+    def prepare_img2img_latents(
+        self, seeds: list[int], init, sampler: SamplerConfig, strength: float
+    ) -> tuple[torch.Tensor, int]:
+        """Start latents for image-to-image from ``encode_init``'s result, and the step they start at
+        (pass it to ``denoise``)."""
         start = schedule_stage.img2img_start(sampler.steps, strength)
-        sigma0 = schedule_stage.sigma_at(sampler, (height // 16) * (width // 16), start)
+        tokens = init.mean.shape[-2] * init.mean.shape[-1] // 4  # 2x2 patches
+        sigma0 = schedule_stage.sigma_at(sampler, tokens, start)
         latents = latents_stage.img2img_noise(
-            self.components.vae, image, seeds, height // f, width // f, sigma0, self.device,
-            self.components.transformer.dtype,
+            self.components.vae, init, seeds, sigma0, self.device, self.components.transformer.dtype
         )
         return latents, start
 
@@ -190,6 +195,8 @@ class Workbench:
         width, height, size_note = snap(width, height)
         notes = [size_note] if size_note else []
         vlm_images = refs.vlm_images if refs else []
+        with self._timed(timings, "references"):  # the init image is encoded once, for every chunk
+            init_latents = self.encode_init(init, height, width) if init is not None else None
 
         with self._timed(timings, "encode"):
             resample = cfg.reference.vlm_resample
@@ -209,27 +216,35 @@ class Workbench:
             uncond = uncond_one.select([0] * len(chunk)) if uncond_one is not None else None
             seeds = [s for _, s in chunk]
             with self._timed(t, "latents"):
-                if init is None:
-                    latents, start = self.prepare_latents(seeds, height, width), 0
+                if init_latents is None:
+                    latents, first_step = self.prepare_latents(seeds, height, width), 0
                 else:
-                    latents, start = self.prepare_img2img_latents(seeds, height, width, init, cfg.sampler, cfg.strength)
+                    latents, first_step = self.prepare_img2img_latents(seeds, init_latents, cfg.sampler, cfg.strength)
             with self._timed(t, "denoise"):
-                latents = self.denoise(latents, cond, cfg.sampler, height, width, uncond, refs, callback, progress, start)
+                latents = self.denoise(
+                    latents, cond, cfg.sampler, height, width, uncond, refs, callback, progress, first_step
+                )
             with self._timed(t, "decode"):
                 pil = self.decode(latents, height, width)
             for k, ((p, s), img) in enumerate(zip(chunk, pil)):
                 results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, notes))
         return results
 
-    @contextmanager
-    def _timed(self, timings: dict[str, float], name: str) -> Iterator[None]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    def _timed(self, timings: dict[str, float], name: str):
+        return timed(timings, name, self.device)
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str, device: Optional[torch.device] = None) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[name]``, synchronising a CUDA device around it."""
+    sync = device is not None and device.type == "cuda"
+    if sync:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if sync:
+        torch.cuda.synchronize(device)
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 # --------------------------------------------------------------------- model cache
@@ -240,9 +255,7 @@ def cached_components(
     model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig()
 ) -> Components:
     """Build each (model, precision, device, perf) once per process; ``free_models()`` releases them."""
-    from omegaconf import OmegaConf
-
-    key = tuple(OmegaConf.to_yaml(OmegaConf.structured(c)) for c in (model, precision, perf)) + (device,)
+    key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
     if key not in _CACHE:
         check_device(precision, resolve_device(device))  # an impossible precision fails before any load
         components = apply_precision(build_components(model, precision, device), precision)

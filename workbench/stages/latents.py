@@ -146,57 +146,51 @@ def pad_to_even(latents: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(latents, (0, w % 2, 0, h % 2), mode="circular")
 
 
-def image_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
-    """PIL -> (1, 3, H, W) in [-1, 1], resized with Lanczos like diffusers' VaeImageProcessor."""
+def to_vae_input(image: Image.Image, vae) -> torch.Tensor:
+    """An already sized PIL image -> (1, 3, 1, H, W) in [-1, 1] on the VAE's device and dtype."""
     import numpy as np
 
-    img = image.convert("RGB").resize((width, height), resample=Image.Resampling.LANCZOS)
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-    return (x * 2.0 - 1.0).unsqueeze(0)
-
-
-@torch.no_grad()
-def encode_reference(vae, image: Image.Image, width: int, height: int) -> torch.Tensor:
-    """A reference image -> normalised latent mode, packed: (1, tokens, 64)."""
-    x = image_to_tensor(image, width, height).to(vae.device, vae.dtype).unsqueeze(2)  # (1, 3, 1, H, W)
-    latents = vae.encode(x).latent_dist.mode()  # (1, 16, 1, h, w); the mode, as diffusers' "argmax"
-    return pack(normalise(latents, vae)[:, :, 0])
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+    return (x * 2.0 - 1.0)[None, :, None].to(vae.device, vae.dtype)
 
 
 @torch.no_grad()
 def encode_reference_sized(vae, image: Image.Image, sizes: ReferenceSizes) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """A reference image sized by a policy -> (packed latents (1, tokens, 64), RoPE shape (1, h/2, w/2)).
 
-    Sides that are multiples of 8 but not 16 give odd latents; they are padded circularly to even
-    (ComfyUI's behaviour), so the RoPE shape rounds up.
+    The latent is the distribution's mode (diffusers' "argmax"). Sides that are multiples of 8 but
+    not 16 give odd latents; they are padded circularly to even (ComfyUI's behaviour), so the RoPE
+    shape rounds up.
     """
-    if sizes.resize_filter == "lanczos" and sizes.vae_crop == (0, 0) + sizes.vae_resize:
-        packed = encode_reference(vae, image, *sizes.vae_resize)  # the diffusers path, unchanged
-        w, h = sizes.vae
-        return packed, (1, h // 16, w // 16)
     img = resize(image, *sizes.vae_resize, sizes.resize_filter).crop(sizes.vae_crop)
-    x = image_to_tensor(img, img.width, img.height).to(vae.device, vae.dtype).unsqueeze(2)
-    latents = normalise(vae.encode(x).latent_dist.mode(), vae)[:, :, 0]  # (1, 16, h, w)
+    latents = normalise(vae.encode(to_vae_input(img, vae)).latent_dist.mode(), vae)[:, :, 0]  # (1, 16, h, w)
     latents = pad_to_even(latents)
     return pack(latents), (1, latents.shape[-2] // 2, latents.shape[-1] // 2)
 
 
 @torch.no_grad()
-def img2img_noise(
-    vae, image: Image.Image, seeds: list[int], latent_height: int, latent_width: int, sigma0: float, device, dtype
-) -> torch.Tensor:
+def encode_init(vae, image: Image.Image, latent_height: int, latent_width: int):
+    """The image-to-image start image -> the VAE's latent distribution (sampled per seed later).
+
+    Resized with Lanczos to the output size, like diffusers' ``VaeImageProcessor``.
+    """
+    img = resize(image, latent_width * 8, latent_height * 8, "lanczos")
+    return vae.encode(to_vae_input(img, vae)).latent_dist  # (1, 16, 1, h, w) mean / std
+
+
+@torch.no_grad()
+def img2img_noise(vae, init, seeds: list[int], sigma0: float, device, dtype) -> torch.Tensor:
     """Packed start latents for image-to-image: sigma0 * noise + (1 - sigma0) * init (flow matching).
 
-    Per seed, one CPU generator first samples the init image's latent distribution, then draws the
-    noise: the order of diffusers' ``QwenImageImg2ImgPipeline``, so results match it.
+    ``init``: ``encode_init``'s distribution. Per seed, one CPU generator first samples it, then draws
+    the noise: the order of diffusers' ``QwenImageImg2ImgPipeline``, so results match it.
     """
-    x = image_to_tensor(image, latent_width * 8, latent_height * 8).to(vae.device, vae.dtype).unsqueeze(2)
-    dist = vae.encode(x).latent_dist  # (1, 16, 1, h, w) mean / std
+    latent_height, latent_width = init.mean.shape[-2:]
     rows = []
     for seed in seeds:
         gen = torch.Generator("cpu").manual_seed(int(seed))
-        init = normalise(dist.sample(generator=gen), vae).transpose(1, 2).to(dtype)  # (1, 1, 16, h, w)
+        x0 = normalise(init.sample(generator=gen), vae).transpose(1, 2).to(dtype)  # (1, 1, 16, h, w)
         shape = (1, 1, LATENT_CHANNELS, latent_height, latent_width)
-        eps = torch.randn(shape, generator=gen, dtype=dtype).to(init.device)
-        rows.append((sigma0 * eps + (1.0 - sigma0) * init)[:, 0])
+        eps = torch.randn(shape, generator=gen, dtype=dtype).to(x0.device)
+        rows.append((sigma0 * eps + (1.0 - sigma0) * x0)[:, 0])
     return pack(torch.cat(rows)).to(device)
