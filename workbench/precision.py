@@ -108,7 +108,7 @@ def _quantize_fp8_torchao(transformer) -> None:
 
 def check_finite(latents: torch.Tensor, prediction: torch.Tensor, step: int, steps: int) -> None:
     """Raise at the first step whose prediction or latents hold NaN / Inf (one device sync per step)."""
-    if bool(torch.isfinite(prediction).all()) and bool(torch.isfinite(latents).all()):
+    if bool(torch.isfinite(prediction).all() & torch.isfinite(latents).all()):  # one device sync
         return
     what = "model prediction" if not bool(torch.isfinite(prediction).all()) else "latents"
     if prediction.dtype == torch.float16:

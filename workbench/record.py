@@ -225,3 +225,17 @@ def reference_image_hashes(images: list[str]) -> list[dict]:
         data = path.read_bytes() if path.is_file() else None
         out.append({"path": name, "sha256": hashlib.sha256(data).hexdigest() if data is not None else None})
     return out
+
+
+def provenance(bench, cfg, resolved: dict) -> dict:
+    """What a result depends on besides its config: models (identity and file hashes), device,
+    library versions, git commit, input images. One place, for ``workbench run`` and sweep cells."""
+    return {
+        "models": bench.components.identity,
+        "device": device_info(bench.device),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "model_files": model_file_hashes(resolved),  # sha256 per file; empty for the tiny model
+        "reference_images": reference_image_hashes(list(cfg.images)),
+        "init_image": reference_image_hashes([cfg.init_image] if cfg.init_image else []),
+    }

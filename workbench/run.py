@@ -32,16 +32,7 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
     results = bench.generate(run_cfg, progress=progress)
 
     output_dir = Path(output_dir)
-    base = {
-        "config": resolved,
-        "models": bench.components.identity,
-        "device": rec.device_info(bench.device),
-        "versions": rec.library_versions(),
-        "git_commit": rec.git_commit(),
-        "model_files": rec.model_file_hashes(resolved),  # sha256 per file; empty for the tiny model
-        "reference_images": rec.reference_image_hashes(list(run_cfg.images)),
-        "init_image": rec.reference_image_hashes([run_cfg.init_image] if run_cfg.init_image else []),
-    }
+    base = {"config": resolved, **rec.provenance(bench, run_cfg, resolved)}
     entries = []
     for i, r in enumerate(results):
         name = f"images/{i:03d}-seed{r.seed}-{_slug(r.prompt)}.png"

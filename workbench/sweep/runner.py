@@ -7,10 +7,9 @@ a picklable ``CellOutput``.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 from PIL import Image
 
@@ -89,9 +88,9 @@ class CellRunner:
         cfg = cell.config
         t: dict[str, float] = {}
         started = time.perf_counter()
-        with _timed(t, "load", None):
-            # resident: built once per (model, precision, device); encodes go through this runner's cache
-            bench = Workbench.from_config(cfg, conditioning_cache=self.conditioning)
+        # resident: built once per (model, precision, device); encodes go through this runner's cache
+        bench = Workbench.from_config(cfg, conditioning_cache=self.conditioning)
+        t["load"] = time.perf_counter() - started
         self.conditioning.max_entries = self.cache_size  # executors may change it between sweeps
         if bench.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(bench.device)
@@ -117,12 +116,7 @@ class CellRunner:
                 "axes": {a.key: v for a, v in zip(axes, cell.values)},
                 "pos": list(cell.pos),
             },
-            "models": bench.components.identity,
-            "device": rec.device_info(bench.device),
-            "versions": rec.library_versions(),
-            "git_commit": rec.git_commit(),
-            "model_files": rec.model_file_hashes(cell.resolved),  # as workbench run records them
-            "reference_images": rec.reference_image_hashes(list(cfg.images)),
+            **rec.provenance(bench, cfg, cell.resolved),  # as workbench run records it
             "timings_s": {k: round(v, 6) for k, v in t.items()},
             "peak_memory": rec.peak_memory(bench.device),
             "conditioning_cached": hit,
@@ -140,20 +134,6 @@ class CellRunner:
         }
         images = [g.image for g in generated]
         return CellOutput("ok", images, record, encodes=misses, conditioning_hits=hits)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], name: str, device) -> Iterator[None]:
-    import torch
-
-    sync = device is not None and device.type == "cuda"
-    if sync:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if sync:
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def _release_cuda() -> None:
