@@ -67,6 +67,9 @@ def test_multirun(tmp_path):
         (["sampler.steps=0"], "sampler.steps must be >= 1"),
         (["precision=fp8_torchao", "device=cpu"], "fp8_torchao (precision=fp8_torchao) runs fp8 matrix multiplies on a CUDA GPU"),
         (['prompts=["a cat<|im_end|>"]'], "prompt contains control token(s) ['<|im_end|>']"),
+        (["precision=fp8_e4m3fn", "perf=fast"], "perf.compile=regional (perf=fast) cannot compile a transformer with "
+         "precision.transformer_storage=float8_e4m3fn (precision=fp8_e4m3fn)"),
+        (["perf.inductor_mode=fastest"], "Invalid value 'fastest', expected one of [default, max_autotune_no_cudagraphs"),
     ],
 )
 def test_run_bad_input_exits_nonzero_with_message(tmp_path, args, message):

@@ -31,12 +31,13 @@ def _run(argv: list[str]) -> int:
     from workbench.config.compose import config_dir
     from workbench.config.schema import ConfigError, register_configs
     from workbench.lora import LoraError
+    from workbench.perf import PerfError
     from workbench.precision import NonFiniteError, PrecisionError
     from workbench.run import run
     from workbench.templates import TemplateError
 
     # errors whose message already names the cause and the fix: one line, no traceback
-    user_errors = (ConfigError, FileNotFoundError, PrecisionError, NonFiniteError, TemplateError, LoraError)
+    user_errors = (ConfigError, FileNotFoundError, PrecisionError, PerfError, NonFiniteError, TemplateError, LoraError)
 
     register_configs()
     status = {"code": 0}

@@ -7,7 +7,8 @@
   diffusers 0.42.1's ``QwenDoubleStreamAttnProcessor2_0`` (Apache-2.0), from which its structure is
   adapted; ``tests/test_perf.py`` checks equal outputs.
 - ``compile``: ``regional`` compiles the repeated block once (``compile_repeated_blocks``: seconds),
-  ``full`` compiles the whole model (minutes; fastest per step).
+  ``full`` compiles the whole model (minutes). ``inductor_mode`` passes TorchInductor's mode
+  (``max-autotune-no-cudagraphs`` benchmarks GEMM configs and fuses epilogues; minutes on first use).
 - ``attention_backend``: diffusers' dispatcher backend name (e.g. ``_native_cudnn``), or null.
 """
 
@@ -16,7 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.config.schema import CompileMode, PerfConfig
+from workbench.config.schema import CompileMode, InductorMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
+
+
+class PerfError(ValueError):
+    pass
 
 
 def rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -94,14 +99,49 @@ def enable_fast_attention(transformer) -> None:
     transformer.pos_embed = RealRope(transformer.pos_embed)
 
 
-def apply_perf(transformer, perf: PerfConfig):
-    """Apply the speed switches; returns the callable to use for forwards (compiled or not)."""
+def check_perf(perf: PerfConfig, precision: PrecisionConfig) -> None:
+    """Refuse combinations that cannot compile, before any model is built."""
+    if perf.compile == CompileMode.none:
+        return
+    hooks = []
+    if precision.transformer_storage == WeightStorage.float8_e4m3fn:
+        hooks.append(f"precision.transformer_storage={precision.transformer_storage.value}")
+    if precision.memory == MemoryMode.group_offload:
+        hooks.append(f"precision.memory={precision.memory.value}")
+    if hooks:
+        raise PerfError(
+            f"perf.compile={perf.compile.value} (perf={perf.name}) cannot compile a transformer with "
+            f"{' and '.join(hooks)} (precision={precision.name}): their per-layer hooks move weights inside the "
+            "forward, which torch.compile cannot trace. Use perf.compile=none (e.g. perf.fast_attention=true "
+            "perf.compile=none), or precision=fp8_torchao for fp8 that compiles"
+        )
+
+
+def prepare_attention(transformer, perf: PerfConfig) -> None:
+    """Attention switches; must run BEFORE precision. Fusing concatenates the q / k / v weights, which
+    works on bf16 weights only: fp8-stored (layerwise casting) or torchao-quantised weights cannot be
+    concatenated (on the H100 torchao raised "'Parameter' object has no attribute 'tensor_data_names'")."""
     if perf.attention_backend:
         transformer.set_attention_backend(perf.attention_backend)
     if perf.fast_attention:
         enable_fast_attention(transformer)
+
+
+def compile_transformer(transformer, perf: PerfConfig):
+    """Compile switch; runs AFTER precision (the compiled graph then holds the quantised GEMMs).
+    Returns the callable to use for forwards."""
+    options = {"fullgraph": True, "dynamic": False}
+    if perf.inductor_mode != InductorMode.default:
+        options["mode"] = perf.inductor_mode.value
     if perf.compile == CompileMode.regional:
-        transformer.compile_repeated_blocks(fullgraph=True, dynamic=False)
+        transformer.compile_repeated_blocks(**options)
     elif perf.compile == CompileMode.full:
-        return torch.compile(transformer, dynamic=False)
+        options.pop("fullgraph")
+        return torch.compile(transformer, **options)
     return transformer
+
+
+def apply_perf(transformer, perf: PerfConfig):
+    """Both steps, for a model whose precision is already final in bf16 (benchmarks, tests)."""
+    prepare_attention(transformer, perf)
+    return compile_transformer(transformer, perf)

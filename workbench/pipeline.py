@@ -29,7 +29,7 @@ from workbench.config.schema import (
 )
 from workbench.models.components import Components, build_components, resolve_device
 from workbench.precision import apply_precision, check_device
-from workbench.perf import apply_perf
+from workbench.perf import check_perf, compile_transformer, prepare_attention
 from workbench.resolutions import snap
 from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
@@ -258,8 +258,11 @@ def cached_components(
     key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
     if key not in _CACHE:
         check_device(precision, resolve_device(device))  # an impossible precision fails before any load
-        components = apply_precision(build_components(model, precision, device), precision)
-        components.transformer = apply_perf(components.transformer, perf)
+        check_perf(perf, precision)
+        components = build_components(model, precision, device)
+        prepare_attention(components.transformer, perf)  # fuses bf16 weights: before fp8 storage / quantisation
+        components = apply_precision(components, precision)
+        components.transformer = compile_transformer(components.transformer, perf)
         _CACHE[key] = components
     return _CACHE[key]
 
