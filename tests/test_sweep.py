@@ -178,3 +178,33 @@ def test_failing_cells_become_labelled_blank_tiles(tmp_path):
     assert (grid == np.array(FAILED, dtype=grid.dtype)).all(axis=-1).sum() > tile_w * 10  # the blank tile is drawn
     rerun = edit.run(progress=False)  # failures are not cached: they are tried again
     assert rerun.stats["cached"] == 1 and rerun.stats["failed"] == 1
+
+
+def test_cells_are_written_in_the_background_and_a_failed_write_raises(tmp_path, monkeypatch):
+    """PNG encoding runs on the writer thread (overlapping the next cell's compute); a write that fails
+    must fail the sweep and leave that cell unfinished on disk, so the next run computes it again."""
+    import threading
+
+    from workbench import record as rec
+
+    save_png, threads, calls = rec.save_png, set(), []
+
+    def flaky_save_png(path, image, record):
+        threads.add(threading.current_thread().name)
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return save_png(path, image, record)
+
+    monkeypatch.setattr(rec, "save_png", flaky_save_png)
+    sweep = Sweep.plan(["sampler.steps=2,3,4"], base=SMALL, out_dir=tmp_path)
+    with pytest.raises(OSError, match="No space left on device"):
+        sweep.run(progress=False)
+    assert {name.split("_")[0] for name in threads} == {"sweep-writer"}  # never the main thread
+    done = [c for c in sweep.cells if (sweep.cell_dir(c) / "record.json").is_file()]
+    assert [c.values for c in done] == [(2,), (4,)]  # the cell whose PNG failed has no record.json
+    assert (tmp_path / "grid.png").is_file()  # the grid of what ran is still saved
+
+    monkeypatch.setattr(rec, "save_png", save_png)
+    again = sweep.run(progress=False)
+    assert again.stats["cached"] == 2 and again.stats["ran"] == 1

@@ -28,23 +28,28 @@ def config_hash(resolved: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def store_output(sweep: Sweep, cell: Cell, out: CellOutput) -> CellResult:
+def cell_result(sweep: Sweep, cell: Cell, out: CellOutput) -> CellResult:
+    """The result of a cell that just ran, with the paths ``write_output`` writes its images to."""
+    if out.status != "ok":
+        return CellResult(cell, "failed", error=out.error, record=out.record, worker=out.worker)
+    files = [sweep.cell_dir(cell) / entry["file"] for entry in out.record["images"]]
+    hit = out.record.get("conditioning_cached", False)
+    return CellResult(cell, "ok", out.images, files, out.record, conditioning_cached=hit, worker=out.worker)
+
+
+def write_output(sweep: Sweep, cell: Cell, out: CellOutput) -> None:
     """Write one cell's output to the cache (``record.json`` last: its presence marks the cell done)."""
     from workbench import record as rec
 
     folder = sweep.cell_dir(cell)
     if out.status != "ok":
         rec.atomic_write_json(folder / "error.json", {"error": out.error, "overrides": cell.overrides})
-        return CellResult(cell, "failed", error=out.error, record=out.record, worker=out.worker)
-    files = []
+        return
     head = {k: v for k, v in out.record.items() if k != "images"}
     for entry, image in zip(out.record["images"], out.images):
         rec.save_png(folder / entry["file"], image, head | {"image": entry})
-        files.append(folder / entry["file"])
     (folder / "error.json").unlink(missing_ok=True)
     rec.atomic_write_json(folder / "record.json", out.record)
-    hit = out.record.get("conditioning_cached", False)
-    return CellResult(cell, "ok", out.images, files, out.record, conditioning_cached=hit, worker=out.worker)
 
 
 def read_back(sweep: Sweep, cell: Cell) -> Optional[CellResult]:
