@@ -80,3 +80,44 @@ def test_every_config_group_option_composes():
             extra = ["images=[asset:sample_reference.png]", "height=64", "width=64"] if "edit" in file.stem and group == "template" else []
             cfg = to_run_config(compose([f"{group}={file.stem}", *extra]))
             assert getattr(cfg, group).name == file.stem, file
+
+
+def test_compose_many_equals_compose_and_composes_once_per_group_choice(monkeypatch):
+    """Sweeps plan through ``compose_many``: each result must be what ``compose`` gives (or raise the
+    same error), while Hydra composes only once per distinct set of group overrides."""
+    from omegaconf import OmegaConf
+
+    import sys
+
+    from workbench.config.compose import compose_many
+
+    compose_module = sys.modules["workbench.config.compose"]  # the package re-exports the function under this name
+
+    lists = [
+        ["sampler.steps=4", "sampler.cfg=2.0"], ["sampler.steps=6", "sampler.cfg=3.0"],
+        ["sampler=heun", "sampler.steps=3"], ["sampler=heun", "sampler.steps=5"],
+        ["height=512", "width=512", "prompts=[a cat, a dog]"],
+        ["experiment=edit_tiny", "sampler.steps=2"], ["+extra=1"],
+        ["sampler.steps=abc"], ["sampler.stepz=3"], ["template=nope"],
+    ]
+    expected = []
+    for overrides in lists:
+        try:
+            expected.append(OmegaConf.to_container(compose_module.compose(overrides), resolve=True))
+        except Exception as err:
+            expected.append(f"{type(err).__name__}: {err}")
+
+    calls = []
+    real = compose_module.compose
+    monkeypatch.setattr(compose_module, "compose", lambda o, *a: calls.append(list(o)) or real(o, *a))
+    got = [f"{type(r).__name__}: {r}" if isinstance(r, Exception) else OmegaConf.to_container(r, resolve=True)
+           for r in compose_many(lists)]
+    assert got == expected
+    assert got[0]["sampler"]["steps"] == 4 and got[3]["sampler"]["name"] == "heun" and got[3]["sampler"]["steps"] == 5
+    assert got[7].startswith("ConfigCompositionException: Error merging override sampler.steps=abc")
+    # Hydra runs once for the five value-only lists, once for sampler=heun, once for each other group
+    # set; the three failing lists compose again on the slow path, for their exact error
+    assert calls.count([]) == 1 and calls.count(["sampler=heun"]) == 1
+    assert sorted(map(tuple, calls)) == sorted([(), ("sampler=heun",), ("experiment=edit_tiny",), ("+extra=1",),
+                                                ("template=nope",), ("template=nope",),
+                                                ("sampler.steps=abc",), ("sampler.stepz=3",)])

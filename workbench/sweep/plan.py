@@ -106,7 +106,8 @@ class Sweep:
         """
         from omegaconf import OmegaConf
 
-        from workbench.config import compose, to_run_config
+        from workbench.config import to_run_config
+        from workbench.config.compose import compose_many
 
         parsed = parse_axes(list(axes))
         for a in parsed:
@@ -124,17 +125,18 @@ class Sweep:
         for i, (iz, iy, ix) in enumerate(itertools.product(ranges[2], ranges[1], ranges[0])):
             pos = (ix, iy, iz)
             values = tuple(a.values[p] for a, p in zip(parsed, pos))
-            overrides = [a.override(v) for a, v in zip(parsed, values)]
-            cell = Cell(i, pos, values, overrides)
+            cells.append(Cell(i, pos, values, [a.override(v) for a, v in zip(parsed, values)]))
+        # Hydra composes once per distinct set of group overrides, not once per cell
+        for cell, dcfg in zip(cells, compose_many([base + c.overrides for c in cells])):
             try:
-                dcfg = compose(base + overrides)
+                if isinstance(dcfg, Exception):
+                    raise dcfg
                 cell.config = to_run_config(dcfg)
                 cell.resolved = OmegaConf.to_container(dcfg, resolve=True)
                 cell.resolved.pop("executor", None)  # where a cell runs is not what it is: same key on every executor
                 cell.key = config_hash(cell.resolved)
             except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
                 cell.error = _describe(err)
-            cells.append(cell)
 
         # a value that fails in every cell it is in is a typo: fail now, naming it. When several do
         # (a wrong key fails every cell), blame the axis whose key the error message names.
