@@ -40,15 +40,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def png_bytes(image: Image.Image, record: dict | None = None) -> bytes:
-    """PNG-encode ``image``; with ``record``, as JSON in the text chunk ``workbench``."""
+def png_bytes(image: Image.Image, record: dict | None = None, compress_level: int = 6) -> bytes:
+    """PNG-encode ``image``; with ``record``, as JSON in the text chunk ``workbench``. Lossless at any
+    ``compress_level`` (zlib: 1 fastest, 6 Pillow's default, 9 smallest)."""
     import io
 
     info = PngImagePlugin.PngInfo()
     if record is not None:
         info.add_itxt(PNG_KEY, json.dumps(record, ensure_ascii=False))
     buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
+    image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
     return buf.getvalue()
 
 
