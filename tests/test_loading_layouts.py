@@ -264,3 +264,21 @@ def test_loaded_components_generate_the_tiny_models_edit_image(root, make_cfg):
     ours = _generate(components, make_cfg, *edit)
     ref = _tiny(make_cfg, *edit, "device=cpu")
     assert torch.equal(ours.latents, ref.latents)
+
+
+@pytest.mark.parametrize("memory", ["model_offload", "group_offload"])
+def test_offload_modes_load_files_into_host_memory(root, make_cfg, monkeypatch, memory):
+    """A 24 GB card cannot hold the 41 GB bf16 DiT even for a moment: with an offload memory mode the
+    files are read into host memory and the offload hooks stream them; all_on_device loads to the GPU."""
+    from workbench.loading import load as load_module
+    from workbench.models import components as comp
+
+    seen = []
+    real = load_module.load_all
+    monkeypatch.setattr(load_module, "load_all", lambda model, dtypes, dev: seen.append(dev.type) or real(model, dtypes, torch.device("cpu")))
+    monkeypatch.setattr(comp, "resolve_device", lambda name: torch.device(name))  # "cuda" without a GPU: placement only
+    files = cfg_for(root, transformer="diffusion_models/qwen_image_tiny_bf16.safetensors",
+                    text_encoder="text_encoders/qwen_2.5_vl_tiny_bf16.safetensors", vae="vae/qwen_image_vae.safetensors")
+    comp.build_components(files, make_cfg(f"precision.memory={memory}").precision, "cuda")
+    comp.build_components(files, make_cfg().precision, "cuda")
+    assert seen == ["cpu", "cuda"]

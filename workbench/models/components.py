@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from workbench.config.schema import DType, ModelConfig, ModelSource, PrecisionConfig
+from workbench.config.schema import DType, MemoryMode, ModelConfig, ModelSource, PrecisionConfig
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 
@@ -76,7 +76,10 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
         from workbench.loading.load import load_all
 
         dtypes = {slot: TORCH_DTYPES[getattr(precision, slot)] for slot in ("text_encoder", "transformer", "vae")}
-        parts = load_all(model, dtypes, dev)  # already on dev, in each dtype
+        # offload modes exist for weights that do not fit the GPU: load them into host memory and let
+        # apply_precision stream them (loading the 41 GB bf16 DiT onto a 24 GB card first would fail)
+        offload = precision.memory != MemoryMode.all_on_device
+        parts = load_all(model, dtypes, torch.device("cpu") if offload else dev)  # in each dtype
         return Components(
             tokenizer=parts["text_encoder"].tokenizer,
             text_encoder=parts["text_encoder"].module,
