@@ -1,10 +1,12 @@
 """GPU benchmark, part 4: the origin notes' table, re-measured on our hardware for our configurations.
 
 configuration | peak VRAM | first generation (models built, load included) | second generation
-(models resident), for bf16 and fp8 weight storage, each without LoRA and with an 8-step
-Lightning-style LoRA (rank 64 on every linear layer of the 60 blocks, random values: speed does not
-depend on them) applied through hooks or fused. Real sizes, random weights (model=random_full),
-1328x1328, 8 steps, cfg 1.
+(models resident), for bf16, fp8 weight storage and fp8 compute (torchao + perf=fast), each without
+LoRA and with an 8-step Lightning-style LoRA (rank 64 on every linear layer of the 60 blocks, random
+values: speed does not depend on them) applied through hooks, on the whole GPU and under a 22 GB
+budget (``set_per_process_memory_fraction``, set after the random weights are drawn on the GPU, so the
+budget rows' peak is the generation's). Real sizes, random weights (model=random_full), 1328x1328,
+8 steps, cfg 1. ``lora.fuse=true`` was measured in run7 (bf16) and is refused on fp8 weights.
 
 Usage (GPU machine):  python benchmarks/bench_generations.py --out $OUT/generations.json
 """
@@ -41,46 +43,76 @@ def write_random_lora(transformer, path: Path, rank: int = 64) -> int:
     return len(tensors) // 2
 
 
+# label -> (overrides, LoRA mode, GPU memory budget in GB or None). Rows run in this order; the model
+# cache keeps a precision's models between its rows, and free_models() releases them at a change.
+ROWS = {
+    "bf16": (["precision=bf16"], "none", None),
+    "bf16_lora_hooks": (["precision=bf16"], "hooks", None),
+    "bf16_fast": (["precision=bf16", "perf=fast"], "none", None),
+    "fp8_storage": (["precision=fp8_e4m3fn"], "none", None),
+    "fp8_storage_lora_hooks": (["precision=fp8_e4m3fn"], "hooks", None),
+    "fp8_compute_fast": (["precision=fp8_torchao", "perf=fast"], "none", None),
+    "fp8_compute_fast_lora_hooks": (["precision=fp8_torchao", "perf=fast"], "hooks", None),
+    "fp8_storage_group_offload_22GB": (["precision=fp8_e4m3fn", "precision.memory=group_offload"], "none", 22),
+    "fp8_storage_group_offload_22GB_lora_hooks": (["precision=fp8_e4m3fn", "precision.memory=group_offload"], "hooks", 22),
+    "bf16_group_offload_22GB": (["precision=bf16", "precision.memory=group_offload"], "none", 22),
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated row labels: " + ", ".join(ROWS))
     p.add_argument("--lora", default="/tmp/lightning_like_rank64.safetensors")
     p.add_argument("--dry-run-tiny", action="store_true", help="check the script on a CPU with the tiny model")
     args = p.parse_args()
     if args.dry_run_tiny:
         BASE[:] = ["height=64", "width=64", "sampler=lightning"]
     from workbench.config import compose, to_run_config
+    from workbench.models.tiny import build_transformer
     from workbench.pipeline import Workbench, free_models
 
     res = Results.open(args.out, base=BASE)
-    lora_written = False
-    bench = out = None
-    for precision in ("bf16", "fp8_e4m3fn"):
-        bench = out = None  # drop our own references, or free_models() cannot release the weights
-        free_models()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        for lora in ("none", "hooks", "fused"):
-            extra = [] if lora == "none" else [f"lora.items=[{{file: {args.lora}, strength: 1.0}}]",
-                                               f"lora.fuse={'true' if lora == 'fused' else 'false'}"]
-            if lora != "none" and not lora_written:
-                pairs = write_random_lora(bench.components.transformer, Path(args.lora))
-                res.put("lora_file", {"pairs": pairs, "rank": 64, "gb": Path(args.lora).stat().st_size / 1e9})
-                lora_written = True
-            cfg = to_run_config(compose(BASE + [f"precision={precision}"] + extra))
-            for label in ("first", "second"):
-                try:
-                    sync()
-                    t0 = time.perf_counter()
-                    bench = Workbench.from_config(cfg)
-                    bench.clear_conditioning_cache()
-                    out = bench.generate(cfg, progress=False)[0]
-                    sync()
-                    res.put(f"{precision}/lora_{lora}/{label}_generation", {
-                        "total_s": time.perf_counter() - t0, **{f"{k}_s": v for k, v in out.timings.items()},
-                        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None})
-                except Exception as err:  # record it and go on with the other rows
-                    res.put(f"{precision}/lora_{lora}/{label}_generation", {"error": repr(err)[:800]})
+    cuda = torch.cuda.is_available()
+    previous = None
+    for label in args.rows.split(","):
+        overrides, lora, budget = ROWS[label]
+        if not Path(args.lora).is_file() and lora != "none":
+            cfg = to_run_config(compose(BASE + overrides))
+            with torch.device("meta"):  # only the linear layers' shapes are needed
+                shapes = build_transformer(cfg.model)
+            pairs = write_random_lora(shapes, Path(args.lora))
+            res.put("lora_file", {"pairs": pairs, "rank": 64, "gb": Path(args.lora).stat().st_size / 1e9})
+        extra = [] if lora == "none" else [f"lora.items=[{{file: {args.lora}, strength: 1.0}}]", "lora.fuse=false"]
+        cfg = to_run_config(compose(BASE + overrides + extra))
+        if (cfg.precision, cfg.perf) != previous:  # a new model set: the old one must not count in this row's peak
+            free_models()
+            previous = (cfg.precision, cfg.perf)
+        for run in ("first", "second"):
+            try:
+                sync()
+                t0 = time.perf_counter()
+                bench = Workbench.from_config(cfg)
+                sync()
+                build = time.perf_counter() - t0
+                if cuda:
+                    if budget is not None:  # random weights are drawn on the GPU: the budget starts after that
+                        total = torch.cuda.get_device_properties(0).total_memory
+                        torch.cuda.set_per_process_memory_fraction(budget * 1e9 / total)
+                    torch.cuda.reset_peak_memory_stats()
+                bench.clear_conditioning_cache()
+                out = bench.generate(cfg, progress=False)[0]
+                sync()
+                res.put(f"{label}/{run}_generation", {
+                    "total_s": time.perf_counter() - t0, "build_or_lookup_s": build,
+                    **{f"{k}_s": v for k, v in out.timings.items()}, "budget_gb": budget,
+                    "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None})
+            except Exception as err:  # record it and go on with the other rows
+                res.put(f"{label}/{run}_generation", {"error": repr(err)[:800]})
+            finally:
+                bench = out = None
+                if cuda:
+                    torch.cuda.set_per_process_memory_fraction(1.0)
     Path(args.lora).unlink(missing_ok=True)
 
 

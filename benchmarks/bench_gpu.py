@@ -126,30 +126,78 @@ def uncompile(model) -> None:
     torch._dynamo.reset()
 
 
-def run_variant(model, variant: str, sizes, refs, res) -> None:
-    """Variants: [fast_][eager|cudnn|regional|regional_infer|full][_fp8]. ``fast_`` switches to the
-    workbench attention processor (in place: it stays on for later variants). ``regional`` compiles
-    with dynamic=False (run 1 of the results used dynamic=None under this name and measured the same);
-    ``regional_infer`` runs under ``torch.inference_mode`` instead of ``no_grad``."""
+def kernel_profile(fn, steps: int = 1) -> dict:
+    """Where one forward's GPU time goes: kernel time by category (torch.profiler), top kernels, and
+    GPU busy time vs wall time (the gap is launch overhead / idle, what CUDA graphs would remove)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps
+    kernels: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.device_type.name == "CUDA" and getattr(e, "device_time_total", 0) > 0:
+            kernels[e.key] = kernels.get(e.key, 0.0) + e.device_time_total / 1e6 / steps
+
+    def category(name: str) -> str:
+        n = name.lower()
+        if any(k in n for k in ("flash", "fmha", "cudnn", "attention", "sdpa")):
+            return "attention"
+        if any(k in n for k in ("gemm", "xmma", "cutlass", "nvjet", "matmul", "sm90", "scaled_mm", "f8f8")):
+            return "gemm"
+        if n.startswith("triton"):
+            return "triton_fused"
+        if "copy" in n or "cat" in n:
+            return "copy_cat"
+        return "other_elementwise"
+
+    cats: dict[str, float] = {}
+    for k, v in kernels.items():
+        cats[category(k)] = cats.get(category(k), 0.0) + v
+    busy = sum(kernels.values())
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    return {"wall_s": wall, "gpu_busy_s": busy, "idle_fraction": max(0.0, 1 - busy / wall),
+            "by_category_s": {k: round(v, 5) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+            "top_kernels": [{"name": k[:120], "s": round(v, 5)} for k, v in top]}
+
+
+def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cfg_ratio: bool = False) -> None:
+    """Variants: [fast_][eager|cudnn|regional|regional_infer|full][_autotune][_fp8].
+
+    ``fast_`` switches to the workbench attention processor (in place: it stays on for later
+    variants). ``regional`` compiles with dynamic=False; ``regional_infer`` runs under
+    ``torch.inference_mode``; ``_autotune`` passes ``perf.inductor_mode=max-autotune-no-cudagraphs``;
+    ``_fp8`` quantises with the workbench's torchao path (fp8 rowwise GEMMs) AFTER the q/k/v fusion
+    and BEFORE compiling, the order ``cached_components`` uses; it is irreversible, so fp8 variants go
+    last. ``profile`` adds a kernel breakdown; ``cfg_ratio`` times true CFG (batched and as two forwards).
+    """
     from torch._dynamo.utils import counters
 
-    from workbench.config.schema import CompileMode, PerfConfig
-    from workbench.perf import apply_perf
+    from workbench.config.schema import CompileMode, InductorMode, PerfConfig
+    from workbench.perf import compile_transformer, prepare_attention
+    from workbench.precision import _quantize_fp8_torchao
 
     counters.clear()
     fast = variant.startswith("fast_")
-    mode = variant.removeprefix("fast_").removesuffix("_fp8")
-    if variant.endswith("_fp8"):
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-        quantize_(model.transformer_blocks, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-    compile_mode = {"regional": CompileMode.regional, "regional_static": CompileMode.regional,
-                    "regional_infer": CompileMode.regional, "full": CompileMode.full,
-                    "eager": CompileMode.none, "cudnn": CompileMode.none}[mode]
-    backend = "_native_cudnn" if mode == "cudnn" else None
-    fwd = apply_perf(model, PerfConfig(fast_attention=fast, compile=compile_mode, attention_backend=backend))
+    fp8 = variant.endswith("_fp8")
+    autotune = variant.removesuffix("_fp8").endswith("_autotune")
+    mode = variant.removeprefix("fast_").removesuffix("_fp8").removesuffix("_autotune")
+    compile_mode = {"regional": CompileMode.regional, "regional_infer": CompileMode.regional,
+                    "full": CompileMode.full, "eager": CompileMode.none, "cudnn": CompileMode.none}[mode]
+    perf = PerfConfig(fast_attention=fast, compile=compile_mode,
+                      inductor_mode=InductorMode.max_autotune_no_cudagraphs if autotune else InductorMode.default,
+                      attention_backend="_native_cudnn" if mode == "cudnn" else None)
+    prepare_attention(model, perf)
+    if fp8:
+        _quantize_fp8_torchao(model)
+    fwd = compile_transformer(model, perf)
     grad_ctx = torch.inference_mode if mode == "regional_infer" else torch.no_grad
-    run_sizes = sizes if mode in ("regional", "regional_static", "eager", "cudnn") else [1328]
+    run_sizes = sizes if mode in ("regional", "eager", "cudnn") else [1328]
     for size in run_sizes:
         latents, embeds, shape = inputs(size, size)
         with grad_ctx():
@@ -158,6 +206,18 @@ def run_variant(model, variant: str, sizes, refs, res) -> None:
             torch.cuda.synchronize()
             first = time.perf_counter() - tc
             r = cuda_time(lambda: stock_forward(fwd, latents, embeds, shape), repeat=3)
+            if profile and size == 1328:
+                r["profile"] = kernel_profile(lambda: stock_forward(fwd, latents, embeds, shape))
+            if cfg_ratio and size == 1328:
+                neg = embeds[:, :8]
+                two = (torch.cat([latents, latents]), torch.cat([embeds, embeds]))
+                stock_forward(fwd, *two, shape)  # compile the batch-2 graph outside the timing
+                r["true_cfg_batched_equal_lengths"] = cuda_time(lambda: stock_forward(fwd, *two, shape), repeat=3)
+                stock_forward(fwd, latents, neg, shape)
+                r["true_cfg_two_forwards_128_8_tokens"] = cuda_time(
+                    lambda: (stock_forward(fwd, latents, embeds, shape), stock_forward(fwd, latents, neg, shape)), repeat=3)
+                tokens = (size // 16) ** 2
+                r["flop_ratio_two_forwards"] = flop_ratio(tokens, TEXT_TOKENS, 8)
         r["first_call_s"] = first
         r["max_abs_diff_vs_stock"] = (out - refs[size]).abs().max().item()
         r["rel_l2_vs_stock"] = ((out - refs[size]).norm() / refs[size].norm()).item()
@@ -167,12 +227,28 @@ def run_variant(model, variant: str, sizes, refs, res) -> None:
                                             if k in ("stats", "graph_break", "recompiles")})
 
 
+def flop_ratio(image_tokens: int, text_tokens: int, neg_tokens: int, dim: int = 3072, mlp: int = 12288) -> float:
+    """FLOPs of cond + uncond forwards over one cond forward (per block: the image stream's linear
+    layers, both text streams' and the joint attention): the floor of a true-CFG step's cost ratio."""
+
+    def forward(text: int) -> float:
+        seq = image_tokens + text
+        linear = 2 * (image_tokens + text) * (4 * dim * dim + 2 * dim * mlp)  # qkv + out, mlp in + out
+        attention = 4 * seq * seq * dim  # QK^T and PV
+        return linear + attention
+
+    return (forward(text_tokens) + forward(neg_tokens)) / forward(text_tokens)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", default="1024,1328")
     p.add_argument("--variants", default="regional,regional_infer,full,fast_eager,fast_regional,fast_full")
     p.add_argument("--e2e", action="store_true", help="also run 8-step / 20-step end-to-end images")
+    p.add_argument("--profile", default="", help="comma-separated variants to profile (kernel breakdown at 1328); 'stock' too")
+    p.add_argument("--cfg-ratio", default="", help="comma-separated variants whose true-CFG cost to measure")
+    p.add_argument("--skip-stock-cfg", action="store_true", help="skip stock true-CFG / masked-batch timings")
     args = p.parse_args()
 
     res = Results.open(args.out)
@@ -193,7 +269,11 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             r = cuda_time(lambda: stock_forward(model, latents, embeds, shape))
             r["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            if size == 1328 and "stock" in args.profile.split(","):
+                r["profile"] = kernel_profile(lambda: stock_forward(model, latents, embeds, shape))
             res.put(f"stock/forward/{size}/cfg1", r)
+            if args.skip_stock_cfg:
+                continue
             # stock true CFG = two separate forwards with different text lengths (diffusers pipeline)
             neg = embeds[:, :8]
             res.put(f"stock/forward/{size}/true_cfg", cuda_time(
@@ -207,15 +287,17 @@ def main() -> None:
             res.put(f"workbench/forward/{size}/true_cfg_batched", cuda_time(
                 lambda: stock_forward(model, lat2, both, shape, mask)))
 
-        # bf16 noise floor: the same forward at batch 2 (other GEMM tilings) vs batch 1
-        latents, embeds, shape = inputs(1328, 1328)
-        two = stock_forward(model, torch.cat([latents, latents]), torch.cat([embeds, embeds]), shape)[:1].float()
-        res.put("noise_floor/1328/batch2_vs_batch1", {
-            "max_abs_diff": (two - refs[1328]).abs().max().item(),
-            "rel_l2": ((two - refs[1328]).norm() / refs[1328].norm()).item(),
-            "ref_abs_max": refs[1328].abs().max().item()})
-        res.put("workbench/forward/1328/true_cfg_batched_equal_lengths", cuda_time(
-            lambda: stock_forward(model, torch.cat([latents, latents]), torch.cat([embeds, embeds]), shape), repeat=3))
+    if not args.skip_stock_cfg:
+        with torch.no_grad():
+            # bf16 noise floor: the same forward at batch 2 (other GEMM tilings) vs batch 1
+            latents, embeds, shape = inputs(1328, 1328)
+            two = stock_forward(model, torch.cat([latents, latents]), torch.cat([embeds, embeds]), shape)[:1].float()
+            res.put("noise_floor/1328/batch2_vs_batch1", {
+                "max_abs_diff": (two - refs[1328]).abs().max().item(),
+                "rel_l2": ((two - refs[1328]).norm() / refs[1328].norm()).item(),
+                "ref_abs_max": refs[1328].abs().max().item()})
+            res.put("workbench/forward/1328/true_cfg_batched_equal_lengths", cuda_time(
+                lambda: stock_forward(model, torch.cat([latents, latents]), torch.cat([embeds, embeds]), shape), repeat=3))
 
     e2e = None
     if args.e2e:
@@ -228,7 +310,8 @@ def main() -> None:
             if variant == "eager":
                 continue
             try:
-                run_variant(model, variant, sizes, refs, res)
+                run_variant(model, variant, sizes, refs, res, profile=variant in args.profile.split(","),
+                            cfg_ratio=variant in args.cfg_ratio.split(","))
             except Exception as err:  # record and go on: one failing variant must not lose the others
                 res.put(f"workbench/forward/error/{variant}", {"error": repr(err), "trace": traceback.format_exc()[-2000:]})
             finally:
