@@ -126,6 +126,34 @@ def uncompile(model) -> None:
     torch._dynamo.reset()
 
 
+def gpu_clocks(fn, calls: int = 8) -> dict:
+    """Mean SM clock / power while ``fn`` runs back to back (nvidia-smi sampled every 20 ms): dense
+    bf16 GEMMs hit the power limit, and the clock drop shows up as every kernel getting slower."""
+    import subprocess
+
+    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw,temperature.gpu", "--format=csv,noheader,nounits",
+                            "-lms", "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    finally:
+        smi.terminate()
+    rows = []
+    for line in smi.communicate()[0].splitlines()[10:]:  # skip the samples taken before the calls
+        try:
+            rows.append([float(x) for x in line.split(",")])
+        except ValueError:
+            continue
+    if not rows:
+        return {"error": "no nvidia-smi samples"}
+    col = list(zip(*rows))
+    return {"sm_clock_mhz_mean": statistics.mean(col[0]), "sm_clock_mhz_min": min(col[0]),
+            "power_w_mean": statistics.mean(col[1]), "power_w_max": max(col[1]),
+            "temperature_c_max": max(col[2]), "samples": len(rows)}
+
+
 def kernel_profile(fn, steps: int = 1) -> dict:
     """Where one forward's GPU time goes: kernel time by category (torch.profiler), top kernels, and
     GPU busy time vs wall time (the gap is launch overhead / idle, what CUDA graphs would remove)."""
@@ -133,7 +161,7 @@ def kernel_profile(fn, steps: int = 1) -> dict:
 
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
             fn()
@@ -141,7 +169,7 @@ def kernel_profile(fn, steps: int = 1) -> dict:
         wall = (time.perf_counter() - t0) / steps
     kernels: dict[str, float] = {}
     for e in prof.key_averages():
-        if e.device_type.name == "CUDA" and getattr(e, "device_time_total", 0) > 0:
+        if e.device_type.name == "CUDA" and getattr(e, "device_time_total", 0) > 0 and not e.key.startswith("## Call"):
             kernels[e.key] = kernels.get(e.key, 0.0) + e.device_time_total / 1e6 / steps
 
     def category(name: str) -> str:
@@ -161,9 +189,16 @@ def kernel_profile(fn, steps: int = 1) -> dict:
         cats[category(k)] = cats.get(category(k), 0.0) + v
     busy = sum(kernels.values())
     top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    ops = []  # matmul / attention ops by input shapes: which GEMM got slower, not just which kernel
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.device_type.name == "CPU" and any(k in e.key for k in ("mm", "linear", "scaled_dot", "attention", "_scaled_mm")):
+            t = getattr(e, "device_time_total", 0) / 1e6 / steps
+            if t > 5e-4:
+                ops.append({"op": e.key, "shapes": str(e.input_shapes)[:160], "calls": e.count // steps, "s": round(t, 5)})
+    ops.sort(key=lambda o: -o["s"])
     return {"wall_s": wall, "gpu_busy_s": busy, "idle_fraction": max(0.0, 1 - busy / wall),
             "by_category_s": {k: round(v, 5) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
-            "top_kernels": [{"name": k[:120], "s": round(v, 5)} for k, v in top]}
+            "top_kernels": [{"name": k[:120], "s": round(v, 5)} for k, v in top], "ops_by_shape": ops[:20]}
 
 
 def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cfg_ratio: bool = False) -> None:
@@ -172,9 +207,11 @@ def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cf
     ``fast_`` switches to the workbench attention processor (in place: it stays on for later
     variants). ``regional`` compiles with dynamic=False; ``regional_infer`` runs under
     ``torch.inference_mode``; ``_autotune`` passes ``perf.inductor_mode=max-autotune-no-cudagraphs``;
+    (Run 9 measured ``_opaque``: attention through the ``workbench::joint_attention`` custom op, which
+    the fast processor now always uses for unmasked attention; runs 1-8 used Inductor's lowering.)
     ``_fp8`` quantises with the workbench's torchao path (fp8 rowwise GEMMs) AFTER the q/k/v fusion
-    and BEFORE compiling, the order ``cached_components`` uses; it is irreversible, so fp8 variants go
-    last. ``profile`` adds a kernel breakdown; ``cfg_ratio`` times true CFG (batched and as two forwards).
+    and BEFORE compiling, the order ``cached_components`` uses; it is irreversible, so the caller
+    hands fp8 variants a fresh model. ``profile`` adds a kernel breakdown; ``cfg_ratio`` times true CFG (batched and as two forwards).
     """
     from torch._dynamo.utils import counters
 
@@ -185,8 +222,8 @@ def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cf
     counters.clear()
     fast = variant.startswith("fast_")
     fp8 = variant.endswith("_fp8")
-    autotune = variant.removesuffix("_fp8").endswith("_autotune")
-    mode = variant.removeprefix("fast_").removesuffix("_fp8").removesuffix("_autotune")
+    autotune = "_autotune" in variant
+    mode = variant.removeprefix("fast_").removesuffix("_fp8").replace("_autotune", "").replace("_opaque", "")
     compile_mode = {"regional": CompileMode.regional, "regional_infer": CompileMode.regional,
                     "full": CompileMode.full, "eager": CompileMode.none, "cudnn": CompileMode.none}[mode]
     perf = PerfConfig(fast_attention=fast, compile=compile_mode,
@@ -208,6 +245,7 @@ def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cf
             r = cuda_time(lambda: stock_forward(fwd, latents, embeds, shape), repeat=3)
             if profile and size == 1328:
                 r["profile"] = kernel_profile(lambda: stock_forward(fwd, latents, embeds, shape))
+                r["gpu_clocks"] = gpu_clocks(lambda: stock_forward(fwd, latents, embeds, shape))
             if cfg_ratio and size == 1328:
                 neg = embeds[:, :8]
                 two = (torch.cat([latents, latents]), torch.cat([embeds, embeds]))
@@ -271,6 +309,7 @@ def main() -> None:
             r["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
             if size == 1328 and "stock" in args.profile.split(","):
                 r["profile"] = kernel_profile(lambda: stock_forward(model, latents, embeds, shape))
+                r["gpu_clocks"] = gpu_clocks(lambda: stock_forward(model, latents, embeds, shape))
             res.put(f"stock/forward/{size}/cfg1", r)
             if args.skip_stock_cfg:
                 continue
@@ -309,6 +348,10 @@ def main() -> None:
         for variant in variants:
             if variant == "eager":
                 continue
+            if variant.endswith("_fp8"):  # quantisation is in place: a fresh model for each fp8 variant
+                model = None
+                torch.cuda.empty_cache()
+                model = build_transformer()
             try:
                 run_variant(model, variant, sizes, refs, res, profile=variant in args.profile.split(","),
                             cfg_ratio=variant in args.cfg_ratio.split(","))
