@@ -163,3 +163,25 @@ def test_fp8_torchao_on_gpu(make_cfg):
     lat16 = Workbench.from_config(make_cfg(*common, "precision=bf16")).generate(make_cfg(*common, "precision=bf16"), progress=False)[0].latents
     print(f"fp8_torchao vs bf16, 2-step latents: rel. error {_rel(lat8, lat16):.4f}")
     assert torch.isfinite(lat8).all() and _rel(lat8, lat16) <= 0.1
+
+
+def test_fp8_compute_quantises_exactly_the_image_stream_block_linears():
+    """torchao fp8 GEMMs go where the FLOPs are (M = image tokens): the text stream and modulation
+    layers (M = prompt tokens / 1) stay in bf16; with fast attention the fused projection is included."""
+    import copy
+
+    from workbench.config.schema import ModelConfig, PerfConfig
+    from workbench.models.tiny import build_transformer
+    from workbench.perf import prepare_attention
+    from workbench.precision import fp8_compute_filter
+
+    model = build_transformer(ModelConfig())
+    chosen = {n.split(".", 2)[2] for n, m in model.named_modules() if fp8_compute_filter(m, n)}
+    assert chosen == {"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "img_mlp.net.0.proj", "img_mlp.net.2"}
+    every = sum(fp8_compute_filter(m, n) for n, m in model.named_modules())
+    assert every == 6 * len(model.transformer_blocks)
+    fast = copy.deepcopy(model)
+    prepare_attention(fast, PerfConfig(fast_attention=True))
+    assert {n.split(".", 2)[2] for n, m in fast.named_modules() if fp8_compute_filter(m, n)} == {
+        "attn.to_qkv", "attn.to_out.0", "img_mlp.net.0.proj", "img_mlp.net.2"}
+    assert not any(fp8_compute_filter(m, n) for n, m in model.named_modules() if "txt_" in n or "add_" in n or "_mod" in n)
