@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_gpu import sync  # noqa: E402
 
 
 def main() -> None:
-    import torch
-
     from workbench.config import compose, to_run_config
     from workbench.pipeline import Workbench
 
@@ -27,12 +28,12 @@ def main() -> None:
     bench = Workbench.from_config(cfg)
     bench.generate(cfg, progress=False)
     bench.clear_conditioning_cache()
-    torch.cuda.synchronize()
+    sync()
     prof = cProfile.Profile()
     t0 = time.perf_counter()
     prof.enable()
     out = bench.generate(cfg, progress=False)[0]
-    torch.cuda.synchronize()
+    sync()
     prof.disable()
     print(f"generate wall {time.perf_counter() - t0:.3f} s; stages {out.timings}")
     pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
