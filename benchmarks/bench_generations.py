@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_gpu import Results, sync  # noqa: E402
 
 BASE = ["model=random_full", "device=cuda", "height=1328", "width=1328", "sampler=lightning",
-        "prompts=[a red fox in the snow, photographed at dusk]"]
+        'prompts=["a red fox in the snow, photographed at dusk"]']  # quoted: one prompt, not two
 
 
 def write_random_lora(transformer, path: Path, rank: int = 64) -> int:
@@ -49,6 +49,7 @@ ROWS = {
     "bf16": (["precision=bf16"], "none", None),
     "bf16_lora_hooks": (["precision=bf16"], "hooks", None),
     "bf16_fast": (["precision=bf16", "perf=fast"], "none", None),
+    "bf16_fast_lora_hooks": (["precision=bf16", "perf=fast"], "hooks", None),
     "fp8_storage": (["precision=fp8_e4m3fn"], "none", None),
     "fp8_storage_lora_hooks": (["precision=fp8_e4m3fn"], "hooks", None),
     "fp8_compute_fast": (["precision=fp8_torchao", "perf=fast"], "none", None),

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_gpu import Results, sync  # noqa: E402
 
 BASE = ["model=random_full", "precision=bf16", "device=cuda", "height=1024", "width=1024",
-        "prompts=[a red fox in the snow, photographed at dusk]"]
+        'prompts=["a red fox in the snow, photographed at dusk"]']  # quoted: one prompt, not two
 STAGES = ("references", "encode", "latents", "denoise", "decode")
 
 

@@ -23,7 +23,7 @@ def main() -> None:
     from workbench.pipeline import Workbench
 
     overrides = sys.argv[1:] or ["model=random_full", "precision=bf16", "device=cuda", "height=1024", "width=1024",
-                                 "sampler=lightning", "prompts=[a red fox in the snow, photographed at dusk]"]
+                                 "sampler=lightning", 'prompts=["a red fox in the snow, photographed at dusk"]']  # quoted: one prompt, not two
     cfg = to_run_config(compose(overrides))
     bench = Workbench.from_config(cfg)
     bench.generate(cfg, progress=False)

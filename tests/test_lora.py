@@ -323,3 +323,27 @@ def test_fuse_keeps_the_originals_off_the_weights_and_is_all_or_nothing(tmp_path
     with pytest.raises(RuntimeError, match="simulated out of memory"):
         apply_loras(model, [LoraItem(file=str(path), strength=0.5)], fuse=True)
     assert all(torch.equal(mods[n].weight, before[n]) for n in names)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_lora_on_a_compiled_transformer_is_applied_and_follows_strength_changes(transformer, base, pairs, lora_dir, fuse):
+    """perf.compile: hooks added (or strengths changed) after the first compiled call must take effect.
+    torch.compile does not guard on module hooks by default, so a LoRA applied to an already compiled
+    block was silently ignored (found on the H100: the LoRA row ran exactly as fast as without it)."""
+    import copy
+
+    from workbench.config.schema import CompileMode, PerfConfig
+    from workbench.perf import apply_perf
+
+    file = _write(lora_dir, "compiled", pairs, "kohya")
+    expected = {s: _ours(transformer, file, strength=s, fuse=fuse) for s in (0.7, 0.3)}
+    compiled = copy.deepcopy(transformer)
+    fwd = apply_perf(compiled, PerfConfig(fast_attention=True, compile=CompileMode.regional))
+    assert (_forward(fwd) - base).abs().max().item() <= 1e-4  # compiled, no LoRA yet
+    for strength in (0.7, 0.3):
+        apply_loras(compiled, [LoraItem(file=file, strength=strength)], fuse=fuse)
+        got = _forward(fwd)
+        assert (got - expected[strength]).abs().max().item() <= 1e-4, strength
+        assert (got - base).abs().max().item() > 1e-2  # the LoRA does something
+    apply_loras(compiled, [])
+    assert (_forward(fwd) - base).abs().max().item() <= 1e-4
