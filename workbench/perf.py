@@ -150,9 +150,9 @@ def prepare_attention(transformer, perf: PerfConfig) -> None:
 def compile_transformer(transformer, perf: PerfConfig):
     """Compile switch; runs AFTER precision (the compiled graph then holds the quantised GEMMs).
     Returns the callable to use for forwards."""
-    # LoRA hooks are added, swapped and re-weighted on the compiled transformer (workbench.lora); by
-    # default Dynamo does not guard on module hooks, and a LoRA applied after the first compiled call
-    # was silently ignored (tests/test_lora.py). With hook guards a LoRA change recompiles the block.
+    # By default Dynamo does not guard on module hooks: a hook added after the first compiled call
+    # (e.g. a LoRA) was silently ignored. With hook guards, such a change recompiles or fails loudly;
+    # workbench.lora refuses hooks on compiled blocks outright and fuses instead (tests/test_lora.py).
     torch._dynamo.config.skip_nnmodule_hook_guards = False
     options = {"fullgraph": True, "dynamic": False}
     if perf.inductor_mode != InductorMode.default:

@@ -6,6 +6,7 @@ Build once (``Workbench.from_config``), then call ``encode`` / ``prepare_latents
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -276,6 +277,8 @@ def free_models() -> int:
     # LoRA hooks (and compiled graphs) hold modules in reference cycles: without a collection the
     # weights stay allocated until Python's GC happens to run (an out-of-memory on the H100, run7)
     gc.collect()
+    if "torch._dynamo" in sys.modules:  # compiled graphs of the released models (and their recompile counts)
+        torch._dynamo.reset()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return n
