@@ -6,6 +6,7 @@ interrupted run never leaves a half-written image or record.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -66,14 +67,21 @@ def read_png_record(path: Path) -> dict:
     return json.loads(text)
 
 
-def library_versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
+@functools.lru_cache(maxsize=1)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    # read once per process (~20-100 ms of metadata scans): every sweep cell records them, and the
+    # libraries a process has imported cannot change under it
+    out = [("python", sys.version.split()[0])]
     for name in LIBRARIES:
         try:
-            out[name] = version(name)
+            out.append((name, version(name)))
         except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+            out.append((name, "not installed"))
+    return tuple(out)
+
+
+def library_versions() -> dict[str, str]:
+    return dict(_installed_versions())
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
