@@ -9,6 +9,7 @@ on a second copy of the transformer.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -350,3 +351,24 @@ def test_lora_on_a_compiled_transformer_is_fused_and_follows_strength_changes(tr
     apply_loras(compiled, [])
     assert (_forward(fwd) - base).abs().max().item() <= 1e-4
     assert torch.equal(_forward(compiled), _forward(fwd))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["perf=fast"], "lora.items as hooks (lora.fuse=false) with perf.compile=regional (perf=fast): hooks cannot run"),
+        (["precision=fp8_torchao", "lora.fuse=true"], "lora.fuse=true with precision=fp8_torchao (quantization=fp8_torchao): "
+                                                      "fusing into the quantised fp8 weights would drop the quantisation"),
+    ],
+)
+def test_lora_combinations_that_cannot_run_fail_at_config_time(tmp_path, make_cfg, overrides, message):
+    """Caught while composing, before 60 GB of models load, with the fix in the message."""
+    from workbench.config.schema import ConfigError
+
+    path = tmp_path / "one.safetensors"
+    save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 64),
+               "transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(64, 2)}, str(path))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        make_cfg(f"lora.items=[{{file: {path}}}]", *overrides)
+    assert make_cfg(f"lora.items=[{{file: {path}}}]", "perf=fast", "lora.fuse=true").lora.fuse  # the fix works
+    assert make_cfg(f"lora.items=[{{file: {path}, strength: 0.0}}]", "perf=fast").perf.compile.value == "regional"

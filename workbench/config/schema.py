@@ -590,6 +590,25 @@ class Config:
             )
         if not 1 <= self.max_sequence_length <= 4096:
             raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
+        self._check_loras_fit_perf_and_precision()
+
+    def _check_loras_fit_perf_and_precision(self) -> None:
+        """LoRA x compile x fp8 combinations workbench.lora refuses, caught before any model loads."""
+        active = [i for i in self.lora.items if i.strength != 0.0]
+        if not active:
+            return
+        if self.precision.quantization == Quantization.fp8_torchao and self.lora.fuse:
+            raise ConfigError(
+                f"lora.fuse=true with precision={self.precision.name} (quantization=fp8_torchao): fusing into the "
+                "quantised fp8 weights would drop the quantisation. Use lora.fuse=false with perf.compile=none "
+                "(hooks on the fp8 layers), or precision=bf16 to fuse"
+            )
+        if self.perf.compile != CompileMode.none and not self.lora.fuse:
+            raise ConfigError(
+                f"lora.items as hooks (lora.fuse=false) with perf.compile={self.perf.compile.value} (perf={self.perf.name}): "
+                "hooks cannot run inside compiled blocks. Set lora.fuse=true (merged into the weights, no "
+                "recompile on strength changes) or perf.compile=none"
+            )
 
 
 def register_configs() -> None:
