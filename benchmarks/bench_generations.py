@@ -3,10 +3,12 @@
 configuration | peak VRAM | first generation (models built, load included) | second generation
 (models resident), for bf16, fp8 weight storage and fp8 compute (torchao + perf=fast), each without
 LoRA and with an 8-step Lightning-style LoRA (rank 64 on every linear layer of the 60 blocks, random
-values: speed does not depend on them) applied through hooks, on the whole GPU and under a 22 GB
-budget (``set_per_process_memory_fraction``, set after the random weights are drawn on the GPU, so the
-budget rows' peak is the generation's). Real sizes, random weights (model=random_full), 1328x1328,
-8 steps, cfg 1. ``lora.fuse=true`` was measured in run7 (bf16) and is refused on fp8 weights.
+values: speed does not depend on them) applied through hooks (uncompiled) or fused (perf=fast), on
+the whole GPU and under a 22 GB budget (``set_per_process_memory_fraction``, set after the random
+weights are drawn on the GPU, so the budget rows' peak is the generation's). Real sizes, random
+weights (model=random_full), 1328x1328, 8 steps, cfg 1. No LoRA row for fp8 compute + perf=fast:
+hooks cannot run compiled and fusing would drop the quantisation; fusing is also refused on
+fp8-stored weights.
 
 Usage (GPU machine):  python benchmarks/bench_generations.py --out $OUT/generations.json
 """

@@ -223,7 +223,7 @@ def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cf
     fast = variant.startswith("fast_")
     fp8 = variant.endswith("_fp8")
     autotune = "_autotune" in variant
-    mode = variant.removeprefix("fast_").removesuffix("_fp8").replace("_autotune", "").replace("_opaque", "")
+    mode = variant.removeprefix("fast_").removesuffix("_fp8").replace("_autotune", "")
     compile_mode = {"regional": CompileMode.regional, "regional_infer": CompileMode.regional,
                     "full": CompileMode.full, "eager": CompileMode.none, "cudnn": CompileMode.none}[mode]
     perf = PerfConfig(fast_attention=fast, compile=compile_mode,
@@ -271,7 +271,7 @@ def flop_ratio(image_tokens: int, text_tokens: int, neg_tokens: int, dim: int = 
 
     def forward(text: int) -> float:
         seq = image_tokens + text
-        linear = 2 * (image_tokens + text) * (4 * dim * dim + 2 * dim * mlp)  # qkv + out, mlp in + out
+        linear = 2 * seq * (4 * dim * dim + 2 * dim * mlp)  # qkv + out, mlp in + out, both streams
         attention = 4 * seq * seq * dim  # QK^T and PV
         return linear + attention
 

@@ -402,6 +402,11 @@ def lora_set(model: nn.Module) -> LoraSet:
     return _SETS[model]
 
 
+def _is_compiled(model: nn.Module) -> bool:
+    """perf.compile=full wraps the model; regional compile sets each block's ``_compiled_call_impl``."""
+    return hasattr(model, "_orig_mod") or any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
 def apply_loras(model: nn.Module, items: Sequence[LoraItem], fuse: bool = False, roots: Optional[Sequence[str]] = None) -> LoraSet:
     """Make exactly ``items`` active on ``model``; every file is checked before anything changes."""
     for item in items:
@@ -409,15 +414,15 @@ def apply_loras(model: nn.Module, items: Sequence[LoraItem], fuse: bool = False,
             raise LoraError(f"LoRA {item.file!r}: strength must be a finite number, got {item.strength}")
     paths = [resolve_lora_file(i.file, roots) for i in items]
     key = (tuple((str(p), os.stat(p).st_mtime_ns, i.strength, LoraAlpha(i.alpha)) for p, i in zip(paths, items)), fuse)
-    compiled = hasattr(model, "_orig_mod") or any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
-    model = getattr(model, "_orig_mod", model)
-    if compiled and items and not fuse and any(i.strength != 0.0 for i in items):
+    hooks = not fuse and any(i.strength != 0.0 for i in items)
+    if hooks and _is_compiled(model):  # checked only when hooks would be added: generate calls this every run
         raise LoraError(
             "LoRAs as hooks (lora.fuse=false) cannot run inside a compiled transformer (perf.compile=regional / "
             "full): torch.compile would need a graph per hooked block (60) and stops at its recompile limit. "
             "Use lora.fuse=true (the update is merged into the weights, which the compiled graph reads as "
             "inputs: no recompile), or perf.compile=none for hooks"
         )
+    model = getattr(model, "_orig_mod", model)
     lset = lora_set(model)
     if key != lset.key:
         parsed = [(load_lora(i, model, roots), i.strength) for i in items]  # raises before any change

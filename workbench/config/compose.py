@@ -64,9 +64,10 @@ def compose_many(override_lists: Sequence[Sequence[str]], config_name: str = "co
     results: list[DictConfig | Exception] = []
     for overrides in override_lists:
         try:
-            parsed = parser.parse_overrides(list(overrides))
-            values = [o for o in parsed if is_plain_value(o)]
-            structural = tuple(o.input_line for o in parsed if not is_plain_value(o))
+            values, structural = [], []
+            for o in parser.parse_overrides(list(overrides)):
+                (values if is_plain_value(o) else structural).append(o)
+            structural = tuple(o.input_line for o in structural)
             if structural not in structural_configs:
                 structural_configs[structural] = compose(structural, config_name)
             cfg = copy.deepcopy(structural_configs[structural])
