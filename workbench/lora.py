@@ -27,6 +27,7 @@ unknown LoRA kinds (LoKr, LoHa, ``diff_b``, DoRA) raise ``LoraError`` listing th
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from torch import nn
 from workbench.config.schema import LoraAlpha, LoraItem
 
 
-class LoraError(ValueError):
+class LoraError(InputError):
     """A LoRA file does not fit the transformer; the message lists the offending keys and the fix."""
 
 

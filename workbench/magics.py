@@ -14,6 +14,7 @@ The magics only parse arguments and display; the work is ``workbench.run`` / ``w
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 import argparse
 import json
 import shlex
@@ -29,7 +30,7 @@ from workbench.sweep.grid import in_a_row
 USAGE = __doc__.split("\n\n")[1]
 
 
-class MagicError(ValueError):
+class MagicError(InputError):
     """Bad magic arguments; shown as one line, without a traceback."""
 
 

@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 import torch
 from torch import nn
 
 from workbench.config.schema import CompileMode, InductorMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
 
 
-class PerfError(ValueError):
+class PerfError(InputError):
     pass
 
 

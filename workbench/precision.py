@@ -18,17 +18,18 @@
 
 from __future__ import annotations
 
+from workbench.errors import InputError, RunFailure
 import torch
 
 from workbench.config.schema import MemoryMode, PrecisionConfig, Quantization, WeightStorage
 from workbench.models.components import TORCH_DTYPES
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(InputError, RuntimeError):
     """A precision / memory setting cannot run here; the message names the setting and the fix."""
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(RunFailure, FloatingPointError):
     """The denoise loop produced NaN / Inf."""
 
 

@@ -9,6 +9,7 @@ Exit code: 0 all identical, 1 some image differs, 2 bad input.
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 import argparse
 import json
 import math
@@ -20,7 +21,7 @@ from typing import Any
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-class ReproduceError(ValueError):
+class ReproduceError(InputError):
     """The input cannot be reproduced (not a record, no config, a missing file)."""
 
 

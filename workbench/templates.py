@@ -12,6 +12,7 @@ Templates come from ``conf/template/*.yaml`` (``template=NAME``), from any YAML 
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 import json
 import re
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ def load_template(path: str | Path) -> TemplateConfig:
         raise ConfigError(f"template file {file}: {cause or err}") from None
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A template or prompt cannot be rendered faithfully."""
 
 

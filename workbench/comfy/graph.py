@@ -7,6 +7,7 @@ and an instance's muted / bypassed mode is inherited by the nodes inside it.
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ MUTED, BYPASSED = 2, 4
 SUBGRAPH_IN, SUBGRAPH_OUT = -10, -20
 
 
-class WorkflowError(ValueError):
+class WorkflowError(InputError):
     """The file is not a workflow we can read, or it lacks what an experiment needs."""
 
 

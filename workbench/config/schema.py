@@ -9,6 +9,7 @@ these dataclasses (see ``workbench.config.compose.to_run_config``).
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
@@ -16,7 +17,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config value is wrong; the message names the key, what was found and what is expected."""
 
 

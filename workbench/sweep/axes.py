@@ -17,6 +17,7 @@ line. List-valued keys (``prompts``, ``seeds``, ``images``) take one element per
 
 from __future__ import annotations
 
+from workbench.errors import InputError
 import csv
 import math
 import re
@@ -34,7 +35,7 @@ _RANGE = re.compile(rf"^\s*({_NUM})\s*-\s*({_NUM})\s*(?:\(\s*({_NUM})\s*\))?\s*$
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-class SweepError(ValueError):
+class SweepError(InputError):
     """An axis or a cell cannot be swept; the message names the axis, the key and the value."""
 
 

@@ -16,6 +16,7 @@ nodes need the package and the model files, not the driver's disk. Inside an act
 
 from __future__ import annotations
 
+from workbench.errors import RunFailure
 import os
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ __all__ = ["Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RunOpti
 INSTALL_HINT = "pip install qwen-image-workbench[ray]"
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(RunFailure):
     """The executor cannot run the sweep (Ray missing, a cluster too small); the message says the fix."""
 
 
