@@ -99,7 +99,7 @@ def _read_png(path: Path) -> tuple[dict[str, Node], str]:
     except (UnidentifiedImageError, SyntaxError, ValueError, OSError, zlib.error, EOFError) as err:
         # PIL: SyntaxError "broken PNG file" (bad CRC), ValueError for chunks over its safety limits
         raise WorkflowError(f"{path}: the PNG is corrupt or truncated, its text chunks cannot be read "
-                            f"({type(err).__name__}: {err})") from None
+                            f"({type(err).__name__}: {err}); export the workflow from ComfyUI as .json instead") from None
     # `prompt` (API) is what ComfyUI actually executed; `workflow` (UI) is the editable graph.
     for key in ("prompt", "workflow"):
         if key in text:
@@ -296,8 +296,9 @@ def flatten_ui(wf: dict) -> dict[str, Node]:
         while True:
             key = (scope.prefix, node_id, slot)
             if key in seen:
-                raise WorkflowError(f"the links through subgraph instance #{scope.prefix.rstrip(':')} form a cycle "
-                                    "(its output feeds back into its own input)")
+                at = scope.prefix.rstrip(":") if node_id == SUBGRAPH_IN else f"{scope.prefix}{node_id}"
+                raise WorkflowError(f"the links through subgraph instance #{at} form a cycle (its output feeds back "
+                                    "into its own input); remove one of these links")
             seen.add(key)
             if node_id == SUBGRAPH_IN:  # the instance's input of that name, in the parent graph
                 ins = scope.definition.get("inputs") or []
@@ -399,9 +400,10 @@ def _linked_inputs(node: Optional[Node]) -> list[tuple[str, str]]:
 
 
 def describe_cycle(nodes: dict[str, Node], cycle: list[tuple[str, str]], limit: int = 8) -> str:
-    """'#5 LoraLoaderModelOnly takes model from #6 ..., which takes model from #5 ...' (one line)."""
+    """'#5 A takes 'model' from #6 B, which takes 'model' from #5 A' (one line; long cycles shortened)."""
     label = lambda nid: nodes[nid].label() if nid in nodes else f"#{nid}"  # noqa: E731
-    steps = [f"{label(nid)} takes '{name}' from" for nid, name in cycle]
+    ids = [nid for nid, _ in cycle] + [cycle[0][0]]
+    steps = [f"takes '{name}' from {label(ids[i + 1])}" for i, (_, name) in enumerate(cycle)]
     if len(steps) > limit:
-        steps = steps[: limit - 1] + [f"... ({len(cycle) - limit} more nodes) ...", steps[-1]]
-    return " ".join(steps) + f" {label(cycle[0][0])}"
+        steps = steps[: limit - 1] + [f"... ({len(steps) - limit} more) ...", steps[-1]]
+    return f"{label(ids[0])} " + ", which ".join(steps)
