@@ -99,7 +99,8 @@ def _read_png(path: Path) -> tuple[dict[str, Node], str]:
     except (UnidentifiedImageError, SyntaxError, ValueError, OSError, zlib.error, EOFError) as err:
         # PIL: SyntaxError "broken PNG file" (bad CRC), ValueError for chunks over its safety limits
         raise WorkflowError(f"{path}: the PNG is corrupt or truncated, its text chunks cannot be read "
-                            f"({type(err).__name__}: {err}); export the workflow from ComfyUI as .json instead") from None
+                            f"({type(err).__name__}: {err}); export the workflow from ComfyUI as .json "
+                            "instead") from None
     # `prompt` (API) is what ComfyUI actually executed; `workflow` (UI) is the editable graph.
     for key in ("prompt", "workflow"):
         if key in text:
