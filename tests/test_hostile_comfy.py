@@ -269,6 +269,10 @@ def test_subgraph_fan_out_is_bounded(tmp_path):
     wf = {"version": 0.4, "nodes": [{"id": 1, "type": "L0"}], "links": [], "definitions": {"subgraphs": subgraphs}}
     with pytest.raises(WorkflowError, match=rf"more than {graph.MAX_NODES} nodes once subgraphs are expanded"):
         import_workflow(write(tmp_path, wf))
+    for sg in subgraphs:  # the same fan-out of empty instances only: the instances count too
+        sg["nodes"] = [] if sg["id"] == "L5" else sg["nodes"]
+    with pytest.raises(WorkflowError, match=rf"more than {graph.MAX_NODES} nodes once subgraphs are expanded"):
+        import_workflow(write(tmp_path, wf))
     subgraphs = [{"id": "self", "name": "self", "links": [], "nodes": [{"id": 1, "type": "self"}]}]
     wf["definitions"]["subgraphs"], wf["nodes"][0]["type"] = subgraphs, "self"
     with pytest.raises(WorkflowError, match=r"subgraph 'self' is nested more than 16 levels deep"):
@@ -323,6 +327,15 @@ def test_png_zip_bomb_chunk_is_refused_by_pil_limit(tmp_path, capsys):
     path.write_bytes(data[:at] + bomb + data[at:])
     assert "comfy.png: the PNG is corrupt or truncated, its text chunks cannot be read (ValueError" in refused(
         capsys, [str(path)])
+
+
+# ----------------------------------------------------------------------------- the input path
+def test_input_that_is_a_folder_a_pipe_or_missing(tmp_path, capsys):
+    assert f"{tmp_path} is a folder: give a workflow .json" in refused(capsys, [str(tmp_path)])
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)  # opening it would block forever
+    assert f"{fifo} is not a regular file" in refused(capsys, [str(fifo)])
+    assert "workflow file 'nope.json' not found" in refused(capsys, ["nope.json"])
 
 
 # ----------------------------------------------------------------------------- the -o path

@@ -16,8 +16,10 @@ from workbench.errors import WorkbenchError
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="workbench import-comfy",
-                                description="Turn a ComfyUI workflow (UI / API JSON, or a PNG) into an experiment config.")
+    p = argparse.ArgumentParser(
+        prog="workbench import-comfy",
+        description="Turn a ComfyUI workflow (UI / API JSON, or a PNG) into an experiment config.",
+    )
     p.add_argument("file", help="workflow .json (UI or API format) or a ComfyUI .png")
     p.add_argument("-o", "--output", help="write the YAML here (default: print it); an existing file is refused")
     p.add_argument("--force", action="store_true", help="replace the -o file if it exists")

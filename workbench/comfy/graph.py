@@ -66,8 +66,10 @@ def read_workflow(path: Path) -> tuple[dict[str, Node], str]:
     path = Path(path)
     if path.is_dir():
         raise WorkflowError(f"{path} is a folder: give a workflow .json (UI or API format) or a ComfyUI .png")
-    if not path.is_file():
+    if not path.exists():
         raise WorkflowError(f"workflow file {str(path)!r} not found")
+    if not path.is_file():  # a pipe or a device would block or never end
+        raise WorkflowError(f"{path} is not a regular file: give a workflow .json (UI or API format) or a ComfyUI .png")
     try:
         with path.open("rb") as f:
             is_png = f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -325,14 +327,17 @@ def flatten_ui(wf: dict) -> dict[str, Node]:
                 continue
             return Link(f"{scope.prefix}{node_id}", slot)
 
+    visited = [0]  # nodes met, subgraph instances included (empty instances nested deep are work too)
+
     def walk(scope: _Scope) -> None:
         for n in scope.nodes.values():
+            visited[0] += 1
+            if visited[0] > MAX_NODES:
+                raise WorkflowError(f"more than {MAX_NODES} nodes once subgraphs are expanded (MAX_NODES): "
+                                    "not a workflow this importer reads")
             if n["type"] in defs:
                 walk(child(scope, n))
                 continue
-            if len(out) >= MAX_NODES:
-                raise WorkflowError(f"more than {MAX_NODES} nodes once subgraphs are expanded (MAX_NODES): "
-                                    "not a workflow this importer reads")
             names = WIDGETS.get(n["type"], [])
             values = n.get("widgets_values")
             if isinstance(values, dict):
