@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from workbench.comfy.mapping import import_workflow
+from workbench.config.compose import config_dir
 from workbench.comfy.writer import check_output, report_lines, to_yaml, write_yaml
 from workbench.errors import WorkbenchError
 
@@ -41,7 +42,9 @@ def main(argv: list[str]) -> int:
     if args.output:
         out = Path(args.output)
         print(f"wrote {out}", file=sys.stderr)
-        if out.parent.name == "experiment":
+        if out.parent.name == "experiment" and out.resolve().parent.parent == config_dir().resolve():
+            print(f"run it: workbench run experiment={out.stem}", file=sys.stderr)  # the package's own conf/
+        elif out.parent.name == "experiment":
             print(f"run it: workbench run \"hydra.searchpath=['file://{out.resolve().parent.parent}']\" "
                   f"experiment={out.stem}", file=sys.stderr)
         else:
