@@ -160,6 +160,26 @@ def test_resolver_refuses_a_cycle_it_is_handed_directly():
         Resolver(nodes, []).value(Link("1", 0), "steps")
 
 
+def test_switch_chain_deeper_than_the_route_limit(tmp_path):
+    # each switch's `switch` value comes from the next switch: nested reads, bounded before Python's stack is
+    from workbench.comfy.resolve import MAX_ROUTE
+
+    def chain(n: int) -> dict:
+        wf = api()
+        for i in range(n):
+            nxt = ["b", 0] if i == n - 1 else [f"s{i + 1}", 0]
+            wf[f"s{i}"] = node("ComfySwitchNode", switch=nxt, on_true=["t", 0], on_false=["t", 0])
+        wf["b"], wf["t"] = node("PrimitiveBoolean", value=True), node("PrimitiveInt", value=1)  # a step count, and true
+        wf["8"]["inputs"]["steps"] = ["s0", 0]
+        return wf
+
+    assert import_workflow(write(tmp_path, chain(MAX_ROUTE - 10))).steps == 1
+    with pytest.raises(WorkflowError, match=rf"^wf\.json: #s{MAX_ROUTE - 1} ComfySwitchNode switch: more than "
+                                            rf"{MAX_ROUTE} switch / reroute / bypassed nodes in a row \(MAX_ROUTE\), "
+                                            rf"at #s{MAX_ROUTE} ComfySwitchNode$"):
+        import_workflow(write(tmp_path, chain(MAX_ROUTE + 50)))
+
+
 # ----------------------------------------------------------------------------- wrong value types
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("steps", "abc", r"#8 KSampler steps: expected an integer, found str 'abc'"),

@@ -116,7 +116,7 @@ class Resolver:
                 if node.type in PRIMITIVES:
                     return _Literal(self.value(node.inputs.get("value"), what))
                 if node.type in SWITCHES:
-                    v = self.value(node.inputs.get("switch"), f"{what} (switch {node.label()})")
+                    v = self.value(node.inputs.get("switch"), f"{node.label()} switch")  # not nested in `what`
                     on = False if v is None else as_bool(v, f"{node.label()} switch")
                     ref = node.inputs.get("on_true" if on else "on_false")
                     if ref is None:
