@@ -8,6 +8,7 @@ A component is named by its path relative to the root it was found in (``diffusi
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ def _size(path: Path) -> int:
 def entry_for(path: Path, name: str) -> Entry:
     """Detect one file or folder; a broken one becomes an entry that says why (listing never fails)."""
     try:
+        if path.is_dir() and path.suffix.lower() in WEIGHT_SUFFIXES + PICKLE_SUFFIXES and not (path / "config.json").is_file():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))  # named like a file
         if path.is_dir():
             det = detect_folder(path)
         else:
@@ -105,6 +108,10 @@ def _scan_root(root: Path) -> list[Entry]:
             dirnames.clear()
             continue
         dirnames.sort()
+        for d in [d for d in dirnames if d.lower().endswith(WEIGHT_SUFFIXES + PICKLE_SUFFIXES)]:
+            if not (here / d / "config.json").is_file():  # a folder named like a weights file: list why it is unusable
+                dirnames.remove(d)
+                out.append(entry_for(here / d, rel(here / d)))
         for f in sorted(filenames):
             if f.lower().endswith(WEIGHT_SUFFIXES + PICKLE_SUFFIXES):
                 out.append(entry_for(here / f, rel(here / f)))
