@@ -67,7 +67,7 @@ def _image_files(folder: Path, record: Any) -> list[Path]:
     for entry in record["images"]:
         name = entry.get("file") if isinstance(entry, dict) else None
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-            raise ValueError(f"image entry {entry!r} does not name a file of this folder")
+            raise ValueError(f"image entry 'file': {str(name)[:80]!r} does not name a file of this folder")
         files.append(folder / name)
     return files
 
