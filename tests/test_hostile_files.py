@@ -261,6 +261,15 @@ def test_broken_paths_as_a_lora(tmp_path, case, message):
     one_line(err)
 
 
+def test_broken_lora_path_is_refused_at_config_time(tmp_path, make_cfg):
+    from workbench.config.schema import ConfigError
+
+    link = _links(tmp_path)["dangling"]
+    with pytest.raises(ConfigError, match=r"lora.items\[0\].file: LoRA file .*dangling.safetensors: dangling symbolic link") as err:
+        make_cfg(f"lora.items=[{{file:{link}}}]")
+    one_line(err)
+
+
 def test_unreadable_lora(tmp_path, unreadable):
     write_lora(tmp_path / "locked_lora.safetensors")
     unreadable.add("locked_lora.safetensors")

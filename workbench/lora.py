@@ -48,7 +48,8 @@ class LoraError(InputError):
 
 
 class LoraNotFound(LoraError, FileNotFoundError):
-    """No file at any place a LoRA name can mean (a ``FileNotFoundError`` too, for callers that catch that)."""
+    """No usable file at any place a LoRA name can mean (nothing there, or a dangling link, a link loop,
+    a directory); a ``FileNotFoundError`` too, for callers that catch that."""
 
 
 # ----------------------------------------------------------------------------- file resolution
@@ -76,8 +77,8 @@ def resolve_lora_file(file: str, roots: Optional[Sequence[str]] = None) -> Path:
             except OSError as err:
                 reason = os_error_reason(c, err)
             broken.append(f"{c}: {reason}")
-    if broken:
-        raise LoraError(f"LoRA file {file!r}: " + "; ".join(broken))
+    if broken:  # a FileNotFoundError too: config-time checks report it as the key's error
+        raise LoraNotFound(f"LoRA file {file!r}: " + "; ".join(broken))
     raise LoraNotFound(
         f"LoRA file {file!r} not found; looked at: {', '.join(str(c) for c in candidates)}. "
         "Give a path to the file, or put it under ./models/loras/ and give its name"
