@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from workbench.errors import RunFailure
-from workbench.sweep import CorruptCellWarning, Sweep, SweepWriteError
+from workbench.sweep import CorruptCellWarning, Sweep, SweepError, SweepWriteError
 from workbench.sweep.result import PARTIAL_SUMMARY, SUMMARY, replace_together
 
 SMALL = ["height=32", "width=32", "sampler.steps=2"]
@@ -164,3 +164,12 @@ def test_a_full_disk_never_reports_a_cell_as_ok(tmp_path, monkeypatch, writer):
     again = sweep.run(progress=False)
     assert again.stats["cached"] == 1 and again.stats["ran"] == 2
     assert stored(sweep) == [1, 2, 3] and (tmp_path / "grid.png").is_file()
+
+
+def test_a_sweep_folder_that_cannot_be_written_fails_before_any_cell(tmp_path, monkeypatch):
+    from workbench.sweep.runner import CellRunner
+
+    monkeypatch.setattr(CellRunner, "run", lambda *a: pytest.fail("a cell was computed"))
+    (tmp_path / "taken").write_text("a file where the sweep folder should be")
+    with pytest.raises(SweepError, match=r"sweep folder .*taken cannot be written \(\w+Error: .*\); give another folder"):
+        plan(tmp_path / "taken").run(progress=False)

@@ -14,6 +14,7 @@ not stored run again next time. The summary files are replaced only by a complet
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from workbench.errors import RunFailure
@@ -34,6 +35,23 @@ class SweepWriteError(RunFailure):
         self.result = result
 
 
+def check_out_dir(folder: Path) -> None:
+    """Create the sweep folder and prove it writable (a file, a read-only or a full disk fail here)."""
+    import tempfile
+
+    from workbench.sweep.axes import SweepError
+
+    try:
+        (folder / "cells").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder / "cells"):
+            pass
+    except OSError as err:
+        raise SweepError(
+            f"sweep folder {folder} cannot be written ({type(err).__name__}: {err.strerror or err}); "
+            "give another folder (Sweep.plan(out_dir=...), --out) or fix its permissions"
+        ) from None
+
+
 def run_sweep(
     sweep: Sweep,
     progress: bool,
@@ -46,6 +64,7 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     runner = make_executor(sweep.executor if executor is None else executor)  # fails before anything runs
+    check_out_dir(sweep.out_dir)  # a sweep folder that cannot be written fails before any cell is computed
     result = SweepResult(sweep)
     for cell in sweep.cells:
         if cell.config is None:
@@ -99,7 +118,7 @@ def run_sweep(
         raise SweepWriteError(_unstored_message(result, first_error), result)
     if save_error is not None:
         raise SweepWriteError(
-            f"sweep {sweep.out_dir}: every cell is stored, but the summary (grid, table, sweep.json) could not be "
+            f"sweep {sweep.out_dir}: the cells that ran are stored, but the summary (grid, table, sweep.json) could not be "
             f"written ({type(save_error).__name__}: {save_error}); free disk space and run the sweep again "
             "(it reads every cell back)", result,
         )
@@ -124,7 +143,10 @@ def _mark_unstored(result: SweepResult, writes: list, on_cell) -> Optional[BaseE
                             record=res.record, worker=res.worker)
         result.cells[cell.index] = failed
         if on_cell is not None:  # panels redraw the tile they were shown as ok
-            on_cell(failed, result)
+            try:
+                on_cell(failed, result)
+            except Exception:  # noqa: BLE001 - a redraw must not hide the failed write reported next
+                pass
     return first
 
 
