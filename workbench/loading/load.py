@@ -5,6 +5,11 @@ Single files carry no config: the architecture is inferred from shapes (``infer.
 Either way weights go through ``stream.py``: names and shapes checked first, then tensor by tensor
 to the device and dtype. transformers' and diffusers' own ``from_pretrained`` are not used for
 weights because they fill missing tensors with random values (with a warning) instead of failing.
+
+Loading is two steps: ``prepare_*`` reads headers and config only (slot, names, shapes, on an empty
+meta model), ``Prepared.load`` reads the weights. ``load_all`` prepares all three components and
+checks the run's LoRA files (``preflight``) before it loads any, so a bad VAE or LoRA fails in a
+second instead of after minutes of loading the transformer.
 """
 
 from __future__ import annotations
