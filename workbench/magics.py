@@ -203,15 +203,15 @@ class WorkbenchMagics(Magics):
         from IPython.core.error import UsageError
         from omegaconf.errors import OmegaConfBaseException
 
-        from workbench.config import ConfigError
-        from workbench.sweep import SweepError, _describe
+        from workbench.errors import WorkbenchError
+        from workbench.sweep import _describe
 
         args = split_args(line, cell)
         if not args or args[0] not in VERBS:
             raise UsageError(f"%workbench needs a verb: {', '.join(VERBS)}\n{USAGE}")
         try:
             return VERBS[args[0]](args[1:])
-        except (MagicError, SweepError, ConfigError, HydraException, OmegaConfBaseException) as err:
+        except (WorkbenchError, HydraException, OmegaConfBaseException) as err:  # every error that names its fix
             raise UsageError(_describe(err)) from None  # one line, no traceback; Run All stops here
 
 
