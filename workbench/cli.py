@@ -172,16 +172,16 @@ def _run(argv: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
     def main(cfg: DictConfig) -> None:
-        from workbench.errors import InputError
+        from workbench.errors import EXIT_INPUT, RunFailure
         from workbench.run import run
 
         out = HydraConfig.get().runtime.output_dir
         try:
             run(cfg, out)
-        except WorkbenchError as err:
+        except (WorkbenchError, FileNotFoundError) as err:  # a missing input file names itself: bad input
             print(f"error: {err}", file=sys.stderr, flush=True)
-            status["code"] = max(status["code"], exit_code(err))
-            if isinstance(err, InputError):
+            status["code"] = max(status["code"], exit_code(err) if isinstance(err, WorkbenchError) else EXIT_INPUT)
+            if not isinstance(err, RunFailure):
                 _remove_if_untouched(Path(out), anchor)
             return
         print(out, flush=True)
