@@ -45,24 +45,32 @@ def created(folder: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- config errors: 2, nothing created
+def test_hydra_config_error_exits_2_with_one_line_and_creates_nothing(tmp_path):
+    proc = wb("run", "sampler.stepz=3", cwd=tmp_path)  # Hydra's own error: exit 1 and 7 lines before
+    assert proc.returncode == errors.EXIT_INPUT, proc.stderr
+    assert "stepz" in error_line(proc)
+    assert "To append to your config use +" not in proc.stderr  # Hydra's hint would add the typo
+    assert created(tmp_path) == [] and proc.stdout == ""  # no outputs/<date>/<time>/ left behind
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["sampler.stepz=3"], r"stepz"),  # Hydra's own error (exit 1 before): unknown key
         (["sampler.steps=abc"], r"sampler\.steps.*abc|abc.*sampler\.steps"),  # wrong type
         (["template=nope"], r"template.*nope|nope.*template"),  # missing group option
         (["sampler.steps=2,3"], r"--multirun"),  # a sweep without -m
         (["prompts=[a"], r"cannot parse the overrides"),  # override syntax
         (["sampler.steps=0"], r"sampler\.steps must be >= 1"),  # the schema's own checks
+        (["-m", "sampler.steps=2,3", "hydra.sweep.dir=/dev/null/x"], r"/dev/null is a file, not a folder.*hydra\.sweep\.dir"),
     ],
 )
-def test_config_errors_exit_2_with_one_line_and_create_nothing(tmp_path, args, message):
-    proc = wb("run", *args, cwd=tmp_path)
-    assert proc.returncode == errors.EXIT_INPUT, proc.stderr
-    assert __import__("re").search(message, error_line(proc))
-    assert "To append to your config use +" not in proc.stderr  # Hydra's hint would add the typo
-    assert created(tmp_path) == []  # no outputs/<date>/<time>/ left by a refused run
-    assert proc.stdout == ""
+def test_config_errors_exit_2_before_hydra_runs(tmp_path, monkeypatch, capsys, args, message):
+    """The same dispatch as the console script, in this process: refused before Hydra starts a job."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", *args]) == errors.EXIT_INPUT
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ") and __import__("re").search(message, err), err
+    assert created(tmp_path) == []
 
 
 def test_multirun_validates_every_combination_before_any_job(tmp_path):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, PngImagePlugin
 
-from workbench.errors import InputError, RunFailure
+from workbench.errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where used: the CLI checks output folders before loading it
     import torch
