@@ -348,3 +348,13 @@ def test_run_help_says_what_run_does(tmp_path):
                  "2    bad input", "3    input accepted, the run failed", "hydra.run.dir="):
         assert part in proc.stdout
     assert created(tmp_path) == []
+
+
+def test_run_folder_template_is_checked_up_to_its_first_interpolation(tmp_path):
+    assert cli._static_prefix("outputs/${now:%Y-%m-%d}/${now:%H}") == Path("outputs")
+    assert cli._static_prefix("runs/fox_${now:%H}") == Path("runs")
+    assert cli._static_prefix(f"{tmp_path}/a/b") == tmp_path / "a" / "b"
+    (tmp_path / "images").write_text("x")  # the parent of dated run folders may hold anything
+    rec.check_output_dir(tmp_path, final=False)
+    with pytest.raises(InputError, match="images exists as a file"):
+        rec.check_output_dir(tmp_path)

@@ -41,6 +41,11 @@ def one_line(err: BaseException) -> str:
     return " ".join(kept) or type(err).__name__
 
 
+def print_error(err: BaseException) -> None:
+    """``error: <message>`` on stderr, on one line whatever the message holds."""
+    print("error: " + " ".join(ln.strip() for ln in str(err).splitlines() if ln.strip()), file=sys.stderr, flush=True)
+
+
 def _input_error(err: Exception, where: str = ""):
     """A config-time failure as the one-line ``InputError`` the CLI prints (exit code 2)."""
     from hydra.errors import HydraException
@@ -110,7 +115,7 @@ def _prevalidate(overrides: list[str], multirun: bool) -> Path | None:
     if template is None:
         return None
     folder = _static_prefix(template)
-    rec.check_output_dir(folder, key)
+    rec.check_output_dir(folder, key, final="${" not in template)
     return _deepest_existing(folder)
 
 
@@ -179,7 +184,7 @@ def _run(argv: list[str]) -> int:
         try:
             run(cfg, out)
         except (WorkbenchError, FileNotFoundError) as err:  # a missing input file names itself: bad input
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print_error(err)
             status["code"] = max(status["code"], exit_code(err) if isinstance(err, WorkbenchError) else EXIT_INPUT)
             if not isinstance(err, RunFailure):
                 _remove_if_untouched(Path(out), anchor)
@@ -220,10 +225,10 @@ def _tokens(argv: list[str]) -> int:
         grids = preprocess([load_image(f) for f in args.image]).grids if args.image else []
         t = tokenize(tok, render(template, args.prompt, len(grids), tok), grids)
     except (ConfigError, TemplateError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print_error(err)
+        return getattr(err, "exit_code", 2)
     except Exception as err:  # Hydra's "Could not find 'template/x'" and friends
-        print(f"error: {err}", file=sys.stderr)
+        print_error(one_line(err))
         return 2
     pieces = tok.convert_ids_to_tokens(t.input_ids)
     if args.json:
@@ -266,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return getattr(importlib.import_module(module), func)(rest)
     except WorkbenchError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
         return exit_code(err)
     except KeyboardInterrupt as err:
         print(f"\nworkbench {verb}: interrupted", file=sys.stderr, flush=True)

@@ -94,11 +94,13 @@ def _folder_error(path: Path, why: str, setting: str) -> InputError:
     return InputError(f"output folder {path} cannot be used: {why}; choose another with {setting}=PATH")
 
 
-def check_output_dir(path: str | Path, setting: str = "hydra.run.dir") -> None:
+def check_output_dir(path: str | Path, setting: str = "hydra.run.dir", final: bool = True) -> None:
     """Refuse, before any model work, an output folder the run could not write its images and record
     into: a part of the path that is a file, a folder without write permission, ``images`` or
     ``record.json`` already there as the wrong kind of entry. Raises ``InputError`` naming the path
-    and ``setting`` (the key that chooses the folder). Creates nothing (a probe file is removed)."""
+    and ``setting`` (the key that chooses the folder). Creates nothing (a probe file is removed).
+    ``final=False``: ``path`` is a folder the run folder will be made in (``outputs`` of
+    ``outputs/${now:...}``), so what it holds is not the run's."""
     path = Path(path)
     probe = path
     while True:  # the deepest part of the path that exists
@@ -118,7 +120,7 @@ def check_output_dir(path: str | Path, setting: str = "hydra.run.dir") -> None:
         raise _folder_error(path, f"no permission to {what} {probe}", setting)
     if probe != path:
         return  # created by the run; nothing in it yet
-    for name, want_dir in (("images", True), ("record.json", False)):
+    for name, want_dir in (("images", True), ("record.json", False)) if final else ():
         entry = path / name
         if entry.exists() and entry.is_dir() != want_dir:
             kind = "a file" if want_dir else "a folder"
