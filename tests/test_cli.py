@@ -74,7 +74,7 @@ def test_multirun(tmp_path):
 )
 def test_run_bad_input_exits_nonzero_with_message(tmp_path, args, message):
     proc = wb("run", *args, cwd=tmp_path)
-    assert proc.returncode != 0
+    assert proc.returncode == 2  # bad input (workbench/errors.py), not 1 like a crash
     assert message in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr  # one clear line, not a stack trace
     assert not list(tmp_path.glob("outputs/*/*/record.json"))  # nothing half-written

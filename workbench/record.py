@@ -9,36 +9,127 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image, PngImagePlugin
+
+from workbench.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where used: the CLI checks output folders before loading it
+    import torch
 
 PNG_KEY = "workbench"  # PNG tEXt/iTXt chunk holding the image's record
 LIBRARIES = ("qwen-image-workbench", "torch", "transformers", "diffusers", "hydra-core", "omegaconf", "safetensors", "pillow")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it,
+    which races with other threads creating files): Linux reports it in /proc/self/status."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore at once, under a lock for this module's callers
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    ``mkstemp`` creates the file 0600; it gets the mode a plain ``open`` would give (0666 less the
+    umask) before the rename, so colleagues can read outputs as they can read any other file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by the string JSON readers expect from JavaScript
+    (``"NaN"``, ``"Infinity"``, ``"-Infinity"``; Python's ``float()`` reads them back): bare ``NaN``
+    is not JSON, and most parsers refuse a file that holds it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else ("Infinity" if obj > 0 else "-Infinity")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs) -> str:
+    """``json.dumps`` that always writes valid JSON (``allow_nan=False`` after ``json_safe``)."""
+    return json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def _folder_error(path: Path, why: str, setting: str) -> InputError:
+    return InputError(f"output folder {path} cannot be used: {why}; choose another with {setting}=PATH")
+
+
+def check_output_dir(path: str | Path, setting: str = "hydra.run.dir", final: bool = True) -> None:
+    """Refuse, before any model work, an output folder the run could not write its images and record
+    into: a part of the path that is a file, a folder without write permission, ``images`` or
+    ``record.json`` already there as the wrong kind of entry. Raises ``InputError`` naming the path
+    and ``setting`` (the key that chooses the folder). Creates nothing (a probe file is removed).
+    ``final=False``: ``path`` is a folder the run folder will be made in (``outputs`` of
+    ``outputs/${now:...}``), so what it holds is not the run's."""
+    path = Path(path)
+    probe = path
+    while True:  # the deepest part of the path that exists
+        try:
+            os.stat(probe)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if probe.parent == probe:
+                raise _folder_error(path, f"{probe} does not exist", setting) from None
+            probe = probe.parent
+        except OSError as err:  # a symlink loop, a folder we may not search, ...
+            raise _folder_error(path, f"{probe}: {err.strerror}", setting) from None
+    if not probe.is_dir():
+        raise _folder_error(path, f"{probe} is a file, not a folder", setting)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "write into" if probe == path else "create folders in"
+        raise _folder_error(path, f"no permission to {what} {probe}", setting)
+    if probe != path:
+        return  # created by the run; nothing in it yet
+    for name, want_dir in (("images", True), ("record.json", False)) if final else ():
+        entry = path / name
+        if entry.exists() and entry.is_dir() != want_dir:
+            kind = "a file" if want_dir else "a folder"
+            raise _folder_error(path, f"{entry} exists as {kind}; the run writes its {name} there (move it away)", setting)
+    try:  # permission bits do not tell everything (root, read-only mounts, ACLs): try it
+        with tempfile.TemporaryFile(dir=path, prefix=".write-probe."):
+            pass
+    except OSError as err:
+        raise _folder_error(path, f"cannot write into {path}: {err.strerror}", setting) from None
 
 
 def png_bytes(image: Image.Image, record: dict | None = None, compress_level: int = 6) -> bytes:
@@ -48,7 +139,7 @@ def png_bytes(image: Image.Image, record: dict | None = None, compress_level: in
 
     info = PngImagePlugin.PngInfo()
     if record is not None:
-        info.add_itxt(PNG_KEY, json.dumps(record, ensure_ascii=False))
+        info.add_itxt(PNG_KEY, dumps(record))
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info, compress_level=compress_level)
     return buf.getvalue()
@@ -85,6 +176,8 @@ def library_versions() -> dict[str, str]:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
+    import torch
+
     info: dict[str, Any] = {"device": str(device), "platform": platform.platform(), "cpu": platform.processor()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -94,20 +187,37 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def git_commit() -> str | None:
-    """The project's commit when run from a checkout (None when installed elsewhere or git is absent)."""
-    root = Path(__file__).resolve().parents[1]
+def git_state(root: Path | None = None) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the checkout ``root`` (default: the project's), ``dirty``
+    when ``git status --porcelain`` lists any change (tracked or untracked, not ignored); None when
+    ``root`` is not a git checkout, git is absent or refuses (e.g. a repository owned by another user)."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
     if not (root / ".git").exists():
         return None
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    try:  # one call gives both: "# branch.oid <sha>" and one line per change
+        out = subprocess.run(["git", "-C", str(root), "status", "--porcelain=v2", "--branch"],
+                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    lines = out.stdout.splitlines()
+    oid = next((ln.split()[2] for ln in lines if ln.startswith("# branch.oid ")), None)
+    if oid is None or oid == "(initial)":  # no commit yet
+        return None
+    return {"commit": oid, "dirty": any(not ln.startswith("#") for ln in lines)}
+
+
+def git_commit() -> str | None:
+    """The project's commit when run from a checkout (None when installed elsewhere or git is absent)."""
+    state = git_state()
+    return state["commit"] if state else None
 
 
 def peak_memory(device: torch.device) -> dict[str, int]:
     """Peak memory: allocated bytes on a CUDA device, else the process's peak resident set size."""
+    import torch
+
     if device.type == "cuda":
         return {"cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated(device))}
     import resource
@@ -239,11 +349,13 @@ def reference_image_hashes(images: list[str]) -> list[dict]:
 def provenance(bench, cfg, resolved: dict) -> dict:
     """What a result depends on besides its config: models (identity and file hashes), device,
     library versions, git commit, input images. One place, for ``workbench run`` and sweep cells."""
+    git = git_state()
     return {
         "models": bench.components.identity,
         "device": device_info(bench.device),
         "versions": library_versions(),
-        "git_commit": git_commit(),
+        "git_commit": git["commit"] if git else None,
+        "git_dirty": git["dirty"] if git else None,  # uncommitted changes: the commit alone does not pin the code
         "model_files": model_file_hashes(resolved),  # sha256 per file; empty for the tiny model
         "reference_images": reference_image_hashes(list(cfg.images)),
         "init_image": reference_image_hashes([cfg.init_image] if cfg.init_image else []),

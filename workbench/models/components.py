@@ -61,9 +61,23 @@ def _files_identity(parts: dict) -> dict[str, str]:
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: DType) -> torch.nn.Module:
-    """Move to the run's device; cast only when the dtype changes (a no-op cast makes diffusers warn)."""
+    """Move to the run's device and cast to the run's dtype, keeping in float32 the modules the model
+    class asks for (``_keep_in_fp32_modules``, as ``from_pretrained(torch_dtype=...)`` does).
+
+    The cast is ``torch.nn.Module.to``: diffusers' ``ModelMixin.to`` (0.42) warns "should be kept in
+    float32" on every dtype cast, even when that list is empty (``fp32_modules = ... or []`` is never
+    None), and does nothing else for an unquantized, non-offloaded model; here the list is honoured."""
     module = module.to(device)
-    return module if module.dtype == TORCH_DTYPES[dtype] else module.to(TORCH_DTYPES[dtype])
+    target = TORCH_DTYPES[dtype]
+    if module.dtype == target:
+        return module
+    torch.nn.Module.to(module, target)
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    if keep and target != torch.float32:
+        for name, sub in module.named_modules():
+            if any(k in name.split(".") for k in keep):
+                torch.nn.Module.to(sub, torch.float32)
+    return module
 
 
 def build_components(model: ModelConfig, precision: PrecisionConfig, device: str = "auto", loras: Sequence[Any] = ()) -> Components:
