@@ -62,7 +62,8 @@ def resolve_lora_file(file: str, roots: Optional[Sequence[str]] = None) -> Path:
             return c.resolve()
     raise FileNotFoundError(
         f"LoRA file {file!r} not found; looked at: {', '.join(str(c) for c in candidates)}. "
-        "Give a path to the file, or put it under ./models/loras/ and give its name"
+        "Give a path to the file, or put it in loras/ under a model root (model.roots, else $WORKBENCH_MODELS, "
+        "else ./models) and give its name"
     )
 
 

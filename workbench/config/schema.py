@@ -361,7 +361,7 @@ class LoraAlpha(str, Enum):
 
 @dataclass
 class LoraItem:
-    """One LoRA file: a path, or a name under ``./models/loras/`` (see ``workbench.lora``)."""
+    """One LoRA file: a path, or a name under ``<root>/loras/`` of the model roots (see ``workbench.lora``)."""
 
     file: str = MISSING
     strength: float = 1.0  # 0 = exactly no LoRA; negative values subtract it
@@ -612,6 +612,7 @@ class Config:
         if not 1 <= self.max_sequence_length <= 4096:
             raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
         self._check_loras_fit_perf_and_precision()
+        self._check_template_boundary()
         # the checks below look at the machine and the files: after every check of the values
         limits.check_device(self.device, ConfigError)
         if self.init_image is not None:
@@ -664,6 +665,21 @@ class Config:
         most = max((hi for lo, hi in edits.values()), default=t.max_images)
         raise ConfigError(f"{msg}; no edit template takes {n} (reference images per edit template: {takes}). Pass "
                           f"at most {most}, e.g. combine several references into one image")
+
+    def _check_template_boundary(self) -> None:
+        """A drop_until that ends inside a token fails here, naming the template, not at encode time."""
+        t = self.template
+        if t.drop_until is None:
+            return
+        after = t.text[t.text.index(t.drop_until) + len(t.drop_until):][:1]
+        if t.drop_until.endswith("\n") and after and not after.isspace():
+            return  # Qwen's pre-tokenizer always ends a piece at a newline followed by a non-space: no need to tokenize
+        from workbench.templates import TemplateError, check_boundary
+
+        try:
+            check_boundary(t)
+        except TemplateError as err:
+            raise ConfigError(str(err)) from None
 
     def _check_lora_files(self) -> None:
         """LoRAs given by name are found under model.roots (else $WORKBENCH_MODELS, else ./models)."""
