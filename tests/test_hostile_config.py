@@ -163,6 +163,16 @@ def test_sizes_that_cannot_fit_are_refused_with_estimate_and_free_memory(monkeyp
     assert to_run_config(compose(["height=1024", "width=1024", "batch_size=4"])).batch_size == 4
 
 
+def test_size_taken_from_the_reference_is_estimated_before_encoding(monkeypatch, make_cfg, bench):
+    cfg = make_cfg("experiment=edit_tiny")  # height / width null: the last reference's VAE size (160x96)
+    monkeypatch.setattr(limits, "available_memory", lambda device: (1000, "CPU RAM"))
+    encoded = []
+    monkeypatch.setattr(bench, "encode", lambda *a, **k: encoded.append(a))
+    with pytest.raises(ConfigError, match=r"^height=96 width=160 batch_size=1 needs about 3\.9 MiB .* more than the 1000 B free on CPU RAM"):
+        bench.generate(cfg, progress=False)
+    assert encoded == []
+
+
 def test_truncated_prompt_and_snapped_size_are_in_the_image_notes(make_cfg, bench):
     cfg = make_cfg("height=72", "width=64", "snap_size=true", "sampler.steps=2", "max_sequence_length=8",
                    "prompts=[a red fox sitting in deep white snow under a grey winter sky, a cat]")

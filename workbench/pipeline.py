@@ -196,6 +196,10 @@ class Workbench:
         if height is None:  # edit: the size of the last reference, like diffusers
             width, height = refs.vae_sizes[-1]
         width, height, size_note = snap(width, height)
+        if cfg.height is None:  # sized by the reference: estimate the memory now that the size is known
+            from workbench.config.schema import check_run_memory
+
+            check_run_memory(cfg, height, width, str(self.device))
         notes = [size_note] if size_note else []
         vlm_images = refs.vlm_images if refs else []
         with self._timed(timings, "references"):  # the init image is encoded once, for every chunk

@@ -693,20 +693,8 @@ class Config:
 
     def _check_memory(self) -> None:
         """Refuse sizes whose activations alone cannot fit the free memory (estimate, before allocating)."""
-        if self.height is None:  # sized by the reference images: checked by the pipeline once known
-            return
-        bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
-        tiny = self.model.source == ModelSource.tiny
-        batch = min(self.batch_size, len(self.prompts) * len(self.seeds))
-        estimate = limits.estimate_bytes(
-            batch, self.height, self.width,
-            hidden=self.model.tiny.transformer.num_heads * self.model.tiny.transformer.head_dim if tiny else limits.REAL_HIDDEN,
-            vae_base_dim=self.model.tiny.vae.base_dim if tiny else limits.REAL_VAE_BASE_DIM,
-            transformer_bytes=bytes_of[DType(self.precision.transformer)], vae_bytes=bytes_of[DType(self.precision.vae)],
-            cfg_batch=2 if self.sampler.cfg > 1 else 1,
-        )
-        limits.check_memory(estimate, self.device, f"height={self.height} width={self.width} batch_size={batch}",
-                            ConfigError)
+        if self.height is not None:  # else sized by the reference images: the pipeline checks once known
+            check_run_memory(self, self.height, self.width, self.device)
 
     def _check_loras_fit_perf_and_precision(self) -> None:
         """LoRA x compile x fp8 combinations workbench.lora refuses, caught before any model loads."""
@@ -725,6 +713,22 @@ class Config:
                 "hooks cannot run inside compiled blocks. Set lora.fuse=true (merged into the weights, no "
                 "recompile on strength changes) or perf.compile=none"
             )
+
+
+def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:
+    """``limits.check_memory`` for one forward batch of ``cfg`` at ``height`` x ``width`` on ``device``,
+    with the model's own widths (the tiny spec, or the real Qwen-Image's for model files)."""
+    bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
+    tiny = cfg.model.source == ModelSource.tiny
+    batch = min(cfg.batch_size, len(cfg.prompts) * len(cfg.seeds))
+    estimate = limits.estimate_bytes(
+        batch, height, width,
+        hidden=cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim if tiny else limits.REAL_HIDDEN,
+        vae_base_dim=cfg.model.tiny.vae.base_dim if tiny else limits.REAL_VAE_BASE_DIM,
+        transformer_bytes=bytes_of[DType(cfg.precision.transformer)], vae_bytes=bytes_of[DType(cfg.precision.vae)],
+        cfg_batch=2 if cfg.sampler.cfg > 1 else 1,
+    )
+    limits.check_memory(estimate, device, f"height={height} width={width} batch_size={batch}", ConfigError)
 
 
 def _edit_templates() -> dict[str, tuple[int, int]]:
