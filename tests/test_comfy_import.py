@@ -24,12 +24,7 @@ from workbench.comfy.schema_support import schema_support as _schema
 from workbench.comfy.writer import load_experiment
 from workbench.config import compose, to_run_config
 
-FIXTURES = next(
-    (p for p in (Path(__file__).resolve().parents[2] / "shared/fixtures/comfy_workflows",
-                 Path("/work/shared/fixtures/comfy_workflows")) if p.is_dir()),
-    None,
-)
-pytestmark = pytest.mark.skipif(FIXTURES is None, reason="ComfyUI workflow fixtures not found")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "comfy_workflows"  # vendored, see PROVENANCE.md
 
 T2I_PROMPT_START = '"A vibrant, warm neon-lit street scene in Hong Kong at the afternoon'
 T2I_PROMPT_END = "And the background is warm yellow street and with all stores' lights on."

@@ -275,7 +275,7 @@ def test_offload_modes_load_files_into_host_memory(root, make_cfg, monkeypatch, 
 
     seen = []
     real = load_module.load_all
-    monkeypatch.setattr(load_module, "load_all", lambda model, dtypes, dev: seen.append(dev.type) or real(model, dtypes, torch.device("cpu")))
+    monkeypatch.setattr(load_module, "load_all", lambda model, dtypes, dev, **kw: seen.append(dev.type) or real(model, dtypes, torch.device("cpu"), **kw))
     monkeypatch.setattr(comp, "resolve_device", lambda name: torch.device(name))  # "cuda" without a GPU: placement only
     files = cfg_for(root, transformer="diffusion_models/qwen_image_tiny_bf16.safetensors",
                     text_encoder="text_encoders/qwen_2.5_vl_tiny_bf16.safetensors", vae="vae/qwen_image_vae.safetensors")

@@ -79,7 +79,8 @@ class Workbench:
 
     @classmethod
     def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
-        bench = cls(cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf), conditioning_cache)
+        components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
+        bench = cls(components, conditioning_cache)
         bench.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)
         return bench
 
@@ -266,14 +267,17 @@ _CACHE: dict[tuple, Components] = {}
 
 
 def cached_components(
-    model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig()
+    model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig(), loras=()
 ) -> Components:
-    """Build each (model, precision, device, perf) once per process; ``free_models()`` releases them."""
+    """Build each (model, precision, device, perf) once per process; ``free_models()`` releases them.
+
+    ``loras`` (the run's ``LoraItem``s) are not part of the key: when the models are built, their files
+    are checked with the model files before any weight loads (``loading.load.preflight``)."""
     key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
     if key not in _CACHE:
         check_device(precision, resolve_device(device))  # an impossible precision fails before any load
         check_perf(perf, precision)
-        components = build_components(model, precision, device)
+        components = build_components(model, precision, device, loras=loras)
         prepare_attention(components.transformer, perf)  # fuses bf16 weights: before fp8 storage / quantisation
         components = apply_precision(components, precision)
         components.transformer = compile_transformer(components.transformer, perf)

@@ -7,4 +7,8 @@ switch nodes, subgraphs, reroutes and bypassed nodes, and the KSampler's own sto
 often stale: every value is read by following links back to where it comes from. Anything that
 cannot be mapped onto our config is reported (printed, and as a comment block at the top of the
 YAML), never silently dropped. ComfyUI is GPL-3.0: this reads its file format only.
+
+Workflow files are untrusted input: graph.MAX_BYTES / MAX_DEPTH / MAX_NODES / MAX_SUBGRAPH_DEPTH and
+resolve.MAX_ROUTE bound the work before it is done, link cycles are refused naming their nodes, values
+of the wrong type name the node and input, and the YAML is written atomically (writer.write_yaml).
 """

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from workbench.comfy.graph import BYPASSED, MUTED, Link, Node, WorkflowError, read_workflow
+from workbench.comfy.graph import BYPASSED, MUTED, Link, Node, WorkflowError, describe_cycle, find_cycle, read_workflow
 from workbench.comfy.node_types import NOTES, OUTPUTS, SCHEDULER_KINDS, TEMPLATES
-from workbench.comfy.resolve import Resolver
+from workbench.comfy.resolve import Resolver, as_float, as_int, as_str
 from workbench.comfy.schema_support import schema_support
 
 
@@ -50,9 +50,17 @@ def _num(x: Any) -> Any:
     return round(float(x), 6) if isinstance(x, float) else x
 
 
+def _opt(conv, v: Any, what: str) -> Any:
+    """``conv(v, what)`` for a value that was found, None when the source gave none (already reported)."""
+    return None if v is None else conv(v, what)
+
+
 def import_workflow(path: Path) -> Imported:
     nodes, source = read_workflow(Path(path))
-    return map_workflow(nodes, source)
+    try:
+        return map_workflow(nodes, source)
+    except WorkflowError as err:
+        raise WorkflowError(f"{Path(path).name}: {err}") from None
 
 
 def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
@@ -65,6 +73,12 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
         raise WorkflowError("no active KSampler / KSamplerAdvanced node: nothing to import"
                             + (f" (found {', '.join(others)}, which this importer does not read)" if others else ""))
     k = samplers[0]
+    decodes = [n.id for n in nodes.values() if n.type == "VAEDecode" and n.mode == 0
+               and isinstance(n.inputs.get("samples"), Link) and n.inputs["samples"].node == k.id]
+    cycle = find_cycle(nodes, [k.id, *decodes])
+    if cycle:
+        raise WorkflowError(f"the workflow's links form a cycle, which ComfyUI cannot run either: "
+                            f"{describe_cycle(nodes, cycle)}; remove one of these links")
     for extra in samplers[1:]:
         ev.unmapped_node(extra, "a second sampler; only the first one is imported")
     ev.used.add(k.id)
@@ -72,15 +86,16 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
     kname = k.label()
 
     seed = ev.value(k.inputs.get("noise_seed" if adv else "seed"), f"{kname} seed")
-    r.seeds = [int(seed)] if seed is not None else []
+    r.seeds = [as_int(seed, f"{kname} seed")] if seed is not None else []
     if k.inputs.get("control_after_generate") in ("randomize", "increment", "decrement"):
         r.report.append(f"{kname} seed control is {k.inputs['control_after_generate']!r}: the stored seed "
                         "is the one of the last queued run")
     steps, cfg = ev.value(k.inputs.get("steps"), f"{kname} steps"), ev.value(k.inputs.get("cfg"), f"{kname} cfg")
-    r.steps = int(steps) if steps is not None else None
-    r.cfg = _num(float(cfg)) if cfg is not None else None
-    r.sampler_name = ev.value(k.inputs.get("sampler_name"), f"{kname} sampler_name")
-    r.scheduler = ev.value(k.inputs.get("scheduler"), f"{kname} scheduler")
+    r.steps = _opt(as_int, steps, f"{kname} steps")
+    r.cfg = _num(_opt(as_float, cfg, f"{kname} cfg"))
+    r.sampler_name = _opt(as_str, ev.value(k.inputs.get("sampler_name"), f"{kname} sampler_name"),
+                          f"{kname} sampler_name")
+    r.scheduler = _opt(as_str, ev.value(k.inputs.get("scheduler"), f"{kname} scheduler"), f"{kname} scheduler")
     kinds = schema_support().schedulers or {"euler"}
     if (r.sampler_name, r.scheduler) != ("euler", "simple"):
         kind = SCHEDULER_KINDS.get(r.sampler_name)
@@ -89,7 +104,7 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
             f"{kname} sampler {r.sampler_name!r} / scheduler {r.scheduler!r}: no exact workbench match (ours is "
             f"euler / simple); imported as sampler.scheduler={r.scheduler_kind} with a fixed shift")
     denoise = ev.value(k.inputs.get("denoise"), f"{kname} denoise") if not adv else None
-    if denoise is not None and float(denoise) != 1.0:
+    if denoise is not None and as_float(denoise, f"{kname} denoise") != 1.0:
         r.report.append(f"{kname} denoise={denoise}: partial denoising (img2img) is not mapped; we denoise fully")
     if adv:
         r.report.append(f"{kname}: start/end step and add_noise settings are not mapped")
@@ -111,6 +126,12 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
     return r
 
 
+def _name(ev: Resolver, node: Node, key: str) -> Optional[str]:
+    """A string input (file name, prompt) read at its source; None when it has none."""
+    what = f"{node.label()} {key}"
+    return _opt(as_str, ev.value(node.inputs.get(key), what), what)
+
+
 def _model_chain(ev: Resolver, k: Node, r: Imported) -> None:
     ref, what = k.inputs.get("model"), f"{k.label()} model"
     while True:
@@ -120,25 +141,27 @@ def _model_chain(ev: Resolver, k: Node, r: Imported) -> None:
             return
         t = node.type
         if t == "UNETLoader":
-            r.models["diffusion_model"] = {"file": ev.value(node.inputs.get("unet_name"), "UNETLoader unet_name"),
+            r.models["diffusion_model"] = {"file": _name(ev, node, "unet_name"),
                                            "weight_dtype": node.inputs.get("weight_dtype", "default")}
             return
         if t == "CheckpointLoaderSimple":
-            r.models["checkpoint"] = {"file": ev.value(node.inputs.get("ckpt_name"), "checkpoint name")}
+            r.models["checkpoint"] = {"file": _name(ev, node, "ckpt_name")}
             ev.unmapped_node(node, "all-in-one checkpoints are not mapped")
             return
         if t == "ModelSamplingAuraFlow":
             if r.shift is None:  # the one nearest the sampler wins
-                r.shift = _num(float(ev.value(node.inputs.get("shift"), "ModelSamplingAuraFlow shift")))
+                what_shift = f"{node.label()} shift"
+                r.shift = _num(_opt(as_float, ev.value(node.inputs.get("shift"), what_shift), what_shift))
             else:
                 r.report.append(f"{node.label()}: an earlier ModelSamplingAuraFlow is overridden by a later one")
         elif t == "CFGNorm":
             if r.cfg_norm is None:
-                r.cfg_norm = _num(float(ev.value(node.inputs.get("strength"), "CFGNorm strength") or 1.0))
+                strength = ev.value(node.inputs.get("strength"), f"{node.label()} strength")
+                r.cfg_norm = _num(1.0 if strength is None else as_float(strength, f"{node.label()} strength"))
         elif t in ("LoraLoaderModelOnly", "LoraLoader"):
-            r.loras.insert(0, {"file": ev.value(node.inputs.get("lora_name"), f"{node.label()} lora_name"),
-                               "strength": _num(float(ev.value(node.inputs.get("strength_model"),
-                                                               f"{node.label()} strength") or 0.0))})
+            strength = ev.value(node.inputs.get("strength_model"), f"{node.label()} strength_model")
+            r.loras.insert(0, {"file": _name(ev, node, "lora_name"),
+                               "strength": _num(_opt(as_float, strength, f"{node.label()} strength_model") or 0.0)})
             if t == "LoraLoader":
                 r.report.append(f"{node.label()}: the text-encoder (clip) strength of this LoRA is not mapped")
         else:
@@ -161,8 +184,7 @@ def _conditioning(ev: Resolver, ref: Any, what: str, r: Imported, positive: bool
             return None
         ev.unmapped_node(node, f"modifies the {'positive' if positive else 'negative'} conditioning: not mapped")
         ref = node.inputs.get("conditioning") or node.first_link()
-    text = ev.value(node.inputs.get("text" if node.type == "CLIPTextEncode" else "prompt"), f"{node.label()} text")
-    text = "" if text is None else str(text)
+    text = _name(ev, node, "text" if node.type == "CLIPTextEncode" else "prompt") or ""
     images = []
     for name in ("image", "image1", "image2", "image3"):
         if name in node.inputs:
@@ -186,7 +208,7 @@ def _image_source(ev: Resolver, ref: Any, what: str) -> Optional[str]:
         if node is None:
             return None
         if node.type == "LoadImage":
-            return ev.value(node.inputs.get("image"), f"{node.label()} image")
+            return _name(ev, node, "image")
         ev.unmapped_node(node, "transforms a reference image; our reference.* settings size the references")
         ref = node.inputs.get("image") or node.first_link()
 
@@ -198,7 +220,7 @@ def _clip(ev: Resolver, encode: Node, r: Imported) -> None:
     if node is None:
         return
     if node.type == "CLIPLoader":
-        r.models.setdefault("text_encoder", {"file": ev.value(node.inputs.get("clip_name"), "CLIPLoader clip_name"),
+        r.models.setdefault("text_encoder", {"file": _name(ev, node, "clip_name"),
                                              "type": node.inputs.get("type")})
     else:
         ev.unmapped_node(node, "provides the text encoder: only CLIPLoader is mapped")
@@ -210,8 +232,9 @@ def _latent(ev: Resolver, k: Node, r: Imported) -> None:
     if node is None:
         r.report.append(f"{what}: no latent source found; size left to the defaults")
     elif node.type in ("EmptySD3LatentImage", "EmptyLatentImage"):
-        r.width = int(ev.value(node.inputs.get("width"), f"{node.label()} width"))
-        r.height = int(ev.value(node.inputs.get("height"), f"{node.label()} height"))
+        r.width = _opt(as_int, ev.value(node.inputs.get("width"), f"{node.label()} width"), f"{node.label()} width")
+        r.height = _opt(as_int, ev.value(node.inputs.get("height"), f"{node.label()} height"),
+                        f"{node.label()} height")
         batch = ev.value(node.inputs.get("batch_size"), f"{node.label()} batch_size")
         if batch not in (None, 1):
             r.report.append(f"{node.label()} batch_size={batch}: ComfyUI draws a batch from one seed; imported "
@@ -232,7 +255,7 @@ def _vae(ev: Resolver, k: Node, r: Imported) -> None:
         ev.used.add(dec.id)
         node = ev.producer(dec.inputs.get("vae"), f"{dec.label()} vae")
         if node is not None and node.type == "VAELoader":
-            r.models["vae"] = {"file": ev.value(node.inputs.get("vae_name"), "VAELoader vae_name")}
+            r.models["vae"] = {"file": _name(ev, node, "vae_name")}
         elif node is not None:
             ev.unmapped_node(node, "provides the VAE: only VAELoader is mapped")
         for out in ev.nodes.values():  # the image's consumers: save / preview are expected, the rest is listed

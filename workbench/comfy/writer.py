@@ -6,18 +6,34 @@ Also the Hydra overrides that compose such a file from wherever it was written.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from workbench.comfy.graph import WorkflowError
 from workbench.comfy.mapping import Imported
 from workbench.comfy.schema_support import schema_support
+from workbench.errors import RunFailure
+
+
+# Characters YAML 1.1 (OmegaConf's PyYAML) reads as line breaks although JSON leaves them raw.
+_YAML_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
 def _yaml_str(s: str) -> str:
     """A double-quoted YAML scalar; OmegaConf interpolation markers are escaped so prompts stay literal."""
-    return json.dumps(s.replace("${", "\\${"), ensure_ascii=False)
+    text = json.dumps(s.replace("${", "\\${"), ensure_ascii=False)
+    for raw, escaped in _YAML_BREAKS.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _comment(line: str) -> str:
+    """A comment line with the workflow's text made one line: a newline in a node title or file name
+    must not end the comment and start YAML keys (workflow data is data, never config)."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in line)
 
 
 def _yaml_value(v: Any) -> str:
@@ -46,7 +62,8 @@ def to_yaml(r: Imported) -> str:
     for role, info in r.models.items():
         extra = ", ".join(f"{k}={v}" for k, v in info.items() if k != "file" and v is not None)
         if as_keys and role in sc.model_files:
-            body.append(f"  {sc.model_files[role]}: {_yaml_value(info['file'])}" + (f"  # {extra}" if extra else ""))
+            body.append(f"  {sc.model_files[role]}: {_yaml_value(info['file'])}" + (f"  {_comment('# ' + extra)}"
+                                                                                      if extra else ""))
         else:
             comments.append(f"# model {role}: {info['file']}" + (f"  ({extra})" if extra else ""))
             r.unmapped_keys.append(f"model {role} file ({info['file']})")
@@ -94,11 +111,54 @@ def to_yaml(r: Imported) -> str:
     report = report_lines(r)
     head += ["#", "# Import report:"] + [f"#   - {line}" for line in report] if report else []
     tail = ["", "# Not expressible in the config schema yet:", *comments] if comments else []
-    return "\n".join(head + [""] + body + tail) + "\n"
+    return "\n".join([_comment(x) for x in head] + [""] + body + [_comment(x) for x in tail]) + "\n"
 
 
 def report_lines(r: Imported) -> list[str]:
     return list(r.report) + [f"written as a comment (no schema key): {k}" for k in r.unmapped_keys]
+
+
+def write_yaml(text: str, out: Path, force: bool = False) -> None:
+    """Write ``text`` to ``out`` atomically: a temporary file in the same folder, then a rename.
+
+    ``out`` is checked first (``check_output``); a failed write leaves ``out`` as it was (RunFailure).
+    """
+    out = check_output(out, force)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as err:
+        raise WorkflowError(f"cannot write {out}: {err.strerror or err}; choose another -o path") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a written config is as readable as any file
+        os.replace(tmp, out)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunFailure(f"writing {out} failed ({err.strerror or err}); nothing was written, "
+                         f"{'the existing file is unchanged' if out.exists() else 'no file was left'}") from None
+
+
+def check_output(out: Path, force: bool = False) -> Path:
+    """Refuse an output path that is a folder, sits under a file, or exists (unless ``force``)."""
+    out = Path(out)
+    if out.is_dir():
+        raise WorkflowError(f"-o {out} is a folder: give a file name, e.g. {out / 'from_comfy.yaml'}")
+    if out.suffix != ".yaml":
+        raise WorkflowError(f"-o {out}: expected a .yaml file name (Hydra reads experiments as .yaml)")
+    if out.exists() and not force:
+        raise WorkflowError(f"-o {out} exists: pass --force to replace it, or choose another name")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise WorkflowError(f"cannot write {out}: {parent} is a file, not a folder")
+    return out
 
 
 # ============================================================================ using the result

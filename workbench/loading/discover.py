@@ -8,13 +8,14 @@ A component is named by its path relative to the root it was found in (``diffusi
 from __future__ import annotations
 
 import difflib
+import errno
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from workbench.loading.detect import Detected, detect_folder, detect_header
 from workbench.loading.errors import LoadError
-from workbench.loading.header import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, read_header
+from workbench.loading.header import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, os_error_reason, read_header, unreadable
 
 ENV = "WORKBENCH_MODELS"
 # ComfyUI's folder names -> the kind of file users keep there (detection decides; this is a hint).
@@ -51,30 +52,53 @@ def model_roots(roots: list[str] | None = None) -> list[Path]:
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes on disk; 0 for what cannot be stat'ed (a dangling link, a loop): listing never fails on it."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
 
 
 def entry_for(path: Path, name: str) -> Entry:
     """Detect one file or folder; a broken one becomes an entry that says why (listing never fails)."""
     try:
+        if path.is_dir() and path.suffix.lower() in WEIGHT_SUFFIXES + PICKLE_SUFFIXES and not (path / "config.json").is_file():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))  # named like a file
         if path.is_dir():
             det = detect_folder(path)
         else:
             det = detect_header(read_header(path), name)
-    except LoadError as err:
-        kind = "refused" if path.suffix.lower() in PICKLE_SUFFIXES else "unreadable"
-        return Entry(name, path, kind, size=_size(path), note=str(err).removeprefix(f"{path}: "))
+    except (LoadError, OSError) as err:  # OSError: a folder whose config / files cannot be read
+        note = str(unreadable(path, err) if isinstance(err, OSError) else err).removeprefix(f"{path}: ")
+        pickle = path.suffix.lower() in PICKLE_SUFFIXES or "Python pickle" in note
+        return Entry(name, path, "refused" if pickle else "unreadable", size=_size(path), note=note)
     note = det.looks_like or (f"variant from {det.variant_from}" if det.variant else "")
     return Entry(name, path, det.kind, det.layout, det.dtype, _size(path), det.variant, note, det)
 
 
 def _scan_root(root: Path) -> list[Entry]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    out: list[Entry] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: a link to an ancestor is walked once
+
+    def unlistable(err: OSError) -> None:  # a folder os.walk cannot list: say so instead of skipping it silently
+        if err.filename:
+            bad = Path(err.filename)
+            out.append(Entry(_rel(bad, root), bad, "unreadable", note=os_error_reason(bad, err)))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unlistable):
         here = Path(dirpath)
-        rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+        rel = lambda p: _rel(p, root)  # noqa: E731
+        try:
+            st = here.stat()
+        except OSError:
+            dirnames.clear()
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         if "model_index.json" in filenames:  # diffusers pipeline: list its parts, stop descending
             out += [entry_for(here / part, rel(here / part)) for part in PIPELINE_PARTS if (here / part / "config.json").is_file()]
             dirnames.clear()
@@ -84,10 +108,21 @@ def _scan_root(root: Path) -> list[Entry]:
             dirnames.clear()
             continue
         dirnames.sort()
+        for d in [d for d in dirnames if d.lower().endswith(WEIGHT_SUFFIXES + PICKLE_SUFFIXES)]:
+            if not (here / d / "config.json").is_file():  # a folder named like a weights file: list why it is unusable
+                dirnames.remove(d)
+                out.append(entry_for(here / d, rel(here / d)))
         for f in sorted(filenames):
             if f.lower().endswith(WEIGHT_SUFFIXES + PICKLE_SUFFIXES):
                 out.append(entry_for(here / f, rel(here / f)))
     return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def hf_cache_dir() -> Path:
@@ -161,7 +196,15 @@ def resolve(name: str, slot: str, roots: list[str] | None = None) -> Entry:
         return entry_for(path, name)
     bases = model_roots(roots)
     for root in bases:
-        path = (root / name).resolve()
+        given = root / name
+        try:
+            path = given.resolve()
+        except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a symlink loop
+            path = None
+        if path is None or (given.is_symlink() and not given.exists()):  # a loop or a dangling link
+            if _inside(Path(os.path.abspath(given)), root):
+                return entry_for(given, name)  # kind "unreadable" with the reason; the loaders raise it
+            continue
         if not _inside(path, root):
             raise LoadError(
                 f"{name!r} resolves to {path}, outside the model root {root}; names are relative to the model "

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from workbench.loading.stream import TensorSource, check_names, empty_model
+from workbench.loading.stream import realign
 
 
-def load_gguf_transformer(path: Path, source: TensorSource, config: dict, device: torch.device, dtype: torch.dtype):
+def load_gguf_transformer(path: Path, config: dict, device: torch.device, dtype: torch.dtype):
+    """Names and shapes were checked by ``load.prepare_transformer`` before this reads anything."""
     from diffusers import GGUFQuantizationConfig, QwenImageTransformer2DModel
 
-    check_names(empty_model(lambda: QwenImageTransformer2DModel.from_config(config)), source, "diffusion transformer")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "transformer"
         folder.mkdir()
@@ -28,4 +28,5 @@ def load_gguf_transformer(path: Path, source: TensorSource, config: dict, device
             str(path), config=tmp, subfolder="transformer", local_files_only=True, torch_dtype=dtype,
             quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
         )
-    return model.to(device).eval()
+    # the reader's tensors live in the file's memory map (32-byte aligned): fresh storage, as for safetensors
+    return realign(model.to(device)).eval()

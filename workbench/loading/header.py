@@ -8,7 +8,9 @@ names and shapes against the model before a single weight is read. GGUF headers 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,8 @@ from workbench.loading.errors import LoadError
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 WEIGHT_SUFFIXES = (".safetensors", ".gguf")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+# first bytes of torch.save's zip archives and of raw pickles (protocol 2-5): a checkpoint renamed .safetensors
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 @dataclass(frozen=True)
@@ -51,20 +55,57 @@ def refuse_pickle(path: Path) -> None:
         )
 
 
+def os_error_reason(path: Path, err: OSError) -> str:
+    """One line saying why ``path`` could not be opened and what to do (no errno jargon alone)."""
+    code = err.errno
+    if code == errno.ELOOP:
+        return "symbolic link loop (the link points, directly or through others, back at itself); point it at the real file or remove it"
+    if code == errno.ENOENT and path.is_symlink():
+        return f"dangling symbolic link to {os.readlink(path)!r}, which does not exist; fix the link or remove it"
+    if code == errno.ENOENT:
+        return "no such file (removed while the workbench was reading the folder?)"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied: the workbench cannot read it; make it readable (chmod a+r) or copy it to a readable folder"
+    if code == errno.EISDIR:
+        return "is a directory where a weights file is expected; give the .safetensors / .gguf file inside it, or a model folder with config.json"
+    return f"cannot be read ({err.strerror or err}); check the file and its disk"
+
+
+def unreadable(path: Path, err: OSError) -> LoadError:
+    return LoadError(f"{path}: {os_error_reason(path, err)}")
+
+
 def read_header(path: str | Path) -> Header:
     """Parse and validate the header of a .safetensors or .gguf file (no tensor data is read)."""
     path = Path(path)
     refuse_pickle(path)
-    if path.suffix.lower() == ".gguf":
-        return _read_gguf_header(path)
-    if path.suffix.lower() != ".safetensors":
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise LoadError(f"{path}: unknown weights format {path.suffix!r}; expected .safetensors or .gguf")
+    try:  # an unreadable file, a directory, a dangling link or a link loop: one line, not an OSError
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if path.suffix.lower() == ".gguf":
+            with open(path, "rb"):
+                pass
+            return _read_gguf_header(path)
+        return _read_safetensors_header(path)
+    except OSError as err:
+        raise unreadable(path, err) from None
+
+
+def _read_safetensors_header(path: Path) -> Header:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise LoadError(f"{path}: {size} bytes, too short to be a safetensors file (truncated or empty)")
         (n,) = struct.unpack("<Q", head)
+        if head.startswith(_PICKLE_MAGIC):
+            raise LoadError(
+                f"{path}: not a safetensors file but a Python pickle / PyTorch checkpoint (named .safetensors); "
+                "pickles can run arbitrary code when loaded and are refused. Get the real .safetensors release, or "
+                "convert it once in a trusted environment (safetensors.torch.save_file)"
+            )
         if n > _MAX_HEADER or 8 + n > size:
             raise LoadError(
                 f"{path}: corrupt safetensors: header claims {n} bytes but the file has {size}; "
@@ -75,11 +116,18 @@ def read_header(path: str | Path) -> Header:
         entries = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise LoadError(f"{path}: corrupt safetensors: header is not valid JSON ({err}); re-download the file") from None
+    if not isinstance(entries, dict):
+        raise LoadError(f"{path}: corrupt safetensors: the header is JSON but not an object of tensors; re-download the file")
     metadata = entries.pop("__metadata__", None) or {}
     tensors, end = {}, 0
     for name, e in entries.items():
-        begin, stop = e["data_offsets"]
-        tensors[name] = TensorInfo(e["dtype"], tuple(e["shape"]), stop - begin)
+        try:
+            begin, stop = (int(x) for x in e["data_offsets"])
+            tensors[name] = TensorInfo(str(e["dtype"]), tuple(int(d) for d in e["shape"]), stop - begin)
+        except (KeyError, TypeError, ValueError):
+            raise LoadError(
+                f"{path}: corrupt safetensors: header entry {name!r} lacks a valid dtype / shape / data_offsets; re-download the file"
+            ) from None
         end = max(end, stop)
     if 8 + n + end > size:
         raise LoadError(

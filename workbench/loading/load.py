@@ -5,6 +5,11 @@ Single files carry no config: the architecture is inferred from shapes (``infer.
 Either way weights go through ``stream.py``: names and shapes checked first, then tensor by tensor
 to the device and dtype. transformers' and diffusers' own ``from_pretrained`` are not used for
 weights because they fill missing tensors with random values (with a warning) instead of failing.
+
+Loading is two steps: ``prepare_*`` reads headers and config only (slot, names, shapes, on an empty
+meta model), ``Prepared.load`` reads the weights. ``load_all`` prepares all three components and
+checks the run's LoRA files (``preflight``) before it loads any, so a bad VAE or LoRA fails in a
+second instead of after minutes of loading the transformer.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -28,6 +33,18 @@ from workbench.loading.stream import TensorSource, check_names, empty_model, fil
 
 SLOTS = ("text_encoder", "transformer", "vae")
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A component checked from its headers, weights not read yet: ``load(device, dtype)`` reads them."""
+
+    slot: str
+    entry: Entry
+    model: Any  # the module with empty (meta) parameters: its config and Linear shapes are known
+    report: dict
+    load: Callable[[torch.device, torch.dtype], Any]
+    tokenizer: Any = None
 
 
 @dataclass
@@ -82,7 +99,7 @@ def _tokenizer_for(folder: Path | None):
     return load_tokenizer(), "vendored (workbench/assets/qwen2_5_vl_tokenizer)"
 
 
-def load_text_encoder(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+def prepare_text_encoder(entry: Entry, cfg: ModelConfig) -> Prepared:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from workbench.tokenizer import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
@@ -110,12 +127,14 @@ def load_text_encoder(entry: Entry, cfg: ModelConfig, device: torch.device, dtyp
     def tie(m):  # the file has no lm_head: share the embeddings (lm_head is unused for conditioning)
         m.lm_head.weight = m.model.language_model.embed_tokens.weight
 
-    fill(model, source, device, dtype, "text encoder", finish=tie if tied else None)
-    return Loaded("text_encoder", entry, model, report, tokenizer)
+    def load(device, dtype):
+        return fill(model, source, device, dtype, "text encoder", finish=tie if tied else None)
+
+    return Prepared("text_encoder", entry, model, report, load, tokenizer)
 
 
 # ----------------------------------------------------------------------------- transformer
-def load_transformer(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+def prepare_transformer(entry: Entry, cfg: ModelConfig) -> Prepared:
     from diffusers import QwenImageTransformer2DModel
 
     check_slot(entry, "transformer")
@@ -132,19 +151,17 @@ def load_transformer(entry: Entry, cfg: ModelConfig, device: torch.device, dtype
         config, report["inferred"] = infer.transformer(source.shapes, cfg.arch_rules, cfg.tiny, entry.path)
     config["zero_cond_t"] = marker or cfg.variant == Variant.edit_2511
     report["zero_cond_t"] = f"{config['zero_cond_t']} (" + ("from the file" if marker else f"model.variant={cfg.variant.value}") + ")"
+    model = empty_model(lambda: QwenImageTransformer2DModel.from_config(config))
+    check_names(model, source, "diffusion transformer")
     if not entry.path.is_dir() and header.format == "gguf":
         from workbench.loading.gguf import load_gguf_transformer
 
-        model = load_gguf_transformer(entry.path, source, config, device, dtype)
-        return Loaded("transformer", entry, model, report)
-    model = empty_model(lambda: QwenImageTransformer2DModel.from_config(config))
-    check_names(model, source, "diffusion transformer")
-    fill(model, source, device, dtype, "diffusion transformer")
-    return Loaded("transformer", entry, model, report)
+        return Prepared("transformer", entry, model, report, lambda device, dtype: load_gguf_transformer(entry.path, config, device, dtype))
+    return Prepared("transformer", entry, model, report, lambda device, dtype: fill(model, source, device, dtype, "diffusion transformer"))
 
 
 # ----------------------------------------------------------------------------- VAE
-def load_vae(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+def prepare_vae(entry: Entry, cfg: ModelConfig) -> Prepared:
     from diffusers import AutoencoderKLQwenImage
 
     check_slot(entry, "vae")
@@ -160,29 +177,61 @@ def load_vae(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.
         config, report["inferred"] = infer.vae(source.shapes, entry.path)
     model = empty_model(lambda: AutoencoderKLQwenImage.from_config(config))
     check_names(model, source, "VAE")
-    fill(model, source, device, dtype, "VAE")
-    return Loaded("vae", entry, model, report)
+    return Prepared("vae", entry, model, report, lambda device, dtype: fill(model, source, device, dtype, "VAE"))
 
 
-LOADERS = {"text_encoder": load_text_encoder, "transformer": load_transformer, "vae": load_vae}
+PREPARERS = {"text_encoder": prepare_text_encoder, "transformer": prepare_transformer, "vae": prepare_vae}
+
+
+def prepare_component(slot: str, cfg: ModelConfig) -> Prepared:
+    """Resolve ``model.<slot>``, read its header(s), check slot, names and shapes: no tensor data read."""
+    return PREPARERS[slot](resolve(getattr(cfg, slot), slot, cfg.roots or None), cfg)
+
+
+def load_prepared(prepared: Prepared, device: torch.device, dtype: torch.dtype) -> Loaded:
+    module = prepared.load(device, dtype)
+    log.info("model.%s = %s: %s", prepared.slot, prepared.entry.name, json.dumps(prepared.report, default=str))
+    return Loaded(prepared.slot, prepared.entry, module, prepared.report, prepared.tokenizer)
 
 
 def load_component(slot: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
-    entry = resolve(getattr(cfg, slot), slot, cfg.roots or None)
-    loaded = LOADERS[slot](entry, cfg, device, dtype)
-    log.info("model.%s = %s: %s", slot, entry.name, json.dumps(loaded.report, default=str))
-    return loaded
+    return load_prepared(prepare_component(slot, cfg), device, dtype)
 
 
-def load_all(cfg: ModelConfig, dtypes: dict[str, torch.dtype], device: torch.device) -> dict[str, Loaded]:
-    """The three components of ``cfg`` (source=files), checked to fit each other."""
-    parts = {slot: load_component(slot, cfg, device, dtypes[slot]) for slot in SLOTS}
-    te, dit = parts["text_encoder"], parts["transformer"]
-    width, joint = te.module.config.text_config.hidden_size, dit.module.config.joint_attention_dim
+def load_text_encoder(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+    return load_prepared(prepare_text_encoder(entry, cfg), device, dtype)
+
+
+def load_transformer(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+    return load_prepared(prepare_transformer(entry, cfg), device, dtype)
+
+
+def load_vae(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
+    return load_prepared(prepare_vae(entry, cfg), device, dtype)
+
+
+def preflight(cfg: ModelConfig, loras: Sequence[Any] = ()) -> dict[str, Prepared]:
+    """Every file of a run checked from its header before any weight is read: the three components
+    (slot, names, shapes, and that they fit each other) and each LoRA file (readable safetensors of
+    LoRA keys, fitting the transformer's layers). A bad VAE or LoRA then fails in a second, not after
+    minutes of loading the transformer."""
+    prepared = {slot: prepare_component(slot, cfg) for slot in SLOTS}
+    te, dit = prepared["text_encoder"], prepared["transformer"]
+    width, joint = te.model.config.text_config.hidden_size, dit.model.config.joint_attention_dim
     if width != joint:
         raise LoadError(
             f"shape mismatch between components: text encoder {te.entry.path} gives {width}-wide hidden states but "
             f"transformer {dit.entry.path} expects {joint} (joint_attention_dim); use the text encoder of that model"
         )
-    return parts
+    if loras:
+        from workbench.lora import check_lora_files
+
+        check_lora_files(loras, cfg.roots or None, dit.model)
+    return prepared
+
+
+def load_all(cfg: ModelConfig, dtypes: dict[str, torch.dtype], device: torch.device, loras: Sequence[Any] = ()) -> dict[str, Loaded]:
+    """The three components of ``cfg`` (source=files): every file checked first (``preflight``), then loaded."""
+    prepared = preflight(cfg, loras)
+    return {slot: load_prepared(prepared[slot], device, dtypes[slot]) for slot in SLOTS}
 

@@ -20,6 +20,42 @@ from workbench.loading.errors import LoadError, few
 from workbench.loading.header import Header
 
 PROGRESS_BYTES = 512 * 2**20  # show a bar when the component is larger than this
+ALIGNMENT = 64  # bytes: what PyTorch's CPU allocator gives every fresh tensor
+
+
+def fresh(tensor: torch.Tensor, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A copy of ``tensor`` in new, allocator-aligned storage (cast / moved on the way), never a view.
+
+    Why: safetensors (0.8 on some machines) hands back float32 tensors that are views into the file's
+    bytes, only 8-byte aligned; ``.to()`` keeps such storage when nothing changes, and CPU kernels take
+    another (vectorised vs scalar) path on it, so loaded weights gave latents differing in the last
+    bits from the same weights built in memory. Copying every loaded tensor makes results bit-identical
+    on any machine, and lets the file's mapping go.
+    """
+    out = torch.empty(tensor.shape, dtype=dtype or tensor.dtype, device=device or tensor.device)
+    out.copy_(tensor)
+    return out
+
+
+def is_aligned(tensor: torch.Tensor, alignment: int = ALIGNMENT) -> bool:
+    return tensor.numel() == 0 or tensor.data_ptr() % alignment == 0
+
+
+def realign(model: torch.nn.Module) -> torch.nn.Module:
+    """Give every CPU parameter and buffer of ``model`` fresh storage (see ``fresh``), in place.
+
+    For models a library loaded (diffusers' GGUF reader keeps tensors in the file's memory map, 32-byte
+    aligned); ``param.data`` is swapped so tensor subclasses (GGUFParameter) keep their attributes.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                if p.device.type == "cpu":
+                    p.data = fresh(p.data)
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and buf.device.type == "cpu":
+                    module._buffers[name] = fresh(buf)
+    return model
 
 
 @dataclass
@@ -99,7 +135,7 @@ def fill(model: torch.nn.Module, source: TensorSource, device: torch.device, dty
                         scale = quant.scale_name(file_name, header.tensors)
                         if scale is not None:
                             tensor = quant.descale(tensor, f.get_tensor(scale), file_name, path)
-                        state[model_name] = tensor.to(device=device, dtype=dtype)
+                        state[model_name] = fresh(tensor, device, dtype)  # never the file's (unaligned) storage
                         bar.update(header.tensors[file_name].nbytes)
             except LoadError:
                 raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -66,8 +66,11 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: DType) -> torch
     return module if module.dtype == TORCH_DTYPES[dtype] else module.to(TORCH_DTYPES[dtype])
 
 
-def build_components(model: ModelConfig, precision: PrecisionConfig, device: str = "auto") -> Components:
-    """Build (or load) every model of a run, on its device and in its dtype."""
+def build_components(model: ModelConfig, precision: PrecisionConfig, device: str = "auto", loras: Sequence[Any] = ()) -> Components:
+    """Build (or load) every model of a run, on its device and in its dtype.
+
+    ``loras`` (``LoraItem``s the run will apply) are checked with the model files before anything
+    loads: a bad LoRA or VAE fails in a second, not after the transformer has loaded."""
     from workbench.models import tiny
     from workbench.tokenizer import load_tokenizer
 
@@ -79,7 +82,7 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
         # offload modes exist for weights that do not fit the GPU: load them into host memory and let
         # apply_precision stream them (loading the 41 GB bf16 DiT onto a 24 GB card first would fail)
         offload = precision.memory != MemoryMode.all_on_device
-        parts = load_all(model, dtypes, torch.device("cpu") if offload else dev)  # in each dtype
+        parts = load_all(model, dtypes, torch.device("cpu") if offload else dev, loras=loras)  # in each dtype
         return Components(
             tokenizer=parts["text_encoder"].tokenizer,
             text_encoder=parts["text_encoder"].module,
@@ -90,6 +93,10 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
         )
     if model.source != ModelSource.tiny:  # pragma: no cover - every member is handled above
         raise ValueError(f"model.source={model.source.value!r} is not supported")
+    if loras:
+        from workbench.lora import check_lora_files
+
+        check_lora_files(loras, model.roots or None)  # headers only; shapes are checked when applied
     def build(make, dtype: DType):
         if not model.init_on_device:
             return _place(make(model), dev, dtype)

@@ -14,7 +14,11 @@ Why it is built this way:
   model) reuse one conditioning;
 - each finished cell is written atomically to ``<out_dir>/cells/<hash of its resolved config>/``;
   a cell whose ``record.json`` exists is read back instead of run, so re-running a sweep skips finished
-  cells and an interrupted one resumes;
+  cells and an interrupted one resumes; a cell that cannot be read back (truncated PNG, broken record)
+  is computed again with a ``CorruptCellWarning`` naming it;
+- ``grid.png`` / ``table.csv`` / ``sweep.json`` are replaced only by a complete sweep; a stopped or failed
+  one writes ``grid.partial.png`` / ``table.partial.csv`` / ``sweep.partial.json``; a cell whose write
+  failed (disk full) is marked failed, never ok, and the sweep raises ``SweepWriteError``;
 - a cell that raises (bad combination, out of memory) becomes a labelled blank tile and the sweep goes on;
 - where cells run is pluggable (``workbench.sweep.executors``: this process, or Ray actors holding resident
   models on each GPU): executors run cells with the one ``CellRunner`` and hand back ``CellOutput``s,
@@ -33,9 +37,18 @@ The modules, in the order a sweep uses them:
 """
 
 from workbench.sweep.axes import SweepError
+from workbench.sweep.cache import CorruptCellWarning
 from workbench.sweep.grid import FAILED, make_grid  # FAILED: the tile colour tests look for
 from workbench.sweep.plan import Cell, Sweep, _describe  # _describe: workbench.magics' one-line errors
 from workbench.sweep.result import CellResult, Comparison, SweepResult
 from workbench.sweep.runner import CellOutput, CellRunner
 
-__all__ = ["Sweep", "SweepResult", "CellResult", "CellOutput", "CellRunner", "Cell", "Comparison", "SweepError", "make_grid"]
+
+def __getattr__(name: str):  # execute imports the executors, which import this package: load it on use
+    if name == "SweepWriteError":
+        from workbench.sweep.execute import SweepWriteError
+
+        return SweepWriteError
+    raise AttributeError(name)
+
+__all__ = ["Sweep", "SweepResult", "CellResult", "CellOutput", "CellRunner", "Cell", "Comparison", "SweepError", "SweepWriteError", "CorruptCellWarning", "make_grid"]

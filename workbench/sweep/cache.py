@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Optional
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
 from PIL import Image
 
@@ -52,17 +54,49 @@ def write_output(sweep: Sweep, cell: Cell, out: CellOutput) -> None:
     rec.atomic_write_json(folder / "record.json", out.record)
 
 
+class CorruptCellWarning(UserWarning):
+    """A cached cell could not be read back (truncated PNG, invalid record.json): it is computed again."""
+
+
+def _image_files(folder: Path, record: Any) -> list[Path]:
+    """The image files a cell's record names; every name must be a plain file name inside the folder
+    (a record is data: never a path elsewhere)."""
+    if not isinstance(record, dict) or not isinstance(record.get("images"), list):
+        raise ValueError("record.json is not an object with an 'images' list")
+    files = []
+    for entry in record["images"]:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"image entry 'file': {str(name)[:80]!r} does not name a file of this folder")
+        files.append(folder / name)
+    return files
+
+
 def read_back(sweep: Sweep, cell: Cell) -> Optional[CellResult]:
-    """The cached result of a finished cell, or None when it has to run."""
-    path = sweep.cell_dir(cell) / "record.json"
+    """The cached result of a finished cell, or None when it has to run.
+
+    A cell whose files cannot be read back (a truncated PNG, an invalid or truncated record.json: a
+    disk problem or a hand edit) is run again, with a ``CorruptCellWarning`` naming the cell and its
+    folder, instead of stopping the sweep."""
+    folder = sweep.cell_dir(cell)
+    path = folder / "record.json"
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    files = [path.parent / e["file"] for e in record.get("images", [])]
-    if not files or not all(f.is_file() for f in files):
-        return None  # a partial cell (images removed by hand): run it again
-    images = []
-    for f in files:
-        with Image.open(f) as img:
-            images.append(img.convert("RGB"))
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        files = _image_files(folder, record)
+        if not files or not all(f.is_file() for f in files):
+            return None  # a partial cell (images removed by hand): run it again
+        images = []
+        for f in files:
+            with Image.open(f) as img:
+                images.append(img.convert("RGB"))  # decodes every byte: a truncated PNG raises here
+    except Exception as err:  # noqa: BLE001 - whatever the damage, the cell is computed again
+        warnings.warn(
+            f"sweep cell {cell.index} ({cell.label(sweep.axes)}) in {folder}: the cached result cannot be read "
+            f"({type(err).__name__}: {err}); computing the cell again",
+            CorruptCellWarning,
+            stacklevel=2,
+        )
+        return None
     return CellResult(cell, "cached", images, files, record, conditioning_cached=record.get("conditioning_cached", False))

@@ -4,21 +4,52 @@ Reading back and storing happen here, in the sweep's process, whatever the execu
 needs no shared disk, and both fill the same cache, grid and table. Cells are written by one
 background thread, so that PNG encoding (~0.2-0.5 s per 1024x1024 image; Pillow releases the GIL
 while it compresses) overlaps the next cell's compute instead of adding to the sweep's wall time
-(benchmarks/README.md, sweep overhead). The sweep returns only once every write has finished, and a
-failed write raises.
+(benchmarks/README.md, sweep overhead). The sweep returns only once every write has finished. A
+failed write (disk full) is never reported as ok: its cell is marked failed, the sweep stops computing
+new cells and raises ``SweepWriteError`` (a ``RunFailure``) saying how many cells are stored; the cells
+not stored run again next time. The summary files are replaced only by a complete sweep
+(``SweepResult.save``).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from workbench.errors import RunFailure
 from workbench.sweep.cache import cell_result, read_back, write_output
 from workbench.sweep.executors import RunOptions, make_executor
 from workbench.sweep.result import CellResult, SweepResult
 
 if TYPE_CHECKING:
-    from workbench.sweep.plan import Sweep
+    from workbench.sweep.plan import Cell, Sweep
+
+
+class SweepWriteError(RunFailure):
+    """Cells ran but could not be stored (disk full...): they are marked failed in ``result`` (the
+    partial ``SweepResult``) and run again next time; the message says how many cells are stored."""
+
+    def __init__(self, message: str, result: SweepResult):
+        super().__init__(message)
+        self.result = result
+
+
+def check_out_dir(folder: Path) -> None:
+    """Create the sweep folder and prove it writable (a file, a read-only or a full disk fail here)."""
+    import tempfile
+
+    from workbench.sweep.axes import SweepError
+
+    try:
+        (folder / "cells").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder / "cells"):
+            pass
+    except OSError as err:
+        raise SweepError(
+            f"sweep folder {folder} cannot be written ({type(err).__name__}: {err.strerror or err}); "
+            "give another folder (Sweep.plan(out_dir=...), --out) or fix its permissions"
+        ) from None
 
 
 def run_sweep(
@@ -33,6 +64,7 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     runner = make_executor(sweep.executor if executor is None else executor)  # fails before anything runs
+    check_out_dir(sweep.out_dir)  # a sweep folder that cannot be written fails before any cell is computed
     result = SweepResult(sweep)
     for cell in sweep.cells:
         if cell.config is None:
@@ -49,7 +81,8 @@ def run_sweep(
         return bool(on_cell is not None and on_cell(res, result))
 
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")  # one thread: writes in order
-    writes: list[Future] = []
+    writes: list[tuple[Cell, Future]] = []
+    save_error: Optional[BaseException] = None
     try:
         todo, stop = [], False
         for cell in order:
@@ -66,15 +99,66 @@ def run_sweep(
                     result.stats["encodes"] += out.encodes
                     result.stats["conditioning_hits"] += out.conditioning_hits
                     result.stats["model_switches"] += int(out.model_switch)
-                    writes.append(writer.submit(write_output, sweep, cell, out))
+                    writes.append((cell, writer.submit(write_output, sweep, cell, out)))
                     if finish(cell_result(sweep, cell, out)):
                         break
+                    if any(f.done() and f.exception() is not None for _, f in writes):
+                        break  # the disk is full (or gone): computing more cells would only lose them too
             finally:
                 outputs.close()  # a stopped sweep: the executor drops the cells it has not started
     finally:
         writer.shutdown(wait=True)  # what ran lands on disk, even when the sweep is interrupted
         bar.close()
-        result.save()
-    for write in writes:
-        write.result()  # re-raises the first failed write (disk full...): the sweep must not look complete
+        first_error = _mark_unstored(result, writes, on_cell)
+        try:  # never mask the exception that may be on its way out
+            result.save()  # the complete summary only when complete; else the *.partial files
+        except Exception as err:  # noqa: BLE001 - a full disk: reported below
+            save_error = err
+    if result.unstored:
+        raise SweepWriteError(_unstored_message(result, first_error), result)
+    if save_error is not None:
+        raise SweepWriteError(
+            f"sweep {sweep.out_dir}: the cells that ran are stored, but the summary (grid, table, sweep.json) could not be "
+            f"written ({type(save_error).__name__}: {save_error}); free disk space and run the sweep again "
+            "(it reads every cell back)", result,
+        )
     return result
+
+
+def _mark_unstored(result: SweepResult, writes: list, on_cell) -> Optional[BaseException]:
+    """Turn cells whose write failed into failed cells (never reported as ok); the first error."""
+    first = None
+    for cell, future in writes:
+        err = future.exception()
+        if err is None:
+            continue
+        res = result.cells[cell.index]
+        if res is None or res.status != "ok":  # a failed cell's error.json: nothing computed was lost
+            continue
+        result.stats["ran"] -= 1
+        result.stats["failed"] += 1
+        first = first or err
+        result.unstored.append(cell.index)
+        failed = CellResult(cell, "failed", error=f"not stored ({type(err).__name__}: {err}); runs again next time",
+                            record=res.record, worker=res.worker)
+        result.cells[cell.index] = failed
+        if on_cell is not None:  # panels redraw the tile they were shown as ok
+            try:
+                on_cell(failed, result)
+            except Exception:  # noqa: BLE001 - a redraw must not hide the failed write reported next
+                pass
+    return first
+
+
+def _unstored_message(result: SweepResult, err: Optional[BaseException]) -> str:
+    stored = sum(r is not None and r.status in ("ok", "cached") for r in result.cells)
+    not_run = sum(r is None for r in result.cells)
+    total = len(result.cells)
+    return (
+        f"sweep {result.sweep.out_dir}: {len(result.unstored)} cell(s) ran but could not be written "
+        f"({type(err).__name__}: {err}); {stored} of {total} cells are stored"
+        + (f", {not_run} not run" if not_run else "")
+        + ". The cells not stored are marked failed and run again next time; free disk space and run the "
+        "sweep again. The summary of this run is in grid.partial.png / table.partial.csv / sweep.partial.json "
+        "(a complete grid.png is never replaced by a partial one)"
+    )

@@ -5,6 +5,9 @@ Every view works on partial results too, so a panel can redraw after each cell.
 
 from __future__ import annotations
 
+import json
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -66,6 +69,30 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+SUMMARY = ("grid.png", "table.csv", "sweep.json")
+PARTIAL_SUMMARY = ("grid.partial.png", "table.partial.csv", "sweep.partial.json")
+
+
+def replace_together(files: dict[Path, bytes]) -> None:
+    """Write each file to a temporary name beside it, then rename them all into place: a failed write
+    (disk full) leaves every old file as it was. New files get the umask's permissions (``os.open``
+    with 0o666 applies it; ``mkstemp`` would make them 0600)."""
+    temps: dict[Path, Path] = {}
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+            temps[path] = tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)  # gone after a rename; removes the leftovers of a failed write
+
+
 class SweepResult:
     """Results in display order; ``grid``, ``table`` and ``compare`` work on partial results too."""
 
@@ -74,6 +101,7 @@ class SweepResult:
         self.cells: list[Optional[CellResult]] = [None] * len(sweep.cells)
         self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}  # switches between model groups that ran
         self.run_order: list[int] = []  # cell indices in the order they were executed
+        self.unstored: list[int] = []  # cells that ran but whose write failed (marked failed; run again next time)
 
     @property
     def axes(self) -> list[Axis]:
@@ -154,14 +182,35 @@ class SweepResult:
         image = side_by_side(tiles, labels)
         return Comparison(ra, rb, image, diff, mad)
 
-    def save(self) -> Path:
-        """Write grid.png, table.csv and sweep.json to the sweep folder; returns the folder."""
+    @property
+    def complete(self) -> bool:
+        """Every cell has a result (ran, read back, or failed with its reason) and all of them are stored."""
+        return all(r is not None for r in self.cells) and not self.unstored
+
+    def save(self, complete: Optional[bool] = None) -> Path:
+        """Write the summary (grid, table, sweep.json) to the sweep folder; returns the folder.
+
+        A complete sweep replaces ``grid.png``, ``table.csv`` and ``sweep.json`` (and removes the partial
+        files of earlier runs). A partial one (stopped, interrupted, a write failed) writes
+        ``grid.partial.png``, ``table.partial.csv`` and ``sweep.partial.json`` instead, so the summary of
+        an earlier complete run is never replaced by a partial one. All three are written to temporary
+        files first and renamed into place only when every one was written: a full disk replaces nothing.
+        """
+        complete = self.complete if complete is None else complete
         out = self.sweep.out_dir
+        names = SUMMARY if complete else PARTIAL_SUMMARY
+        summary = self.sweep.describe() | {"complete": complete, "stats": self.stats}
         # the grid is a large view of the cells (which keep default compression): fastest zlib level,
         # since its encoding is the one write that cannot overlap compute (it happens after the last cell)
-        rec.atomic_write_bytes(out / "grid.png", rec.png_bytes(self.grid, compress_level=1))
-        rec.atomic_write_bytes(out / "table.csv", self.table.to_csv().encode("utf-8"))
-        rec.atomic_write_json(out / "sweep.json", self.sweep.describe() | {"stats": self.stats})
+        data = [
+            rec.png_bytes(self.grid, compress_level=1),
+            self.table.to_csv().encode("utf-8"),
+            (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+        ]
+        replace_together({out / n: d for n, d in zip(names, data)})
+        if complete:
+            for name in PARTIAL_SUMMARY:
+                (out / name).unlink(missing_ok=True)
         return out
 
     def _repr_png_(self) -> bytes:  # notebooks show the grid
