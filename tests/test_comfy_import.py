@@ -136,8 +136,13 @@ def test_edit_2509_turbo_switch_on_selects_lora_and_4_steps():
         ("edit_2509", "qwen_edit_plus", 4, 1.0, 3.0, (None, None), ["image_qwen_image_edit_2509_input_image.png"]),
     ],
 )
-def test_written_yaml_composes_and_validates(tmp_path, capsys, name, template, steps, cfg, shift, size, images):
+def test_written_yaml_composes_and_validates(tmp_path, capsys, monkeypatch, name, template, steps, cfg, shift, size, images):
+    from PIL import Image
+
     out = tmp_path / "experiment" / f"{name}.yaml"
+    monkeypatch.chdir(tmp_path)  # the workflow's input images, by their ComfyUI names: checked at config time
+    for image in images:
+        Image.new("RGB", (64, 48)).save(tmp_path / image)
     assert main([str(FIXTURES / f"qwen_image_{name}.json"), "-o", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# @package _global_\n") and "# Import report:" in text

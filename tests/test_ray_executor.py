@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,16 +91,19 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, tmp_path):
 
 
 def test_ray_failing_cell_is_a_labelled_tile(ray_cluster, tmp_path):
+    gone = tmp_path / "ref.png"  # checked when planned (config time), removed before the cell runs
+    gone.write_bytes((Path(__file__).parents[1] / "workbench" / "assets" / "sample_reference.png").read_bytes())
     edit = Sweep.plan(
-        ["images=asset:sample_reference.png,/nonexistent/ref.png"],
+        [f"images=asset:sample_reference.png,{gone}"],
         base=["experiment=edit_tiny", "sampler.steps=2"] + RAY,
-        out_dir=tmp_path,
+        out_dir=tmp_path / "sweep",
     )
+    gone.unlink()
     result = edit.run(progress=False)
     assert list(result.table["status"]) == ["ok", "failed"]
-    assert "FileNotFoundError" in result.cells[1].error and "/nonexistent/ref.png" in result.cells[1].error
+    assert f"images[0] '{gone}': file not found" in result.cells[1].error
     error = json.loads((edit.cell_dir(edit.cells[1]) / "error.json").read_text())
-    assert "/nonexistent/ref.png" in error["error"]
+    assert str(gone) in error["error"]
     grid = np.asarray(result.grid)
     tile_w = result.cells[0].images[0].width
     assert (grid == np.array(FAILED, dtype=grid.dtype)).all(axis=-1).sum() > tile_w * 10  # the blank tile is drawn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,7 +156,7 @@ def test_interrupted_sweep_resumes(tmp_path):
 
 def test_failing_cells_become_labelled_blank_tiles(tmp_path):
     # steps=1 is invalid with flow_euler's terminal stretch but fine with lightning: a bad combination;
-    # a missing reference image fails only when the cell runs
+    # a reference image that disappears after planning fails only when the cell runs
     sweep = Sweep.plan(
         ["sampler=flow_euler,lightning", "sampler.steps=1,2"], base=SMALL, out_dir=tmp_path / "a"
     )
@@ -166,14 +167,17 @@ def test_failing_cells_become_labelled_blank_tiles(tmp_path):
     assert list(result.table["status"]) == ["failed", "ok", "ok", "ok"]
     assert "shift_terminal" in result.table.loc[0, "error"]
 
+    gone = tmp_path / "ref.png"  # checked when planned (config time), removed before the cell runs
+    gone.write_bytes((Path(__file__).parents[1] / "workbench" / "assets" / "sample_reference.png").read_bytes())
     edit = Sweep.plan(
-        ["images=asset:sample_reference.png,/nonexistent/ref.png"],
+        [f"images=asset:sample_reference.png,{gone}"],
         base=["experiment=edit_tiny", "sampler.steps=2"],
         out_dir=tmp_path / "b",
     )
+    gone.unlink()
     result = edit.run(progress=False)
     assert list(result.table["status"]) == ["ok", "failed"]
-    assert "FileNotFoundError" in result.cells[1].error and "/nonexistent/ref.png" in result.cells[1].error
+    assert f"images[0] '{gone}': file not found" in result.cells[1].error
     grid = np.asarray(result.grid)
     tile_w = result.cells[0].images[0].width
     assert (grid == np.array(FAILED, dtype=grid.dtype)).all(axis=-1).sum() > tile_w * 10  # the blank tile is drawn

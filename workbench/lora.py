@@ -81,7 +81,8 @@ def resolve_lora_file(file: str, roots: Optional[Sequence[str]] = None) -> Path:
         raise LoraNotFound(f"LoRA file {file!r}: " + "; ".join(broken))
     raise LoraNotFound(
         f"LoRA file {file!r} not found; looked at: {', '.join(str(c) for c in candidates)}. "
-        "Give a path to the file, or put it under ./models/loras/ and give its name"
+        "Give a path to the file, or put it in loras/ under a model root (model.roots, else $WORKBENCH_MODELS, "
+        "else ./models) and give its name"
     )
 
 
@@ -149,12 +150,7 @@ def check_lora_files(items: Sequence[LoraItem], roots: Optional[Sequence[str]] =
     with ``transformer`` (may have empty meta weights) its keys and shapes are checked against its layers."""
     shapes = linear_shapes(transformer) if transformer is not None else None
     for item in items:
-        try:
-            path = resolve_lora_file(item.file, roots)
-        except LoraNotFound:
-            if not roots:
-                raise
-            path = resolve_lora_file(item.file)  # where set_loras looks (model roots of discovery)
+        path = resolve_lora_file(item.file, roots)  # where the config check and set_loras look (model.roots)
         check_lora_header(path)
         if shapes is not None:
             tensors, metadata = read_lora_file(path)  # cached: applying it later reads nothing again

@@ -61,13 +61,14 @@ class GeneratedImage:
     notes: list[str] = field(default_factory=list)  # what the run changed on its own (e.g. size snapping)
 
 
-def load_image(path: str) -> Image.Image:
-    """Open a reference image; ``asset:NAME`` refers to the images shipped in workbench/assets."""
-    file = ASSETS / path.removeprefix("asset:") if path.startswith("asset:") else Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"reference image {path!r} not found (looked at {file})")
-    with Image.open(file) as img:
-        return img.convert("RGB")
+def load_image(path: str, key: str = "images") -> Image.Image:
+    """Open a reference / init image as RGB; ``asset:NAME`` refers to the images shipped in
+    workbench/assets. A missing, non-image, truncated or decompression-bomb file is a one-line
+    ``ConfigError`` naming the file and the config ``key`` (checked at config time too)."""
+    from workbench.config.limits import open_image
+    from workbench.config.schema import ConfigError
+
+    return open_image(path, key, decode=True, error=ConfigError)
 
 
 class Workbench:
@@ -80,20 +81,21 @@ class Workbench:
     def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
         components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
         bench = cls(components, conditioning_cache)
-        bench.set_loras(cfg.lora.items, fuse=cfg.lora.fuse)
+        bench.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)
         return bench
 
     def clear_conditioning_cache(self) -> int:
         """Forget cached conditionings (of every workbench sharing this cache); returns how many."""
         return self.conditioning_cache.clear()
 
-    def set_loras(self, items, fuse: bool = False):
+    def set_loras(self, items, fuse: bool = False, roots=None):
         """Make exactly ``items`` (``LoraItem``s) the LoRAs of the transformer, through hooks (or fused):
         never rebuilds or reloads it. Components are shared, so this also holds for other workbenches
-        on the same cached transformer; ``generate`` re-applies its config's LoRAs for that reason."""
+        on the same cached transformer; ``generate`` re-applies its config's LoRAs for that reason.
+        ``roots``: where LoRA names are looked up (model.roots; else $WORKBENCH_MODELS, else ./models)."""
         from workbench.lora import apply_loras
 
-        return apply_loras(self.components.transformer, list(items), fuse=fuse)
+        return apply_loras(self.components.transformer, list(items), fuse=fuse, roots=roots or None)
 
     @property
     def device(self) -> torch.device:
@@ -186,15 +188,19 @@ class Workbench:
     def generate(self, cfg: Config, callback: Optional[Callable] = None, progress: bool = True) -> list[GeneratedImage]:
         """Every (prompt, seed) pair of ``cfg``, ``cfg.batch_size`` images per forward pass."""
         timings: dict[str, float] = {}
-        self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse)  # a no-op when unchanged
+        self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
         with self._timed(timings, "references"):
-            images = [load_image(p) for p in cfg.images]
+            images = [load_image(p, f"images[{i}]") for i, p in enumerate(cfg.images)]
             refs = self.prepare_references(images, cfg.reference) if images else None
-            init = load_image(cfg.init_image) if cfg.init_image else None
+            init = load_image(cfg.init_image, "init_image") if cfg.init_image else None
         height, width = cfg.height, cfg.width
         if height is None:  # edit: the size of the last reference, like diffusers
             width, height = refs.vae_sizes[-1]
         width, height, size_note = snap(width, height)
+        if cfg.height is None:  # sized by the reference: estimate the memory now that the size is known
+            from workbench.config.schema import check_run_memory
+
+            check_run_memory(cfg, height, width, str(self.device))
         notes = [size_note] if size_note else []
         vlm_images = refs.vlm_images if refs else []
         with self._timed(timings, "references"):  # the init image is encoded once, for every chunk
@@ -208,6 +214,12 @@ class Workbench:
                 if cfg.sampler.cfg > 1
                 else None
             )
+        # prompts cut at max_sequence_length: said in each image's notes (the run prints them)
+        cut = encode_stage.truncation_notes(self.components.tokenizer, cfg.template, cond_all, cfg.max_sequence_length)
+        if uncond_one is not None:
+            cut_negative = encode_stage.truncation_notes(
+                self.components.tokenizer, cfg.template, uncond_one, cfg.max_sequence_length, label="negative_prompt")
+            notes = notes + list(cut_negative.values())
 
         jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
         results: list[GeneratedImage] = []
@@ -229,7 +241,8 @@ class Workbench:
             with self._timed(t, "decode"):
                 pil = self.decode(latents, height, width)
             for k, ((p, s), img) in enumerate(zip(chunk, pil)):
-                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, notes))
+                image_notes = notes + ([cut[p]] if p in cut else [])
+                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, image_notes))
         return results
 
     def _timed(self, timings: dict[str, float], name: str):

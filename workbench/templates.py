@@ -61,6 +61,8 @@ class RenderedPrompt:
     keep_from_char: int  # first character of the user content (everything before is dropped)
     prompt_span: tuple[int, int] = (0, 0)  # [start, end) of the prompt in ``text``
     escape: bool = False  # tokenize the prompt's special-token text as plain text
+    template: str = ""  # the template's name and drop_until marker, to word boundary errors
+    drop_until: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ def render(template: TemplateConfig, prompt: str, num_images: int = 0, tokenizer
         keep_from = 0
     else:
         keep_from = head.index(template.drop_until) + len(template.drop_until)
-    return RenderedPrompt(text=text, prompt=prompt, keep_from_char=keep_from, prompt_span=span, escape=escape)
+    return RenderedPrompt(text=text, prompt=prompt, keep_from_char=keep_from, prompt_span=span, escape=escape,
+                          template=template.name, drop_until=template.drop_until)
 
 
 def plain_tokenizer(tokenizer):
@@ -156,6 +159,48 @@ def _encode_escaped(tokenizer, rendered: RenderedPrompt) -> tuple[list[int], lis
     return ids, offsets
 
 
+def _boundary_error(rendered: RenderedPrompt, token: tuple[int, int]) -> TemplateError:
+    """The token ``token`` = (start, end) spans the end of the dropped prefix: say whose fault it is.
+
+    Inside the template's own text (or joined with a prompt that starts like any prompt would), the
+    template's ``drop_until`` is to blame; a prompt starting with whitespace that merges with the
+    marker's last characters is the prompt's."""
+    text, k, (p0, _) = rendered.text, rendered.keep_from_char, rendered.prompt_span
+    start, end = token
+    piece, marker, name = text[start:end], rendered.drop_until, rendered.template or "?"
+    if end <= p0 or k < p0:  # the token lies in the template's text: the marker cuts it
+        return TemplateError(
+            f"template '{name}': drop_until {marker!r} ends inside the token {piece!r} of the template text, so "
+            f"no token boundary follows the marker and the dropped prefix cannot end there. End drop_until "
+            f"where a token ends: {marker + text[k:end]!r} (through that token) or {marker[: len(marker) - (k - start)]!r} "
+            "(before it)"
+        )
+    if rendered.prompt[:1].isspace():
+        return TemplateError(
+            f"the template prefix and the prompt merge into one token {piece!r} at the boundary (char {k}): the "
+            f"prompt starts with whitespace that joins the end of drop_until {marker!r} (template '{name}'), so "
+            "the kept tokens would not start at the user content. Start the prompt without leading whitespace/newlines"
+        )
+    return TemplateError(
+        f"template '{name}': drop_until {marker!r} ends with {text[start:k]!r}, which the tokenizer joins with the "
+        f"start of the prompt into the token {piece!r}, so the dropped prefix cannot end at the marker. End "
+        "drop_until after a character the tokenizer always splits after, e.g. a newline as in '<|im_start|>user\\n'"
+    )
+
+
+def check_boundary(template: TemplateConfig, tokenizer=None) -> None:
+    """Tokenize ``template`` with a plain probe prompt: a ``drop_until`` that ends inside a token (or
+    merges with any prompt) fails here, at config time, naming the template and the marker."""
+    if template.drop_until is None:
+        return
+    if tokenizer is None:
+        from workbench.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    n = template.min_images
+    tokenize(tokenizer, render(template, "a", n, tokenizer), [(1, 2, 2)] * n)
+
+
 def tokenize(
     tokenizer,
     rendered: RenderedPrompt,
@@ -173,12 +218,11 @@ def tokenize(
         ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
     starts = [s for s, _ in offsets]
     drop = sum(1 for s in starts if s < rendered.keep_from_char)
-    if rendered.keep_from_char and drop < len(starts) and starts[drop] != rendered.keep_from_char:
-        raise TemplateError(
-            "the template prefix and the prompt merge into one token at the boundary "
-            f"(char {rendered.keep_from_char}); the kept tokens would not start at the user content. "
-            "Start the prompt without leading whitespace/newlines"
-        )
+    k = rendered.keep_from_char
+    # a token that starts in the prefix and ends after it: the kept tokens would not start at the user
+    # content (also when it is the last token, so that nothing would be kept of the prompt's start)
+    if k and drop and (offsets[drop - 1][1] > k or drop < len(starts) and starts[drop] != k):
+        raise _boundary_error(rendered, offsets[drop - 1])
     pads = [i for i, t in enumerate(ids) if t == IMAGE_PAD_ID]
     if len(pads) != len(image_grids):
         raise TemplateError(f"{len(pads)} {IMAGE_PAD} slot(s) in the text but {len(image_grids)} image(s)")

@@ -4,7 +4,9 @@ Registered in Hydra's ConfigStore (``register_configs``) so that an unknown key,
 enum value outside the allowed set fails at compose time with Hydra's message naming the key.
 Semantic checks that a type cannot express (prompt not empty, sizes multiple of 16, steps >= 1)
 live in ``__post_init__``; they run when ``OmegaConf.to_object`` turns the composed config into
-these dataclasses (see ``workbench.config.compose.to_run_config``).
+these dataclasses (see ``workbench.config.compose.to_run_config``). Every float field refuses NaN /
+Inf, and sizes, steps, batches, prompts and seeds are bounded by the limits documented in
+``workbench.config.limits`` (each error names the value and the limit), all before any model loads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from enum import Enum
 from typing import Optional
 
 from omegaconf import MISSING
+
+from workbench.config import limits
 
 
 class ConfigError(InputError):
@@ -321,10 +325,27 @@ class SamplerConfig:
     max_shift: float = 0.9
 
     def __post_init__(self) -> None:
+        limits.check_finite_fields(self, "sampler.", {
+            "cfg": f"a number in 1..{limits.MAX_CFG:g} (1 turns guidance off)",
+            "cfg_norm_strength": "a number >= 0 (ComfyUI CFGNorm strength)",
+            "shift": "a number > 0 (fixed shift, e.g. 3.0)",
+            "shift_terminal": "a number in (0, 1), or null to turn the terminal stretch off",
+        }, ConfigError)
         if self.steps < 1:
             raise ConfigError(f"sampler.steps must be >= 1, got {self.steps}")
+        if self.steps > limits.MAX_STEPS:
+            raise ConfigError(f"sampler.steps={self.steps} is over the limit of {limits.MAX_STEPS} steps; "
+                              "Qwen-Image needs 20-50 (Lightning LoRAs 4-8)")
         if self.cfg < 1.0:
             raise ConfigError(f"sampler.cfg must be >= 1 (1 turns guidance off), got {self.cfg}")
+        if self.cfg > limits.MAX_CFG:
+            raise ConfigError(f"sampler.cfg={self.cfg} is over the limit of {limits.MAX_CFG:g}; Qwen-Image uses 2.5-5")
+        if self.shift <= 0:
+            raise ConfigError(f"sampler.shift must be > 0, got {self.shift}; ComfyUI uses 3.1 (Lightning 3)")
+        if self.shift_terminal is not None and not 0.0 < self.shift_terminal < 1.0:
+            raise ConfigError(f"sampler.shift_terminal must be in (0, 1) or null, got {self.shift_terminal}")
+        if self.cfg_norm_strength < 0:
+            raise ConfigError(f"sampler.cfg_norm_strength must be >= 0, got {self.cfg_norm_strength}")
         if self.steps == 1 and self.shift_mode == ShiftMode.dynamic and self.shift_terminal is not None:
             raise ConfigError(
                 "sampler.steps=1 with shift_terminal set gives NaN sigmas (the terminal stretch divides "
@@ -340,7 +361,7 @@ class LoraAlpha(str, Enum):
 
 @dataclass
 class LoraItem:
-    """One LoRA file: a path, or a name under ``./models/loras/`` (see ``workbench.lora``)."""
+    """One LoRA file: a path, or a name under ``<root>/loras/`` of the model roots (see ``workbench.lora``)."""
 
     file: str = MISSING
     strength: float = 1.0  # 0 = exactly no LoRA; negative values subtract it
@@ -352,7 +373,10 @@ class LoraItem:
         if not str(self.file).strip():
             raise ConfigError("lora.items[].file is empty: give a path or a name under ./models/loras/")
         if not math.isfinite(self.strength):
-            raise ConfigError(f"lora.items[] {self.file!r}: strength must be a finite number, got {self.strength}")
+            raise ConfigError(
+                f"lora.items[].strength={self.strength} (file {self.file!r}) is not a finite number; expected a "
+                "finite number (1 = full strength, 0 = no LoRA, negative subtracts it)"
+            )
 
 
 @dataclass
@@ -363,14 +387,8 @@ class LoraConfig:
     items: list[LoraItem] = field(default_factory=list)
     fuse: bool = False  # merge into the weights (faster steps; exact unfuse on the next change)
 
-    def __post_init__(self) -> None:
-        from workbench.lora import resolve_lora_file  # fail at config time, before models load
-
-        for i, item in enumerate(self.items):
-            try:
-                resolve_lora_file(item.file)
-            except FileNotFoundError as err:
-                raise ConfigError(f"lora.items[{i}].file: {err}") from None
+    # The files are resolved by ``Config.__post_init__``: names are looked up under model.roots,
+    # which this section cannot see.
 
 
 # ----------------------------------------------------------------------------- precision
@@ -495,6 +513,8 @@ class ReferenceConfig:
         for key in ("vlm_area", "vae_area"):
             if getattr(self, key) < 28 * 28:
                 raise ConfigError(f"reference.{key} must be >= 784 pixels (one 28x28 VLM cell), got {getattr(self, key)}")
+            if getattr(self, key) > limits.MAX_PIXELS:
+                raise ConfigError(f"reference.{key}={getattr(self, key)} is over the limit of {limits.MAX_PIXELS} pixels")
 
 
 # ----------------------------------------------------------------------------- sweep executor
@@ -515,6 +535,8 @@ class ExecutorConfig:
     cpus_per_actor: float = 1.0  # ray
 
     def __post_init__(self) -> None:
+        limits.check_finite_fields(self, "executor.", {
+            "gpus_per_actor": "a number >= 0 (0 = CPU actors), or null", "cpus_per_actor": "a number > 0"}, ConfigError)
         if self.num_actors is not None and self.num_actors < 1:
             raise ConfigError(f"executor.num_actors must be >= 1 (or null: one per GPU), got {self.num_actors}")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
@@ -549,25 +571,24 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
+        limits.check_finite_fields(self, "", {"strength": "a number in (0, 1] (1 = the whole schedule)"}, ConfigError)
         if not self.prompts:
             raise ConfigError("prompts is empty: give at least one prompt, e.g. prompts='[a cat]'")
         for i, prompt in enumerate(self.prompts):
             if not prompt.strip():
                 raise ConfigError(f"prompts[{i}] is empty: write what the image should show")
+        for key, text in [(f"prompts[{i}]", p) for i, p in enumerate(self.prompts)] + [("negative_prompt", self.negative_prompt)]:
+            if len(text) > limits.MAX_PROMPT_CHARS:
+                raise ConfigError(f"{key} has {len(text)} characters, over the limit of {limits.MAX_PROMPT_CHARS}; "
+                                  f"only the first max_sequence_length={self.max_sequence_length} tokens are used anyway")
         if not self.seeds:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds='[0]'")
-        for key in ("height", "width"):
-            value = getattr(self, key)
-            if value is not None and (value < 16 or value % 16) and not self.snap_size:
-                lo, hi = max(16, value // 16 * 16), (value // 16 + 1) * 16
-                raise ConfigError(
-                    f"{key}={value} is not a positive multiple of 16 (8x VAE x 2x2 patches); use {lo} or {hi}, "
-                    "or snap_size=true to floor it (noted in the record)"
-                )
-        if (self.height is None) != (self.width is None):
-            raise ConfigError("height and width must both be set or both be null")
-        if self.height is None and not self.images:
-            raise ConfigError("height/width are null but no reference images are given to take the size from")
+        lo, hi = limits.SEED_RANGE
+        for i, seed in enumerate(self.seeds):
+            if not lo <= seed <= hi:
+                raise ConfigError(f"seeds[{i}]={seed} is outside the seed range {lo}..{hi} (2**64-1, what "
+                                  "torch.Generator.manual_seed accepts)")
+        self._check_size()
         if not 0.0 < self.strength <= 1.0:
             raise ConfigError(f"strength must be in (0, 1], got {self.strength}")
         if self.strength < 1.0 and self.init_image is None:
@@ -581,17 +602,99 @@ class Config:
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        n = len(self.images)
-        t = self.template
-        if n < t.min_images or n > t.max_images:
-            want = f"{t.min_images}" if t.min_images == t.max_images else f"{t.min_images}-{t.max_images}"
-            raise ConfigError(
-                f"template '{t.name}' takes {want} reference image(s) but images has {n}; "
-                + ("pick an edit template (template=qwen_edit_plus)" if n else "pass images='[path.png]'")
-            )
+        if self.batch_size > limits.MAX_BATCH:
+            raise ConfigError(f"batch_size={self.batch_size} is over the limit of {limits.MAX_BATCH} images per forward pass")
+        count = len(self.prompts) * len(self.seeds)
+        if count > limits.MAX_IMAGES:
+            raise ConfigError(f"{len(self.prompts)} prompts x {len(self.seeds)} seeds = {count} images, over the limit "
+                              f"of {limits.MAX_IMAGES} per run; split the run (or use a sweep)")
+        self._check_image_count()
         if not 1 <= self.max_sequence_length <= 4096:
             raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
         self._check_loras_fit_perf_and_precision()
+        self._check_template_boundary()
+        # the checks below look at the machine and the files: after every check of the values
+        limits.check_device(self.device, ConfigError)
+        if self.init_image is not None:
+            limits.open_image(self.init_image, "init_image", decode=False, error=ConfigError)
+        for i, path in enumerate(self.images):
+            limits.open_image(path, f"images[{i}]", decode=False, error=ConfigError)
+        self._check_lora_files()
+        self._check_memory()
+
+    def _check_size(self) -> None:
+        """Sides positive multiples of 16 (or snapped down to one), within MAX_SIDE and MAX_PIXELS."""
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if value < 16:  # never snapped: flooring cannot make a zero or negative side valid
+                raise ConfigError(f"{key}={value} is not a positive multiple of 16 (8x VAE x 2x2 patches); use 16 or "
+                                  "more (snap_size only floors sides >= 16)")
+            if value % 16 and not self.snap_size:
+                lo, hi = value // 16 * 16, (value // 16 + 1) * 16
+                raise ConfigError(
+                    f"{key}={value} is not a positive multiple of 16 (8x VAE x 2x2 patches); use {lo} or {hi}, "
+                    "or snap_size=true to floor it (noted in the record)"
+                )
+            if value > limits.MAX_SIDE:
+                raise ConfigError(f"{key}={value} is over the limit of {limits.MAX_SIDE} pixels per side")
+        if (self.height is None) != (self.width is None):
+            raise ConfigError("height and width must both be set or both be null")
+        if self.height is None and not self.images:
+            raise ConfigError("height/width are null but no reference images are given to take the size from")
+        if self.height is not None and self.height * self.width > limits.MAX_PIXELS:
+            raise ConfigError(f"height x width = {self.height}x{self.width} = {self.height * self.width} pixels, over "
+                              f"the limit of {limits.MAX_PIXELS} (4096x4096) pixels per image")
+
+    def _check_image_count(self) -> None:
+        """The reference images must fit the template; the message says what each edit template takes."""
+        n, t = len(self.images), self.template
+        if t.min_images <= n <= t.max_images:
+            return
+        want = f"{t.min_images}" if t.min_images == t.max_images else f"{t.min_images}-{t.max_images}"
+        edits = _edit_templates()
+        takes = ", ".join(f"{name} {lo if lo == hi else f'{lo}-{hi}'}" for name, (lo, hi) in edits.items())
+        fits = [name for name, (lo, hi) in edits.items() if lo <= n <= hi and name != t.name]
+        msg = f"template '{t.name}' takes {want} reference image(s) but images has {n}"
+        if n == 0:
+            raise ConfigError(f"{msg}; pass images='[path.png]'")
+        if fits:
+            raise ConfigError(f"{msg}; pick an edit template that takes {n}: template={fits[0]} "
+                              f"(reference images per edit template: {takes})")
+        most = max((hi for lo, hi in edits.values()), default=t.max_images)
+        raise ConfigError(f"{msg}; no edit template takes {n} (reference images per edit template: {takes}). Pass "
+                          f"at most {most}, e.g. combine several references into one image")
+
+    def _check_template_boundary(self) -> None:
+        """A drop_until that ends inside a token fails here, naming the template, not at encode time."""
+        t = self.template
+        if t.drop_until is None:
+            return
+        after = t.text[t.text.index(t.drop_until) + len(t.drop_until):][:1]
+        if t.drop_until.endswith("\n") and after and not after.isspace():
+            return  # Qwen's pre-tokenizer always ends a piece at a newline followed by a non-space: no need to tokenize
+        from workbench.templates import TemplateError, check_boundary
+
+        try:
+            check_boundary(t)
+        except TemplateError as err:
+            raise ConfigError(str(err)) from None
+
+    def _check_lora_files(self) -> None:
+        """LoRAs given by name are found under model.roots (else $WORKBENCH_MODELS, else ./models)."""
+        from workbench.lora import resolve_lora_file  # fail at config time, before models load
+
+        for i, item in enumerate(self.lora.items):
+            try:
+                resolve_lora_file(item.file, self.model.roots or None)
+            except FileNotFoundError as err:
+                raise ConfigError(f"lora.items[{i}].file: {err}") from None
+
+    def _check_memory(self) -> None:
+        """Refuse sizes whose activations alone cannot fit the free memory (estimate, before allocating)."""
+        if self.height is not None:  # else sized by the reference images: the pipeline checks once known
+            check_run_memory(self, self.height, self.width, self.device)
 
     def _check_loras_fit_perf_and_precision(self) -> None:
         """LoRA x compile x fp8 combinations workbench.lora refuses, caught before any model loads."""
@@ -610,6 +713,39 @@ class Config:
                 "hooks cannot run inside compiled blocks. Set lora.fuse=true (merged into the weights, no "
                 "recompile on strength changes) or perf.compile=none"
             )
+
+
+def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:
+    """``limits.check_memory`` for one forward batch of ``cfg`` at ``height`` x ``width`` on ``device``,
+    with the model's own widths (the tiny spec, or the real Qwen-Image's for model files)."""
+    bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
+    tiny = cfg.model.source == ModelSource.tiny
+    batch = min(cfg.batch_size, len(cfg.prompts) * len(cfg.seeds))
+    estimate = limits.estimate_bytes(
+        batch, height, width,
+        hidden=cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim if tiny else limits.REAL_HIDDEN,
+        vae_base_dim=cfg.model.tiny.vae.base_dim if tiny else limits.REAL_VAE_BASE_DIM,
+        transformer_bytes=bytes_of[DType(cfg.precision.transformer)], vae_bytes=bytes_of[DType(cfg.precision.vae)],
+        cfg_batch=2 if cfg.sampler.cfg > 1 else 1,
+    )
+    limits.check_memory(estimate, device, f"height={height} width={width} batch_size={batch}", ConfigError)
+
+
+def _edit_templates() -> dict[str, tuple[int, int]]:
+    """{name: (min_images, max_images)} of the shipped templates that take reference images."""
+    from omegaconf import OmegaConf
+
+    from workbench.config.compose import config_dir
+
+    found = {}
+    try:
+        for file in sorted((config_dir() / "template").glob("*.yaml")):
+            data = OmegaConf.load(file)
+            if int(data.get("max_images", 0) or 0) > 0:
+                found[str(data.get("name", file.stem))] = (int(data.get("min_images", 0)), int(data.max_images))
+    except Exception:  # noqa: BLE001 - only used to word a message; never hide the real error
+        pass
+    return found
 
 
 def register_configs() -> None:

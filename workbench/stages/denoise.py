@@ -117,7 +117,7 @@ def denoise(
             latents = (latents.float() + (sigma_next - sigma) * v.float()).to(latents.dtype)
         else:
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
-        check_finite(latents, v, i, len(sigmas) - 1)  # stops fp16 overflow at its first step, naming the fix
+        check_finite(latents, v, i, len(sigmas) - 1, sampler.cfg)  # stops fp16 overflow at its first step, naming the fix
         if callback is not None and callback(StepInfo(i, float(t), sigma, latents, x0)):
             raise Interrupted(f"interrupted by the step callback after step {i + 1} of {len(sigmas) - 1}")
     return latents

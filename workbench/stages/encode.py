@@ -66,3 +66,23 @@ def encode_prompts(
         prompts=list(prompts),
         image_grids=grids,
     )
+
+
+def truncation_notes(tokenizer, template: TemplateConfig, cond: Conditioning, max_sequence_length: int,
+                     label: str = "prompt") -> dict[int, str]:
+    """{item index: note} for the prompts of ``cond`` that ``encode_prompts`` cut at ``max_sequence_length``
+    (tokens after the dropped system prefix, vision tokens included): a cut prompt loses its end
+    without any error, so the run says it in the image's notes. Only items that reached the limit
+    are tokenized again."""
+    notes = {}
+    for i, ids in enumerate(cond.token_ids):
+        if len(ids) < max_sequence_length:
+            continue
+        grids = list(cond.image_grids)
+        full = tokenize(tokenizer, render(template, cond.prompts[i], len(grids), tokenizer), grids)
+        total = len(full.input_ids) - full.drop
+        if total > max_sequence_length:
+            name = f"prompt {i} (prompts[{i}])" if label == "prompt" else label
+            notes[i] = (f"{name}: truncated from {total} to {max_sequence_length} tokens (max_sequence_length); "
+                        "shorten it or raise max_sequence_length (at most 4096)")
+    return notes
