@@ -61,7 +61,7 @@ def test_multirun(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["sampler.stepz=3"], "Key 'stepz' not in 'SamplerConfig'"),
+        (["sampler.stepz=3"], "unknown key sampler.stepz; did you mean sampler.steps?"),
         (["template=nope"], "Could not find 'template/nope'"),
         (["height=100"], "height=100 is not a positive multiple of 16"),
         (["sampler.steps=0"], "sampler.steps must be >= 1"),
