@@ -137,7 +137,7 @@ def inside(folder: Path, name: Any, what: str) -> Path:
     if not target.is_relative_to(root):
         raise InputError(f"{what} = {name!r} points outside the record's folder {folder} (to {target}); "
                          "a record's files must stay inside its folder")
-    return target
+    return Path(folder) / name  # as the record names it (messages and reports stay readable); checked above
 
 
 def record_images(record: dict, path: Path) -> list[tuple[dict, Path]]:

@@ -153,7 +153,10 @@ def start_local_cluster(num_cpus: Optional[int] = None, num_gpus: Optional[int] 
 
     if ray.is_initialized():
         raise ExecutorError("start_local_cluster: Ray is already initialized in this process; call ray.shutdown() first")
-    root = Path(tempfile.mkdtemp(prefix="workbench-ray-"))  # mode 0700: only this user can enter it
+    # mode 0700: only this user can enter it. Under /tmp where there is one, as Ray's own default: its
+    # Unix socket paths (in here) must stay under 108 bytes, which macOS's long $TMPDIR would break
+    short = "/tmp" if os.name == "posix" and os.access("/tmp", os.W_OK) else None
+    root = Path(tempfile.mkdtemp(prefix="workbench-ray-", dir=short))
     token = root / "auth_token"
     fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -170,6 +173,11 @@ def start_local_cluster(num_cpus: Optional[int] = None, num_gpus: Optional[int] 
         AuthenticationTokenLoader.instance().reset_cache()  # a token cached from an earlier cluster is stale
         context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                            _node_ip_address="127.0.0.1", _temp_dir=str(root / "ray"), ignore_reinit_error=False)
+    except Exception as err:  # Ray raises bare Exceptions (e.g. "timed out during startup" on a loaded machine)
+        stop_local_cluster()
+        first = (str(err).splitlines() or [""])[0]
+        raise ExecutorError(f"could not start the local Ray cluster ({type(err).__name__}: {first}); "
+                            "retry, or give executor.address of a running cluster") from err
     except BaseException:
         stop_local_cluster()
         raise
