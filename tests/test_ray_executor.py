@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,26 +24,27 @@ RAY = ["executor=ray", "executor.num_actors=2", "executor.gpus_per_actor=0"]  # 
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_cluster():
+    """The workbench's own private cluster (loopback only, token auth on), 2 CPUs."""
     ray = pytest.importorskip("ray", reason="executor=ray needs ray: pip install qwen-image-workbench[ray]")
     from workbench.sweep import executors as sweep_executors
 
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # else Ray writes token files into ~/.ray
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    yield ray
-    sweep_executors.shutdown()
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = old
+    # a cluster address in the environment must not be joined: the workbench starts its own
+    old, os.environ["RAY_ADDRESS"] = os.environ.get("RAY_ADDRESS"), "192.0.2.1:6379"
+    try:
+        for attempt in range(3):  # Ray's raylet gives its agents 15 s to start: a loaded CI machine can miss it
+            try:
+                address = sweep_executors.start_local_cluster(num_cpus=2)
+                break
+            except ExecutorError as err:
+                if "timed out during startup" not in str(err) or attempt == 2:
+                    raise
+    finally:
+        os.environ.pop("RAY_ADDRESS") if old is None else os.environ.__setitem__("RAY_ADDRESS", old)
+    root = sweep_executors._LOCAL["root"]
+    yield ray, address, root
+    sweep_executors.stop_local_cluster()
+    assert not root.exists() and "RAY_AUTH_TOKEN_PATH" not in os.environ  # the token goes with the cluster
 
 
 def pixels(result) -> list[np.ndarray]:
@@ -143,3 +147,96 @@ def test_ray_cluster_too_small_is_refused(ray_cluster):
         RayExecutor(ExecutorConfig(name=ExecutorName.ray, num_actors=3, gpus_per_actor=0)).actors(3)
     with pytest.raises(ExecutorError, match="need 1 GPUs but the Ray cluster has 0.*gpus_per_actor \\(0 runs on CPUs\\)"):
         RayExecutor(ExecutorConfig(name=ExecutorName.ray, num_actors=1, gpus_per_actor=1)).actors(1)
+
+
+# ----------------------------------------------------------------------------- security (issue 12)
+def _ray_listening(ray_pids: set[int]) -> list[tuple[str, int, str]]:
+    import psutil
+
+    out = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in ray_pids:
+            out.append((conn.laddr.ip, conn.laddr.port, psutil.Process(conn.pid).name()))
+    return out
+
+
+def test_local_cluster_listens_on_loopback_only(ray_cluster):
+    import ipaddress
+
+    import psutil
+
+    _, address, root = ray_cluster
+    me = psutil.Process()
+    pids = {me.pid} | {p.pid for p in me.children(recursive=True)}  # GCS, raylet, agents, workers
+    listening = _ray_listening(pids)
+    names = {name for _, _, name in listening}
+    assert {"gcs_server", "raylet"} <= names, listening  # the servers were found
+    assert int(address.rsplit(":", 1)[1]) in {port for _, port, _ in listening}
+    for ip, port, name in listening:
+        addr = ipaddress.ip_address(ip)
+        loopback = addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+        assert loopback, f"{name} listens on {ip}:{port}"
+    # the token: Ray's token auth is on, with a token the workbench keeps private
+    token = root / "auth_token"
+    assert os.environ["RAY_AUTH_MODE"] == "token" and os.environ["RAY_AUTH_TOKEN_PATH"] == str(token)
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert len(token.read_text()) == 64
+
+
+CLIENT = """
+import sys, ray
+try:
+    ray.init(address=sys.argv[1], log_to_driver=False)
+    # num_cpus=0: the sweep actors of the earlier tests hold every CPU of the cluster
+    run_id = ray.remote(num_cpus=0)(lambda: __import__("subprocess").run(["id", "-u"], capture_output=True, text=True).stdout)
+    print("RAN", ray.get(run_id.remote(), timeout=120).strip())
+except Exception as err:
+    print("REFUSED", type(err).__name__, str(err).splitlines()[0][:300])
+"""
+
+
+def test_a_client_without_the_token_is_refused(ray_cluster, tmp_path):
+    """The attack of issue 12 (a second process joins and runs `id`) fails without the token, works with it."""
+    _, address, root = ray_cluster
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # an empty home (no ~/.ray/auth_token); loopback addresses kept as given, so the client reaches the GCS
+    env.update(HOME=str(tmp_path), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+
+    def client(**extra) -> tuple[str, str]:
+        proc = subprocess.run([sys.executable, "-c", CLIENT, address], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=300)
+        return proc.stdout.strip(), proc.stderr
+
+    refused = "Unauthenticated: RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
+    for extra in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):  # no token, a wrong one
+        out, err = client(**extra)
+        assert out.startswith("REFUSED ConnectionError") and refused in err, (out, err[-2000:])
+    out, err = client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "auth_token"))
+    assert out == f"RAN {os.getuid()}", (out, err[-2000:])  # the same client with the token gets in
+
+
+def test_joining_a_remote_cluster_needs_its_address_and_says_what_it_exposes(monkeypatch, capsys):
+    from workbench.config.schema import ExecutorConfig, ExecutorName
+    from workbench.sweep import executors as sweep_executors
+
+    calls = []
+
+    class FakeRay:  # records what the executor asks of Ray; no cluster is reached
+        def is_initialized(self):
+            return bool(calls)
+
+        def init(self, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr(sweep_executors, "_ANNOUNCED", set())
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    executor = RayExecutor(ExecutorConfig(name=ExecutorName.ray, address="ray://head:10001"))
+    executor.ray = FakeRay()
+    executor._connect()
+    executor._connect()  # connected: nothing more is said
+    assert calls == [{"address": "ray://head:10001", "ignore_reinit_error": True}]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("executor.address='ray://head:10001': joining an existing Ray cluster.")
+    assert "anyone who can reach that cluster's ports can run code on its nodes unless it uses Ray token authentication" in err
+    assert "RAY_AUTH_MODE=token is not set here, so this connection sends no token" in err
+    assert "RAY_AUTH_MODE" not in os.environ  # never switched off (or on) behind the user's back

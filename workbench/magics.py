@@ -66,7 +66,7 @@ class RecordView:
             "sampler.shift_mode", "height", "width", "seeds", "prompts")
 
     def __init__(self, path: str | Path):
-        from workbench.record import read_png_record
+        from workbench.record import read_png_record, read_record_json, record_images
 
         self.path = Path(path)
         if not self.path.is_file():
@@ -74,15 +74,19 @@ class RecordView:
         if self.path.suffix.lower() == ".png":
             self.record = read_png_record(self.path)
             self.files = [self.path]
-        else:
-            self.record = json.loads(self.path.read_text(encoding="utf-8"))
-            self.files = [self.path.parent / e["file"] for e in self.record.get("images", [])]
+        else:  # a record is data: its image files must stay inside its folder (they are embedded in the HTML)
+            self.record = read_record_json(self.path)
+            self.files = [png for _, png in record_images(self.record, self.path)]
 
     def settings(self) -> dict:
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.create(self.record.get("config", {}))
-        return {k: OmegaConf.select(cfg, k) for k in self.KEYS}
+        """The KEYS read as plain data: a record's ``${...}`` is shown as written, never resolved."""
+        out = {}
+        for key in self.KEYS:
+            value = self.record.get("config", {})
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            out[key] = value
+        return out
 
     def __repr__(self) -> str:
         return "RecordView(" + ", ".join(f"{k}={v!r}" for k, v in self.settings().items()) + ")"

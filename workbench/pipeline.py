@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Collection, Iterator, Optional
 
 import torch
 from PIL import Image
@@ -185,8 +185,14 @@ class Workbench:
         return decode_stage.to_pil(decode_stage.decode(self.components.vae, latents, height // f, width // f))
 
     # ----------------------------------------------------------------- whole runs
-    def generate(self, cfg: Config, callback: Optional[Callable] = None, progress: bool = True) -> list[GeneratedImage]:
-        """Every (prompt, seed) pair of ``cfg``, ``cfg.batch_size`` images per forward pass."""
+    def generate(self, cfg: Config, callback: Optional[Callable] = None, progress: bool = True,
+                 only: Optional[Collection[int]] = None) -> list[GeneratedImage]:
+        """Every (prompt, seed) pair of ``cfg``, ``cfg.batch_size`` images per forward pass.
+
+        ``only``: indices into the prompt-major (prompt, seed) list; just the forward batches holding
+        them run (``workbench reproduce IMAGE``). Prompts are still encoded together and batches cut
+        as in the full run, since both change the bits (padding, batch size).
+        """
         timings: dict[str, float] = {}
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
         with self._timed(timings, "references"):
@@ -225,6 +231,8 @@ class Workbench:
         results: list[GeneratedImage] = []
         for start in range(0, len(jobs), cfg.batch_size):
             chunk = jobs[start : start + cfg.batch_size]
+            if only is not None and not any(start <= j < start + len(chunk) for j in only):
+                continue
             t: dict[str, float] = dict(timings)
             cond = cond_all.select([p for p, _ in chunk])
             uncond = uncond_one.select([0] * len(chunk)) if uncond_one is not None else None

@@ -4,19 +4,32 @@ A record (``record.json``, or the ``workbench`` text chunk of one image) holds t
 so the run can be repeated exactly; the comparison says whether the result is bit-identical, and if
 not, how far it is (PSNR, max abs pixel difference) and which recorded inputs changed (library
 versions, model identity and file hashes, device, git commit, reference image hashes) to explain it.
-Exit code: 0 all identical, 1 some image differs, 2 bad input.
+``record.json`` re-runs every image; a PNG re-runs only that image (its forward batch, as batched and
+conditioned in the original run, so its bits can match).
+
+A record is data: its strings are never interpolated (``${...}`` stays literal text), the image files it
+names must stay inside its folder, a config missing a group or key is refused rather than filled with
+defaults, and the output folder may not hold the inputs. The re-run is written to a hidden folder next
+to the output and moved into place only when complete.
+Exit code: 0 all identical, 1 some image differs, 2 bad input (one line, no traceback), 3 the re-run failed.
 """
 
 from __future__ import annotations
 
-from workbench.errors import InputError
 import argparse
+import dataclasses
 import json
 import math
+import os
+import re
+import shutil
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from workbench.errors import InputError, WorkbenchError, exit_code
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,52 +38,180 @@ class ReproduceError(InputError):
     """The input cannot be reproduced (not a record, no config, a missing file)."""
 
 
-def load_source(path: Path) -> tuple[dict, list[tuple[dict, Path]]]:
-    """The record and [(image entry, stored PNG)] to compare against."""
-    from workbench.record import read_png_record
-
-    path = Path(path)
+def _is_png(path: Path) -> bool:
     if not path.is_file():
         raise ReproduceError(f"{path} not found: give a record.json or a PNG written by `workbench run`")
     with open(path, "rb") as f:
-        is_png = f.read(8) == PNG_MAGIC
-    if is_png:
-        try:
-            record = read_png_record(path)
-        except ValueError as err:  # no chunk, or a chunk that is not JSON
-            raise ReproduceError(str(err)) from None
-        if not isinstance(record.get("image"), dict):
-            raise ReproduceError(f"{path}: its 'workbench' chunk has no 'image' entry")
-        stored = [(record["image"], path)]
+        return f.read(8) == PNG_MAGIC
+
+
+def load_source(path: Path) -> tuple[dict, list[tuple[dict, Path]]]:
+    """The record and [(image entry, stored PNG)] to compare against, every file checked readable."""
+    from workbench.record import check_png, read_png_record, read_record_json, record_images
+
+    path = Path(path)
+    if _is_png(path):
+        record = read_png_record(path)
+        entry = record.get("image")
+        if not isinstance(entry, dict):
+            raise ReproduceError(f"{path}: its 'workbench' chunk has no 'image' entry (an object with prompt and seed)")
+        stored = [(entry, path)]
     else:
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ReproduceError(f"{path} is neither a PNG nor a JSON record: {err}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("images"), list):
+        record = read_record_json(path)
+        if not isinstance(record.get("images"), list) and not isinstance(record.get("config"), dict):
             raise ReproduceError(f"{path} is JSON but not a workbench record.json (no 'images' list)")
-        stored = [(e, path.parent / e["file"]) for e in record["images"]]
+        stored = record_images(record, path)
+        for _, png in stored:
+            if not png.is_file():
+                raise ReproduceError(f"stored image {png} is missing: nothing to compare against")
+            check_png(png)
     if not isinstance(record.get("config"), dict):
         raise ReproduceError(f"{path}: the record has no resolved 'config' to re-run")
     return record, stored
 
 
-def rerun(record: dict, output_dir: Path) -> dict:
-    """Run the record's resolved config again into ``output_dir``; returns the new record."""
+# ----------------------------------------------------------------------------- the recorded config
+def _escape(text: str) -> str:
+    """``text`` as an OmegaConf literal: each ``${`` escaped (with the backslashes before it doubled)."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def literal(value: Any) -> Any:
+    """A record's values with every string escaped, so OmegaConf reads them as text and resolves nothing."""
+    if isinstance(value, str):
+        return _escape(value)
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    return value
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flat(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: obj}
+
+
+def recorded_config(record: dict, source: Path):
+    """(OmegaConf config, typed ``Config``, [{key, default}] of nested keys the record lacks).
+
+    A missing config group or top-level key is refused: filling it with the schema's defaults would
+    re-run something else and call it a reproduction. A nested key the record lacks (a record of an
+    older schema) gets its default and is reported as "not recorded, default used".
+    """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from workbench.config.compose import to_run_config
     from workbench.config.schema import Config, ConfigError
+
+    recorded = record["config"]
+    required = [f.name for f in dataclasses.fields(Config) if f.name != "executor"]  # executor: never recorded by cells
+    missing = [k for k in required if k not in recorded]
+    if missing:
+        raise ReproduceError(
+            f"{source}: the recorded config lacks {', '.join(missing)}; a record written by `workbench run` has "
+            "every config group and key, and filling them with defaults would re-run something else"
+        )
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), literal(recorded))
+        merged = OmegaConf.to_container(cfg, resolve=False)
+    except OmegaConfBaseException as err:
+        where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"{source}: the recorded config does not fit this version's schema{where}: "
+                          f"{str(err).splitlines()[0]}") from None
+    have = _flat(recorded)
+    defaults = [{"key": k, "default": v} for k, v in _flat(merged).items()
+                if k not in have and not k.startswith("executor.") and not any(h.startswith(k + ".") for h in have)]
+    try:
+        run_cfg = to_run_config(cfg)  # every check before anything is written or loaded
+    except ConfigError as err:
+        raise ConfigError(f"{source}: the recorded config is not valid here: {err}") from None
+    return cfg, run_cfg, defaults
+
+
+def job_index(run_cfg, entry: dict, source: Path) -> int:
+    """The position of ``entry`` (prompt, seed) in the run's prompt-major (prompt, seed) list."""
+    jobs = [(p, s) for p in run_cfg.prompts for s in run_cfg.seeds]
+    want = (entry.get("prompt"), entry.get("seed"))
+    m = re.match(r"(?:.*/)?(\d+)-", str(entry.get("file", "")))  # run names images NNN-seedS-slug.png
+    if m and int(m.group(1)) < len(jobs) and jobs[int(m.group(1))] == want:
+        return int(m.group(1))  # the same prompt and seed twice in a run: the file name says which
+    if want in jobs:
+        return jobs.index(want)
+    raise ReproduceError(f"{source}: its image (prompt {want[0]!r:.80}, seed {want[1]!r}) is not one of the recorded "
+                         "config's prompts x seeds; the chunk was edited")
+
+
+# ----------------------------------------------------------------------------- re-running
+def rerun_image(cfg, run_cfg, job: int, output_dir: Path) -> dict:
+    """Re-run one image (its forward batch) into ``output_dir``; returns the new record (one image).
+
+    Prompts are encoded together and batches cut as in the full run (``generate(only=...)``), since
+    both change the bits; the files are named and recorded as ``workbench run`` does.
+    """
+    from omegaconf import OmegaConf
+
+    from workbench import record as rec
+    from workbench.pipeline import Workbench
+    from workbench.run import _slug
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # escaped strings come back as their literal text
+    bench = Workbench.from_config(run_cfg)
+    results = bench.generate(run_cfg, progress=False, only=[job])
+    r = results[job - job // run_cfg.batch_size * run_cfg.batch_size]
+    base = {"config": resolved, **rec.provenance(bench, run_cfg, resolved)}
+    name = f"images/{job:03d}-seed{r.seed}-{_slug(r.prompt)}.png"
+    entry = {
+        "file": name,
+        "prompt": r.prompt,
+        "negative_prompt": run_cfg.negative_prompt if run_cfg.sampler.cfg > 1 else None,
+        "seed": r.seed,
+        "reference_sha256": [x["sha256"] for x in base["reference_images"]],
+        "width": r.image.width,
+        "height": r.image.height,
+        "timings_s": {k: round(v, 6) for k, v in r.timings.items()},
+        "notes": r.notes,
+    }
+    rec.save_png(output_dir / name, r.image, base | {"image": entry})
+    record = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **base, "images": [entry]}
+    rec.atomic_write_json(output_dir / "record.json", record)
+    return record
+
+
+def rerun(cfg, output_dir: Path) -> dict:
+    """Run the whole recorded config again into ``output_dir``; returns the new record."""
     from workbench.run import run
 
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), record["config"])
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"the recorded config does not fit this version's schema: {err}") from None
     path = run(cfg, output_dir, progress=False)
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def check_output(output_dir: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder that holds an input (the re-run would overwrite what it compares with)
+    or that already has files in it."""
+    out = Path(output_dir).resolve()
+    for p in inputs:
+        r = Path(p).resolve()
+        if r == out or out in r.parents:
+            raise ReproduceError(f"output folder {output_dir} holds the input {p}: the re-run would overwrite what it "
+                                 "compares against; give -o a new folder outside it")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ReproduceError(f"output folder {output_dir} is a file; give -o a new folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ReproduceError(f"output folder {output_dir} is not empty; give -o a new or empty folder")
+
+
+# ----------------------------------------------------------------------------- comparing
 def compare_images(old_path: Path, new_path: Path) -> dict[str, Any]:
     """Pixel comparison: identical, or PSNR (dB, 8-bit) and max abs difference."""
     import numpy as np
@@ -88,20 +229,6 @@ def compare_images(old_path: Path, new_path: Path) -> dict[str, Any]:
         "max_abs_diff": int(d.max()),
         "pixels_differing": int(d.any(axis=-1).sum()),
     }
-
-
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flat(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: obj}
 
 
 CHANGE_FIELDS = ("versions", "models", "model_files", "device", "git_commit", "reference_images", "init_image")
@@ -129,31 +256,69 @@ def _match(entry: dict, new_entries: list[dict]) -> dict | None:
     return next((e for e in new_entries if e.get("prompt") == entry.get("prompt") and e.get("seed") == entry.get("seed")), None)
 
 
-def reproduce(path: Path, output_dir: Path) -> dict[str, Any]:
+def _created_dirs(folder: Path) -> list[Path]:
+    """The folders ``folder.mkdir(parents=True)`` would create, deepest first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def reproduce(path: Path, output_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Re-run ``path`` (record.json: every image; PNG: that image) into ``output_dir`` and compare.
+
+    Everything is checked before anything is written; the re-run goes to a hidden folder beside
+    ``output_dir`` and is renamed into place when complete, so a failure leaves nothing behind.
+    ``output_dir`` None: a new temporary folder.
+    """
+    path = Path(path)
     record, stored = load_source(path)
-    for _, png in stored:
-        if not png.is_file():
-            raise ReproduceError(f"stored image {png} is missing: nothing to compare against")
-    new = rerun(record, output_dir)
+    cfg, run_cfg, defaults = recorded_config(record, path)
+    job = job_index(run_cfg, stored[0][0], path) if _is_png(path) else None
+    if output_dir is None:
+        output_dir = Path(tempfile.mkdtemp(prefix="workbench-reproduce-"))
+        made = [output_dir]  # ours: removed again on failure
+    else:
+        output_dir = Path(output_dir)
+        check_output(output_dir, [path, *(png for _, png in stored)])
+        made = _created_dirs(output_dir.parent)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.partial-"))
+    try:
+        new = rerun_image(cfg, run_cfg, job, stage) if job is not None else rerun(cfg, stage)
+        if output_dir.is_dir():
+            output_dir.rmdir()  # empty (checked above): replaced by the complete re-run
+        os.rename(stage, output_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
     images = []
     for entry, png in stored:
         match = _match(entry, new["images"])
         if match is None:
             images.append({"file": str(png), "identical": False, "error": "the re-run made no image for this prompt/seed"})
             continue
-        images.append({"file": str(png), "new_file": str(Path(output_dir) / match["file"]), "prompt": entry.get("prompt"),
-                       "seed": entry.get("seed"), **compare_images(png, Path(output_dir) / match["file"])})
+        new_file = output_dir / match["file"]
+        images.append({"file": str(png), "new_file": str(new_file), "prompt": entry.get("prompt"),
+                       "seed": entry.get("seed"), **compare_images(png, new_file)})
     return {
         "source": str(path),
         "output_dir": str(output_dir),
+        "rerun": "image" if job is not None else "record",
         "identical": all(i["identical"] for i in images),
         "images": images,
         "changed_inputs": changed_inputs(record, new),
+        "not_recorded": defaults,
     }
 
 
 def _print(report: dict) -> None:
     print(f"reproduced {report['source']} into {report['output_dir']}")
+    if report.get("rerun") == "image":
+        print("  (re-ran this image only: its prompt and seed, batched as in the original run)")
     for img in report["images"]:
         if img.get("error"):
             print(f"  DIFFERS  {img['file']}: {img['error']}")
@@ -164,10 +329,17 @@ def _print(report: dict) -> None:
         else:
             print(f"  DIFFERS  {img['file']}: PSNR {img['psnr_db']} dB, max abs pixel diff {img['max_abs_diff']}, "
                   f"{img['pixels_differing']} pixels differ")
+    not_recorded = report.get("not_recorded") or []
+    if not_recorded:
+        print("not recorded in the stored config, default used:")
+        for d in not_recorded:
+            print(f"  {d['key']} = {d['default']!r}")
     if report["changed_inputs"]:
         print("inputs that changed since the stored run:")
         for c in report["changed_inputs"]:
             print(f"  {c['field']}: {c['old']!r} -> {c['new']!r}")
+    elif not_recorded:
+        print(f"no recorded input changed, but {len(not_recorded)} config value(s) were not recorded (defaults above)")
     else:
         print("no recorded input changed (versions, models, model files, device, git commit, reference images)")
     print("result: " + ("identical" if report["identical"] else "differs"))
@@ -175,17 +347,20 @@ def _print(report: dict) -> None:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="workbench reproduce",
-                                description="Re-run a record.json or a workbench PNG and compare with the stored image(s).")
+                                description="Re-run a record.json (every image) or a workbench PNG (that image) "
+                                            "and compare with the stored image(s).")
     p.add_argument("source", help="record.json of a run, or one PNG it wrote")
-    p.add_argument("-o", "--output", help="folder for the re-run (default: a new temporary folder)")
+    p.add_argument("-o", "--output", help="new folder for the re-run, outside the run's folder "
+                                          "(default: a new temporary folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
-    from workbench.config.schema import ConfigError
 
-    out = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="workbench-reproduce-"))
     try:
-        report = reproduce(Path(args.source), out)
-    except (ReproduceError, ConfigError, FileNotFoundError) as err:
+        report = reproduce(Path(args.source), Path(args.output) if args.output else None)
+    except WorkbenchError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return exit_code(err)
+    except FileNotFoundError as err:  # a reference image or model file the record names is gone
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

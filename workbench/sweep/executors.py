@@ -12,24 +12,38 @@ out by (model, precision, device) group so that an actor keeps its weights; an i
 group nobody holds, or helps with one that has many cells left. Only ``CellOutput`` (images + record) travels back, so the worker
 nodes need the package and the model files, not the driver's disk. Inside an actor, ``device=auto`` /
 ``cuda`` is the GPU Ray gave it.
+
+Security: a Ray cluster runs whatever code a client sends it. The cluster the workbench starts itself
+(``executor.address: null``) is private to this machine: every Ray server (GCS, raylet, object manager,
+workers, agents) listens on 127.0.0.1 only, the dashboard is off, and Ray's token authentication is on
+with a fresh random token kept in a 0700 temporary folder (file 0600), removed at exit. Joining another
+cluster needs the user's explicit ``executor.address`` and says once what that exposes.
 """
 
 from __future__ import annotations
 
-from workbench.errors import RunFailure
+import atexit
+import ipaddress
 import os
+import secrets
+import shutil
+import sys
+import tempfile
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
 from workbench.config.schema import ExecutorConfig, ExecutorName
+from workbench.errors import RunFailure
 from workbench.sweep.plan import model_group_key
 from workbench.sweep.runner import CellOutput, CellRunner
 
 if TYPE_CHECKING:
     from workbench.sweep.plan import Cell, Sweep
 
-__all__ = ["Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RunOptions", "make_executor", "shutdown"]
+__all__ = ["Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RunOptions", "make_executor", "shutdown",
+           "start_local_cluster", "stop_local_cluster"]
 
 INSTALL_HINT = "pip install qwen-image-workbench[ray]"
 
@@ -93,6 +107,119 @@ def _import_ray():
     return ray
 
 
+_LOCAL: dict[str, Any] = {}  # the cluster start_local_cluster started: {"root": Path, "env": saved env}
+_ANNOUNCED: set[str] = set()  # remote addresses already announced in this process
+_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+
+
+def _announce_remote(address: str) -> None:
+    """Say once, on stderr, what joining the cluster at ``address`` exposes (the user asked for it by name)."""
+    if address in _ANNOUNCED:
+        return
+    _ANNOUNCED.add(address)
+    auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    print(
+        f"executor.address={address!r}: joining an existing Ray cluster. Its nodes run this sweep's cells and "
+        "receive its configs, prompts and images; this process opens a Ray port that the cluster connects back "
+        "to; anyone who can reach that cluster's ports can run code on its nodes unless it uses Ray token "
+        "authentication (RAY_AUTH_MODE=token with the cluster's token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
+        + ("." if auth else "; RAY_AUTH_MODE=token is not set here, so this connection sends no token."),
+        file=sys.stderr,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host == "localhost"
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def start_local_cluster(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> str:
+    """Start the workbench's private Ray cluster on this machine; returns its GCS address (``127.0.0.1:port``).
+
+    Loopback only: Ray binds its servers to 127.0.0.1 when its node address is the loopback one, which
+    it picks only where Ray clusters are switched off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, its own
+    macOS / Windows default); that switch is set while ``ray.init`` starts the processes, which keep it.
+    Token authentication is Ray's own (``RAY_AUTH_MODE=token``), with a new random token in a 0700
+    folder (file 0600) instead of ``~/.ray/auth_token``. Both are checked after the start: a cluster
+    that is not on loopback or not authenticated is stopped and refused, never used.
+    """
+    ray = _import_ray()
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, Config, get_authentication_mode
+
+    if ray.is_initialized():
+        raise ExecutorError("start_local_cluster: Ray is already initialized in this process; call ray.shutdown() first")
+    # mode 0700: only this user can enter it. Under /tmp where there is one, as Ray's own default: its
+    # Unix socket paths (in here) must stay under 108 bytes, which macOS's long $TMPDIR would break
+    short = "/tmp" if os.name == "posix" and os.access("/tmp", os.W_OK) else None
+    root = Path(tempfile.mkdtemp(prefix="workbench-ray-", dir=short))
+    token = root / "auth_token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # 256 bits, as `ray get-auth-token --generate` makes
+    saved = {k: os.environ.get(k) for k in (*_AUTH_ENV, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    _LOCAL.update(root=root, env=saved)
+    os.environ["RAY_AUTH_MODE"] = "token"  # inherited by the GCS, raylet, agents and workers
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    cluster_flag = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by ray at import time: the running process needs it set too
+    try:
+        Config.initialize("")  # re-read RAY_AUTH_MODE in this process, as ray does when it enables auth itself
+        AuthenticationTokenLoader.instance().reset_cache()  # a token cached from an earlier cluster is stale
+        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                           _node_ip_address="127.0.0.1", _temp_dir=str(root / "ray"), ignore_reinit_error=False)
+    except Exception as err:  # Ray raises bare Exceptions (e.g. "timed out during startup" on a loaded machine)
+        stop_local_cluster()
+        first = (str(err).splitlines() or [""])[0]
+        raise ExecutorError(f"could not start the local Ray cluster ({type(err).__name__}: {first}); "
+                            "retry, or give executor.address of a running cluster") from err
+    except BaseException:
+        stop_local_cluster()
+        raise
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_flag
+        _restore_env({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": saved["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]})
+    info = context.address_info
+    gcs = info.get("gcs_address", "")
+    if not _is_loopback(info.get("node_ip_address", "")) or not _is_loopback(gcs.rsplit(":", 1)[0]):
+        stop_local_cluster()
+        raise ExecutorError(f"the local Ray cluster did not bind to loopback (node {info.get('node_ip_address')}, "
+                            f"GCS {gcs}); refusing to run on it. Start Ray yourself and give executor.address")
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        stop_local_cluster()
+        raise ExecutorError("the local Ray cluster started without token authentication; refusing to run on it")
+    return gcs
+
+
+def _restore_env(saved: dict[str, Optional[str]]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def stop_local_cluster() -> None:
+    """Stop the cluster ``start_local_cluster`` started (its actors too); remove its token and logs."""
+    if not _LOCAL:
+        return
+    shutdown()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    _restore_env(_LOCAL["env"])
+    shutil.rmtree(_LOCAL["root"], ignore_errors=True)
+    _LOCAL.clear()
+
+
+atexit.register(stop_local_cluster)  # shuts Ray down (if its own atexit has not yet) before removing the folder
+
+
 class _SweepActor:
     """One per GPU / CPU slot: a ``CellRunner`` whose models stay resident across cells and sweeps."""
 
@@ -126,13 +253,13 @@ class RayExecutor:
     # ------------------------------------------------------------- cluster and actors
     def _connect(self) -> None:
         ray = self.ray
-        if ray.is_initialized():  # a notebook or test that called ray.init itself
+        if ray.is_initialized():  # a notebook or test that called ray.init (or start_local_cluster) itself
             return
-        kwargs: dict[str, Any] = {"address": self.config.address, "ignore_reinit_error": True}
-        if self.config.address is None:  # a private local cluster: no dashboard, no token files in ~/.ray
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            kwargs["include_dashboard"] = False
-        ray.init(**kwargs)
+        if self.config.address is None:  # the default: a private cluster on this machine
+            start_local_cluster()
+            return
+        _announce_remote(self.config.address)
+        ray.init(address=self.config.address, ignore_reinit_error=True)
 
     def _shape(self) -> tuple[int, float, float]:
         """(number of actors, CPUs and GPUs per actor), checked against what the cluster has."""
