@@ -66,7 +66,7 @@ def test_multirun(tmp_path):
         (["height=100"], "height=100 is not a positive multiple of 16"),
         (["sampler.steps=0"], "sampler.steps must be >= 1"),
         (["precision=fp8_torchao", "device=cpu"], "fp8_torchao (precision=fp8_torchao) runs fp8 matrix multiplies on a CUDA GPU"),
-        (['prompts=["a cat<|im_end|>"]'], "prompt contains control token(s) ['<|im_end|>']"),
+        (['prompts=["a cat<|im_end|>"]'], "prompts[0] contains control token(s) ['<|im_end|>']"),
         (["precision=fp8_e4m3fn", "perf=fast"], "perf.compile=regional (perf=fast) cannot compile a transformer with "
          "precision.transformer_storage=float8_e4m3fn (precision=fp8_e4m3fn)"),
         (["perf.inductor_mode=fastest"], "Invalid value 'fastest', expected one of [default, max_autotune_no_cudagraphs"),

@@ -15,6 +15,7 @@ from PIL import Image
 from workbench.config import ConfigError, compose, to_run_config
 from workbench.config import limits
 from workbench.config.compose import ComposeError
+from workbench.templates import TemplateError
 
 
 def refused(*overrides: str) -> str:
@@ -347,3 +348,25 @@ def test_images_for_a_text_to_image_template_point_at_the_edit_template_that_fit
         "template 'qwen_t2i' takes 0 reference image(s) but images has 2; pick an edit template that takes 2: "
         "template=qwen_edit_plus")
     assert "template=qwen_edit " in refused(f"images=[{ref}]")
+
+
+# ----------------------------------------------------------------------------- control tokens at config time
+def test_control_tokens_refused_at_config_time_before_any_model(monkeypatch):
+    """A prompt smuggling <|im_end|> was refused only at encode time, after ~40 s of model loading."""
+    import workbench.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline.Workbench, "from_config", lambda *a, **k: pytest.fail("models were built"))
+    with pytest.raises(TemplateError, match=r"^prompts\[1\] contains control token\(s\) \['<\|im_end\|>'\].*template.control_tokens=escape"):
+        to_run_config(compose(['prompts=["a cat", "a dog<|im_end|>"]']))
+    with pytest.raises(TemplateError, match=r"^negative_prompt contains control token\(s\) \['<\|im_start\|>'\]"):
+        to_run_config(compose(["sampler.cfg=4", "negative_prompt='<|im_start|>system'"]))
+    # the negative prompt is not used at cfg 1, and an escaping template encodes the text as plain text
+    to_run_config(compose(["negative_prompt='<|im_start|>system'"]))
+    to_run_config(compose(['prompts=["a dog<|im_end|>"]', "template.control_tokens=escape"]))
+
+
+def test_vendored_control_token_list_equals_the_tokenizers():
+    from workbench.tokenizer import control_tokens, load_tokenizer, vendored_control_tokens
+
+    assert list(vendored_control_tokens()) == control_tokens(load_tokenizer())
+    assert "<|im_end|>" in vendored_control_tokens() and len(vendored_control_tokens()) == 22

@@ -23,7 +23,7 @@ commands:
   models [--root DIR] [--json]      list model files found (kind, variant, dtype, size) by the names configs use
 
 exit codes: 0 done, 2 bad input (one line, refused before any work), 3 the run failed (one line saying
-what was written), 130 interrupted, 1 a bug (traceback). `workbench run --help` for run's keys.
+what was written), 4 reproduce: the re-run differs, 130 interrupted, 1 a bug (traceback). `workbench run --help` for run's keys.
 """
 
 
@@ -276,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(f"\nworkbench {verb}: interrupted", file=sys.stderr, flush=True)
         return exit_code(err)
+    except BrokenPipeError:  # `workbench tokens ... | head`: the reader left; not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe
+        return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_BUG = 1  # an uncaught exception: Python prints its traceback and exits 1
 EXIT_INPUT = 2  # bad input (config, file, record, workflow), refused with a one-line message
 EXIT_RUNTIME = 3  # accepted input, failure while running (write failed, out of memory, non-finite)
+EXIT_DIFFERS = 4  # `workbench reproduce`: the re-run finished and differs from the stored image(s)
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from workbench.errors import InputError, WorkbenchError, exit_code
+from workbench.errors import EXIT_DIFFERS, EXIT_OK, InputError, WorkbenchError, exit_code
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -231,7 +231,7 @@ def compare_images(old_path: Path, new_path: Path) -> dict[str, Any]:
     }
 
 
-CHANGE_FIELDS = ("versions", "models", "model_files", "device", "git_commit", "reference_images", "init_image")
+CHANGE_FIELDS = ("versions", "models", "model_files", "device", "git_commit", "git_dirty", "reference_images", "init_image")
 
 
 def changed_inputs(old: dict, new: dict) -> list[dict]:
@@ -341,7 +341,7 @@ def _print(report: dict) -> None:
     elif not_recorded:
         print(f"no recorded input changed, but {len(not_recorded)} config value(s) were not recorded (defaults above)")
     else:
-        print("no recorded input changed (versions, models, model files, device, git commit, reference images)")
+        print("no recorded input changed (versions, models, model files, device, git commit and dirty flag, reference images)")
     print("result: " + ("identical" if report["identical"] else "differs"))
 
 
@@ -367,4 +367,4 @@ def main(argv: list[str]) -> int:
         print(json.dumps(report, indent=2, default=str))
     else:
         _print(report)
-    return 0 if report["identical"] else 1
+    return EXIT_OK if report["identical"] else EXIT_DIFFERS

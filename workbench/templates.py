@@ -73,9 +73,39 @@ class TokenizedPrompt:
     vision_tokens: list[int]  # expanded <|image_pad|> count per image
 
 
-def _special_pattern(tokenizer) -> re.Pattern:
+def _special_pattern(tokens) -> re.Pattern:
     """Leftmost-longest match of every added token, as the tokenizer splits them out."""
-    return re.compile("|".join(re.escape(t) for t in sorted(control_tokens(tokenizer), key=len, reverse=True)))
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+def injected_control_tokens(template: TemplateConfig, prompt: str, tokens, images: str = "") -> list[str]:
+    """Control tokens (of ``tokens``) that ``prompt`` would inject into ``template``: inside the
+    prompt, or formed together with the template text around it. Empty when the template escapes."""
+    if ControlTokens(template.control_tokens) == ControlTokens.escape:
+        return []
+    head, tail = template.text.split("{prompt}")
+    head = head.replace("{images}", images)
+    text, span = head + prompt + tail.replace("{images}", images), (len(head), len(head) + len(prompt))
+    return sorted({m.group() for m in _special_pattern(tokens).finditer(text) if m.end() > span[0] and m.start() < span[1]})
+
+
+def control_token_error(template: TemplateConfig, found: list[str], key: str = "prompt") -> TemplateError:
+    return TemplateError(
+        f"{key} contains control token(s) {found}: they would be injected into the template "
+        f"'{template.name}' (diffusers' str.format lets them through). Remove them from the prompt, "
+        "or set template.control_tokens=escape to encode them as plain text"
+    )
+
+
+def check_prompts(template: TemplateConfig, prompts: dict[str, str]) -> None:
+    """Config-time check (before any model loads) of ``{key: prompt}`` against the vendored
+    tokenizer's control tokens, the same added tokens every Qwen2.5-VL tokenizer has."""
+    from workbench.tokenizer import vendored_control_tokens
+
+    for key, prompt in prompts.items():
+        found = injected_control_tokens(template, prompt, vendored_control_tokens())
+        if found:
+            raise control_token_error(template, found, key)
 
 
 def render(template: TemplateConfig, prompt: str, num_images: int = 0, tokenizer=None) -> RenderedPrompt:
@@ -90,15 +120,10 @@ def render(template: TemplateConfig, prompt: str, num_images: int = 0, tokenizer
     text = head + prompt + tail
     span = (len(head), len(head) + len(prompt))
     escape = ControlTokens(template.control_tokens) == ControlTokens.escape
-    if tokenizer is not None and not escape:
-        # matches touching the prompt: inside it, or formed together with the template text around it
-        found = sorted({m.group() for m in _special_pattern(tokenizer).finditer(text) if m.end() > span[0] and m.start() < span[1]})
+    if tokenizer is not None:
+        found = injected_control_tokens(template, prompt, control_tokens(tokenizer), images)
         if found:
-            raise TemplateError(
-                f"prompt contains control token(s) {found}: they would be injected into the template "
-                f"'{template.name}' (diffusers' str.format lets them through). Remove them from the prompt, "
-                "or set template.control_tokens=escape to encode them as plain text"
-            )
+            raise control_token_error(template, found)
     if template.drop_until is None:
         keep_from = 0
     else:
@@ -136,7 +161,7 @@ def _encode_escaped(tokenizer, rendered: RenderedPrompt) -> tuple[list[int], lis
     except that only the template's own added tokens count: special-token text in the prompt stays
     plain text. For a prompt without such text this gives exactly the ids of a normal call."""
     text, (p0, p1) = rendered.text, rendered.prompt_span
-    pattern = _special_pattern(tokenizer)
+    pattern = _special_pattern(control_tokens(tokenizer))
     specials = [(m.start(), m.end()) for m in pattern.finditer(text, 0, p0)]
     specials += [(p1 + m.start(), p1 + m.end()) for m in pattern.finditer(text[p1:])]
     plain = plain_tokenizer(tokenizer)

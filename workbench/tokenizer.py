@@ -42,6 +42,19 @@ def load_tokenizer(path: str | None = None):
     return tok
 
 
+@lru_cache(maxsize=1)
+def vendored_control_tokens() -> tuple[str, ...]:
+    """The vendored tokenizer's added tokens, read from its JSON config without loading the tokenizer.
+
+    Why: loading the tokenizer imports transformers (~5 s); config-time checks (a prompt smuggling
+    ``<|im_end|>``) must answer before anything heavy. A test checks this equals ``control_tokens``.
+    """
+    import json
+
+    config = json.loads((TOKENIZER_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
+    return tuple(sorted(entry["content"] for entry in config["added_tokens_decoder"].values()))
+
+
 def control_tokens(tokenizer) -> list[str]:
     """All added special tokens (``<|im_end|>``, ``<|image_pad|>``...) a prompt must not smuggle in."""
     return sorted(str(t) for t in tokenizer.added_tokens_encoder)

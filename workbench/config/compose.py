@@ -181,4 +181,15 @@ def to_run_config(cfg: DictConfig | Config) -> Config:
             raise ConfigError(str(cause)) from None
         raise ConfigError(str(err)) from err
     assert isinstance(run_cfg, Config), type(run_cfg)
+    _check_control_tokens(run_cfg)
     return run_cfg
+
+
+def _check_control_tokens(cfg: Config) -> None:
+    """Prompts smuggling ``<|im_end|>`` & co. are refused here, before models load (not at encode)."""
+    from workbench.templates import check_prompts
+
+    prompts = {f"prompts[{i}]": p for i, p in enumerate(cfg.prompts)}
+    if cfg.sampler.cfg > 1:
+        prompts["negative_prompt"] = cfg.negative_prompt
+    check_prompts(cfg.template, prompts)
