@@ -43,7 +43,7 @@ def t2i_run(tmp_path_factory):
 
 def reproduce(source: Path, cwd: Path) -> tuple[int, dict | None, str]:
     proc = wb("reproduce", str(source), "--json", "-o", str(cwd / f"re-{source.stem}"), cwd=cwd, cache=cwd / "cache")
-    report = json.loads(proc.stdout) if proc.returncode in (0, 1) else None
+    report = json.loads(proc.stdout) if proc.returncode in (0, 4) else None
     return proc.returncode, report, proc.stderr
 
 
@@ -137,7 +137,7 @@ def test_reproduce_tampered_png_reports_psnr(t2i_run):
     Image.fromarray(pixels).save(tampered, pnginfo=info)
 
     code, report, err = reproduce(tampered, cwd)
-    assert code == 1, err
+    assert code == 4, err  # EXIT_DIFFERS
     (img,) = report["images"]
     h, w = pixels.shape[:2]
     # one channel of one pixel off by d: MSE = d^2 / (h * w * 3)
@@ -168,7 +168,7 @@ def test_reproduce_edit_run_detects_a_changed_reference_image(tmp_path):
     with Image.open(ASSET) as img:  # a different reference image under the same name
         img.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(ref)
     code, report, err = reproduce(out / "record.json", tmp_path)
-    assert code == 1, err
+    assert code == 4, err  # EXIT_DIFFERS
     new_sha = hashlib.sha256(ref.read_bytes()).hexdigest()
     assert {"field": "reference_images[0].sha256", "old": old_sha, "new": new_sha} in report["changed_inputs"]
     assert report["images"][0]["psnr_db"] < 100

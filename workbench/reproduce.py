@@ -163,26 +163,15 @@ def rerun_image(cfg, run_cfg, job: int, output_dir: Path) -> dict:
 
     from workbench import record as rec
     from workbench.pipeline import Workbench
-    from workbench.run import _slug
+    from workbench.run import image_entry
 
     resolved = OmegaConf.to_container(cfg, resolve=True)  # escaped strings come back as their literal text
     bench = Workbench.from_config(run_cfg)
     results = bench.generate(run_cfg, progress=False, only=[job])
     r = results[job - job // run_cfg.batch_size * run_cfg.batch_size]
     base = {"config": resolved, **rec.provenance(bench, run_cfg, resolved)}
-    name = f"images/{job:03d}-seed{r.seed}-{_slug(r.prompt)}.png"
-    entry = {
-        "file": name,
-        "prompt": r.prompt,
-        "negative_prompt": run_cfg.negative_prompt if run_cfg.sampler.cfg > 1 else None,
-        "seed": r.seed,
-        "reference_sha256": [x["sha256"] for x in base["reference_images"]],
-        "width": r.image.width,
-        "height": r.image.height,
-        "timings_s": {k: round(v, 6) for k, v in r.timings.items()},
-        "notes": r.notes,
-    }
-    rec.save_png(output_dir / name, r.image, base | {"image": entry})
+    entry = image_entry(job, r, run_cfg, base)
+    rec.save_png(output_dir / entry["file"], r.image, base | {"image": entry})
     record = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **base, "images": [entry]}
     rec.atomic_write_json(output_dir / "record.json", record)
     return record

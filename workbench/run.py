@@ -35,6 +35,22 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def image_entry(index: int, r, run_cfg, base: dict) -> dict:
+    """The record entry of the ``index``-th image of a run (its file name is ``entry["file"]``);
+    one naming rule for ``workbench run`` and ``workbench reproduce``."""
+    return {
+        "file": f"images/{index:03d}-seed{r.seed}-{_slug(r.prompt)}.png",
+        "prompt": r.prompt,
+        "negative_prompt": run_cfg.negative_prompt if run_cfg.sampler.cfg > 1 else None,
+        "seed": r.seed,
+        "reference_sha256": [x["sha256"] for x in base["reference_images"]],
+        "width": r.image.width,
+        "height": r.image.height,
+        "timings_s": {k: round(v, 6) for k, v in r.timings.items()},
+        "notes": r.notes,
+    }
+
+
 def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
     """Generate every image of ``cfg`` into ``output_dir``; returns the path of ``record.json``.
 
@@ -63,18 +79,8 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
     entries, written = [], []
     failure: tuple[str, OSError] | None = None
     for i, r in enumerate(results):
-        name = f"images/{i:03d}-seed{r.seed}-{_slug(r.prompt)}.png"
-        entry = {
-            "file": name,
-            "prompt": r.prompt,
-            "negative_prompt": run_cfg.negative_prompt if run_cfg.sampler.cfg > 1 else None,
-            "seed": r.seed,
-            "reference_sha256": [x["sha256"] for x in base["reference_images"]],
-            "width": r.image.width,
-            "height": r.image.height,
-            "timings_s": {k: round(v, 6) for k, v in r.timings.items()},
-            "notes": r.notes,
-        }
+        entry = image_entry(i, r, run_cfg, base)
+        name = entry["file"]
         entries.append(entry)
         if failure is None:
             try:
