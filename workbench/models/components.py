@@ -39,13 +39,19 @@ def resolve_device(name: str) -> torch.device:
 
 def _tiny_identity(model: ModelConfig, device: torch.device) -> dict[str, str]:
     spec = {"seed": model.seed, "variant": model.variant.value, "tiny": asdict(model.tiny)}
+    trained = {}
+    if model.weights:  # trained transformer + VAE: the files' digest names them; the text encoder stays seeded
+        from workbench.models.tiny import weights_digest
+
+        trained = {"weights": weights_digest(model)}
     if model.init_on_device:  # weights drawn by that device's generator, in the run's dtypes
         spec["init_on"] = device.type
     spec = json.dumps(spec, sort_keys=True)
     digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
-    return {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")} | {
-        "tokenizer": "vendored:qwen2_5_vl_tokenizer"
-    }
+    ids = {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")}
+    if trained:
+        ids |= {name: f"tiny_trained:{name}:{digest}:{trained['weights']}" for name in ("transformer", "vae")}
+    return ids | {"tokenizer": "vendored:qwen2_5_vl_tokenizer"}
 
 
 def _files_identity(parts: dict) -> dict[str, str]:
@@ -90,17 +96,25 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
         )
     if model.source != ModelSource.tiny:  # pragma: no cover - every member is handled above
         raise ValueError(f"model.source={model.source.value!r} is not supported")
-    def build(make, dtype: DType):
+    def build(make, dtype: DType, slot: str = ""):
+        trained = bool(model.weights) and slot in ("transformer", "vae")
         if not model.init_on_device:
-            return _place(make(model), dev, dtype)
+            module = make(model)
+            return _place(tiny.load_trained(module, model, slot) if trained else module, dev, dtype)
         with tiny.init_on(dev, TORCH_DTYPES[dtype]):
-            return make(model)
+            module = make(model)
+        return tiny.load_trained(module, model, slot) if trained else module
 
+    identity = _tiny_identity(model, dev)  # checks model.weights before anything is built
+    stats = tiny.vae_stats(model)
+    text_encoder = build(tiny.build_text_encoder, precision.text_encoder)
+    if model.weights and not model.init_on_device:
+        tiny.check_text_encoder(text_encoder, model)
     return Components(
         tokenizer=load_tokenizer(),
-        text_encoder=build(tiny.build_text_encoder, precision.text_encoder),
-        transformer=build(tiny.build_transformer, precision.transformer),
-        vae=build(tiny.build_vae, precision.vae),
+        text_encoder=text_encoder,
+        transformer=build(tiny.build_transformer, precision.transformer, "transformer"),
+        vae=build(lambda m: tiny.build_vae(m, stats), precision.vae, "vae"),
         device=dev,
-        identity=_tiny_identity(model, dev),
+        identity=identity,
     )
