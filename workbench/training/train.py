@@ -382,6 +382,7 @@ def train(cfg: TrainConfig) -> Path:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed 64x64 shapes: pick the fastest conv kernels once
     record_path = out / "record.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     record.update({"config": asdict(cfg), "data_seed": cfg.data_seed, "git_commit": git_commit(),
