@@ -303,7 +303,10 @@ def train_dit(cfg: TrainConfig, out: Path, device: torch.device, record: dict) -
     if cfg.dit.init_from:
         model.load_state_dict({k: v.float() for k, v in load_file(str(Path(cfg.dit.init_from) / "transformer.safetensors")).items()})
     model = model.to(device).train()
+    ema_keys = [k for k, v in model.state_dict().items() if v.is_floating_point()]
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    live = [model.state_dict()[k] for k in ema_keys]
+    shadow = [ema[k] for k in ema_keys]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.dit.lr, weight_decay=0.01, betas=(0.9, 0.99))
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     tokens = x_t2i.shape[1]
@@ -360,15 +363,15 @@ def train_dit(cfg: TrainConfig, out: Path, device: torch.device, record: dict) -
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            decay = min(cfg.dit.ema, (1 + step) / (10 + step))
-            for k, v in model.state_dict().items():
-                ema[k].lerp_(v, 1 - decay) if v.is_floating_point() else ema[k].copy_(v)
-        (curve_edit if is_edit else curve_t2i).append(float(loss))
+            torch._foreach_lerp_(shadow, live, 1 - min(cfg.dit.ema, (1 + step) / (10 + step)))
+        (curve_edit if is_edit else curve_t2i).append(float(loss.detach()))
         if step % 500 == 0 or step == cfg.dit.steps:
             print(f"dit step {step} t2i {np.mean(curve_t2i[-300:]):.4f} edit {np.mean(curve_edit[-150:] or [0]):.4f} "
                   f"lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
     save_file({k: v.detach().half().cpu().contiguous() for k, v in ema.items()}, str(out / "transformer.safetensors"))
-    record["dit"] = {"steps": step, "seconds": round(time.time() - t0, 1), "curve_t2i": _thin(curve_t2i),
+    if "dit" in record:  # a continued run (dit.init_from): keep the earlier stage's numbers
+        record.setdefault("dit_earlier", []).append(record.pop("dit"))
+    record["dit"] = {"init_from": cfg.dit.init_from, "batch": cfg.dit.batch, "steps": step, "seconds": round(time.time() - t0, 1), "curve_t2i": _thin(curve_t2i),
                      "curve_edit": _thin(curve_edit, 50), "mu": mu, "images": len(scenes), "edit_pairs": len(pairs)}
 
 
