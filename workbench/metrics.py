@@ -5,8 +5,10 @@ so that template / sampler / precision ablations on the trained tiny model are m
 
 - background colour: the most common named colour among the border pixels;
 - shape colour: the most common named colour among the other pixels that differ from the background;
-- shape kind: fill ratio of that colour's pixels inside their bounding box
-  (square ~1, circle ~pi/4, triangle ~1/2);
+- shape kind: from moments and fill: a triangle (apex up) has its centroid a sixth of its height
+  below the centre of its bounding box and is narrower at a quarter of its height than at three
+  quarters (a rounded, blurry triangle still is); otherwise the fill ratio of the bounding box
+  separates square (~1) from circle (~pi/4);
 - position: the anchor (left / right / top / bottom / centre) nearest to the pixels' centroid;
 - size: small / large from the area.
 
@@ -119,8 +121,15 @@ def read_image(image) -> Reading:
     area = float(mask.sum())
     box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
     fill = area / box
-    shape = "square" if fill > 0.88 else "circle" if fill > 0.64 else "triangle"
+    top, height = ys.min(), ys.max() - ys.min() + 1
     cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    # renders: circles and squares |offset| <= 0.03 and width ratio >= 0.85; triangles >= 0.12 and <= 0.5
+    offset = (cy - (top + height / 2)) / height
+    widths = mask[top + int(0.25 * height)].sum() / max(1, mask[top + int(0.75 * height)].sum())
+    if offset > 0.06 or widths < 0.68 or fill < 0.62:
+        shape = "triangle"
+    else:
+        shape = "square" if fill > 0.88 else "circle"
     position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
     # small (r=8) covers ~200 px, large (r=15) ~700: split at the geometric mean of the two areas
     size = "large" if area > np.pi * SIZES["small"] * SIZES["large"] else "small"

@@ -77,7 +77,12 @@ def generate(bench, overrides: list[str], prompts: list[str], seeds: list[int]) 
     return out
 
 
-def score_set(images, captions: list[str], held: list[bool]) -> dict:
+SAVED: dict[str, np.ndarray] = {}  # name -> (N, 64, 64, 3) uint8, filled by evaluate() (saved with --images)
+
+
+def score_set(images, captions: list[str], held: list[bool], name: str = "") -> dict:
+    if name:
+        SAVED[name] = np.stack([np.asarray(i) for i in images])
     scores = [metrics.score(img, cap) for img, cap in zip(images, captions)]
     trained = [s for s, h in zip(scores, held) if not h]
     held_out = [s for s, h in zip(scores, held) if h]
@@ -112,11 +117,11 @@ def evaluate(weights: Optional[str] = None, device: str = "auto", n: int = 64, s
         rows = []
         for k in range(seeds_per_prompt):
             images = generate(bench, base + [f"template={template}"], prompts, [s + 1000 * k for s in seeds])
-            rows.append(score_set(images, prompts, held))
+            rows.append(score_set(images, prompts, held, f"{template}_{k}"))
         result["templates"][template] = rows[0] if seeds_per_prompt == 1 else rows
         print(f"{template}: {rows[0]['all']} adherence {rows[0]['adherence']:.3f} ({time.time() - t0:.0f}s)", flush=True)
     zh = [world.caption_zh(s) for s in scenes]
-    result["chinese_qwen_t2i"] = score_set(generate(bench, base + ["template=qwen_t2i"], zh, seeds), zh, held)
+    result["chinese_qwen_t2i"] = score_set(generate(bench, base + ["template=qwen_t2i"], zh, seeds), zh, held, "chinese")
     print(f"chinese: {result['chinese_qwen_t2i']['all']}", flush=True)
     t2i = result["templates"].get("qwen_t2i")
     if t2i and "raw" in result["templates"] and seeds_per_prompt == 1:
@@ -142,15 +147,51 @@ def evaluate_edits(bench, base: list[str], n: int = 64) -> dict:
             cfg = to_run_config(compose(base + ["experiment=edit_tiny", f"images=[{path}]", f"seeds=[{i}]"]))
             cfg.prompts = [pair.instruction]
             edited = bench.generate(cfg, progress=False)[0].image
+            SAVED.setdefault("edit_sources", []).append(np.asarray(src))
+            SAVED.setdefault("edit_results", []).append(np.asarray(edited))
             s = metrics.score_edit(src, edited, pair.instruction)
             s["success"] = s["colour"] and s["background"]
             s["held_out"] = pair.target.held_out
             rows.append(s)
+    return _edit_summary(rows)
+
+
+def _edit_summary(rows: list[dict]) -> dict:
     keys = ("success", "colour", "background", "shape", "position")
+
     def mean(rs):
         return {k: float(np.mean([r[k] for r in rs])) for k in keys} if rs else {}
+
     return {"all": mean(rows), "trained_pairs": mean([r for r in rows if not r["held_out"]]),
             "held_out_targets": mean([r for r in rows if r["held_out"]]), "pairs": len(rows)}
+
+
+def rescore(images_npz: str, n: int = 64) -> dict:
+    """Score the images a previous ``evaluate(..., --images)`` saved, with the current scorer
+    (generation is deterministic, so this equals a full re-run when only ``workbench.metrics`` changed)."""
+    saved = np.load(images_npz)
+    n_held = n // 4
+    scenes = eval_scenes(n - n_held, n_held)
+    held = [s.held_out for s in scenes]
+    english = [world.caption_long(s) for s in scenes]
+    out: dict = {"templates": {}}
+    for key in saved.files:
+        if key.endswith("_0"):
+            out["templates"][key[:-2]] = score_set(list(saved[key]), english, held)
+    if "chinese" in saved.files:
+        out["chinese_qwen_t2i"] = score_set(list(saved["chinese"]), [world.caption_zh(s) for s in scenes], held)
+    if "qwen_t2i" in out["templates"] and "raw" in out["templates"]:
+        out["template_margin_t2i_minus_raw"] = out["templates"]["qwen_t2i"]["adherence"] - out["templates"]["raw"]["adherence"]
+    if "edit_results" in saved.files:
+        pairs = eval_edits(n - n_held, n_held)
+        rows = []
+        for pair, src, edited in zip(pairs, saved["edit_sources"], saved["edit_results"]):
+            r = metrics.score_edit(src, edited, pair.instruction)
+            r["success"] = r["colour"] and r["background"]
+            r["held_out"] = pair.target.held_out
+            rows.append(r)
+        out["edits"] = _edit_summary(rows)
+    return out
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -160,10 +201,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--no-edits", action="store_true")
+    p.add_argument("--images", default=None, help="also save every generated image to this .npz")
+    p.add_argument("--rescore", default=None, help="an --images .npz of an earlier run: score it again, generate nothing")
     args = p.parse_args(argv)
-    result = evaluate(args.weights, args.device, args.n, edits=not args.no_edits)
+    if args.rescore:
+        result = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+        result.update(rescore(args.rescore, args.n))
+        result["rescored_from_saved_images"] = True
+    else:
+        result = evaluate(args.weights, args.device, args.n, edits=not args.no_edits)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.images:
+        np.savez_compressed(args.images, **{k: np.asarray(v) for k, v in SAVED.items()})
     print(f"wrote {args.out}")
 
 
