@@ -100,6 +100,8 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
         trained = bool(model.weights) and slot in ("transformer", "vae")
         if not model.init_on_device:
             module = make(model)
+            if model.weights and slot == "text_encoder":  # compared in float32, before any cast
+                tiny.check_text_encoder(module, model)
             return _place(tiny.load_trained(module, model, slot) if trained else module, dev, dtype)
         with tiny.init_on(dev, TORCH_DTYPES[dtype]):
             module = make(model)
@@ -107,12 +109,9 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
 
     identity = _tiny_identity(model, dev)  # checks model.weights before anything is built
     stats = tiny.vae_stats(model)
-    text_encoder = build(tiny.build_text_encoder, precision.text_encoder)
-    if model.weights and not model.init_on_device:
-        tiny.check_text_encoder(text_encoder, model)
     return Components(
         tokenizer=load_tokenizer(),
-        text_encoder=text_encoder,
+        text_encoder=build(tiny.build_text_encoder, precision.text_encoder, "text_encoder"),
         transformer=build(tiny.build_transformer, precision.transformer, "transformer"),
         vae=build(lambda m: tiny.build_vae(m, stats), precision.vae, "vae"),
         device=dev,
