@@ -27,7 +27,7 @@ def test_run_default_writes_images_and_record(tmp_path):
     assert out.is_dir() and out.is_relative_to(tmp_path / "outputs")
     record = json.loads((out / "record.json").read_text())
     assert record["config"]["sampler"]["steps"] == 3
-    assert record["models"]["transformer"].startswith("tiny_trained:transformer:")  # model=tiny: trained weights
+    assert record["models"]["transformer"].startswith("tiny:transformer:")
     assert record["versions"]["diffusers"].startswith("0.42")
     assert record["device"]["device"] == "cpu"
     assert set(record["images"][0]["timings_s"]) >= {"encode", "latents", "denoise", "decode"}

@@ -50,7 +50,7 @@ def _tiny_identity(model: ModelConfig, device: torch.device) -> dict[str, str]:
     digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
     ids = {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")}
     if trained:
-        ids |= {name: f"tiny_trained:{name}:{digest}:{trained['weights']}" for name in ("transformer", "vae")}
+        ids |= {name: f"tiny:{name}:{digest}:trained-{trained['weights']}" for name in ("transformer", "vae")}
     return ids | {"tokenizer": "vendored:qwen2_5_vl_tokenizer"}
 
 
