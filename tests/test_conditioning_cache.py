@@ -64,7 +64,7 @@ def test_other_model_never_gets_a_stale_entry(bench, make_cfg, calls):
     shared = ConditioningCache()
     cfg = make_cfg()
     mine = Workbench(bench.components, conditioning_cache=shared)
-    other = Workbench.from_config(make_cfg("model.seed=7"), conditioning_cache=shared)
+    other = Workbench.from_config(make_cfg("model=tiny_random", "model.seed=7"), conditioning_cache=shared)
     assert mine.components.identity["text_encoder"] != other.components.identity["text_encoder"]
     a = mine.encode(["a cat"], cfg.template)
     b = other.encode(["a cat"], cfg.template)

@@ -13,7 +13,7 @@ def test_default_config_composes_to_typed_objects():
     cfg = to_run_config(compose())
     assert cfg.model.name == "tiny" and cfg.template.name == "qwen_t2i"
     assert cfg.sampler.steps == 20 and cfg.sampler.shift_terminal == 0.02
-    assert cfg.height == cfg.width == 128
+    assert cfg.height == cfg.width == 64  # the trained tiny model's size (conf/model/tiny.yaml)
 
 
 def test_unknown_key():

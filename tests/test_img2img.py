@@ -10,6 +10,19 @@ from workbench.pipeline import load_image
 from workbench.stages.schedule import img2img_start, make_scheduler
 
 
+@pytest.fixture(scope="module")
+def make_cfg(make_cfg):
+    """These tests compare against exact references: the seeded random model (model=tiny_random)."""
+    return lambda *overrides: make_cfg("model=tiny_random", *overrides)
+
+
+@pytest.fixture(scope="module")
+def bench(make_cfg):
+    from workbench.pipeline import Workbench
+
+    return Workbench.from_config(make_cfg())
+
+
 @pytest.mark.parametrize(("steps", "strength"), [(5, 0.6), (4, 1.0), (6, 0.34)])
 def test_img2img_latents_equal_diffusers(bench, make_cfg, steps, strength):
     from diffusers import QwenImageImg2ImgPipeline

@@ -26,6 +26,12 @@ FP8_REL, FP8_ABS = 2.0**-4, 2.0**-10
 
 
 @pytest.fixture(scope="module")
+def make_cfg(make_cfg):
+    """These tests compare against exact references: the seeded random model (model=tiny_random)."""
+    return lambda *overrides: make_cfg("model=tiny_random", *overrides)
+
+
+@pytest.fixture(scope="module")
 def root(tmp_path_factory):
     """A ComfyUI-style model root holding the tiny model in every layout (written once per module)."""
     r = tmp_path_factory.mktemp("models")
@@ -257,7 +263,7 @@ def test_loaded_components_generate_the_tiny_models_edit_image(root, make_cfg):
     """Edit path: vision tower (inferred from shapes) + reference latents through the Wan-layout VAE."""
     from workbench.models.components import build_components
 
-    edit = ("experiment=edit_tiny",)  # 4 vision tokens, 128x128 reference
+    edit = ("experiment=edit_tiny",)  # 4 vision tokens, 64x64 reference
     files = cfg_for(root, text_encoder="text_encoders/qwen_2.5_vl_tiny_fp32.safetensors",
                     transformer="diffusion_models/qwen_image_tiny_fp32.safetensors", vae="vae/qwen_image_vae.safetensors")
     components = build_components(files, make_cfg().precision, "cpu")

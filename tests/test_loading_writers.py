@@ -117,7 +117,8 @@ def test_export_comfyui_writes_what_discovery_and_the_loader_read_back(tmp_path,
     from workbench.loading.discover import scan
     from workbench.pipeline import Workbench
 
-    tiny_cfg = make_cfg("sampler.steps=2", "height=32", "width=32", "device=cpu")
+    # model=tiny_random: a single-file VAE carries no latents_mean/std (the trained model keeps its own in trained.json)
+    tiny_cfg = make_cfg("model=tiny_random", "sampler.steps=2", "height=32", "width=32", "device=cpu")
     names = export.export_comfyui(tiny_cfg, tmp_path)
     assert names == {"text_encoder": "text_encoders/qwen_2.5_vl_tiny.safetensors",
                      "transformer": "diffusion_models/qwen_image_tiny.safetensors", "vae": "vae/qwen_image_vae_tiny.safetensors"}

@@ -20,6 +20,12 @@ from workbench.config.schema import LoraAlpha, LoraItem, ModelConfig
 from workbench.lora import LoraError, apply_loras, load_lora, lora_set
 from workbench.models.tiny import build_transformer
 
+
+@pytest.fixture(scope="module")
+def make_cfg(make_cfg):
+    """The LoRAs here are made for the random tiny transformer's sizes (model=tiny_random)."""
+    return lambda *overrides: make_cfg("model=tiny_random", *overrides)
+
 RANK, ALPHA, STRENGTH = 4, 8.0, 0.7
 
 

@@ -22,8 +22,8 @@ def test_random_full_config_has_the_real_sizes(make_cfg):
 
 
 def test_init_on_device_builds_in_the_run_dtype_and_says_so(make_cfg):
-    on_dev = make_cfg("model.init_on_device=true", "precision=bf16")
-    default = make_cfg("precision=bf16")
+    on_dev = make_cfg("model=tiny_random", "model.init_on_device=true", "precision=bf16")
+    default = make_cfg("model=tiny_random", "precision=bf16")
     a = build_components(on_dev.model, on_dev.precision, "cpu")
     b = build_components(default.model, default.precision, "cpu")
     assert a.transformer.dtype == a.text_encoder.dtype == a.vae.dtype == torch.bfloat16

@@ -11,6 +11,19 @@ import torch
 from workbench.stages.schedule import make_scheduler
 
 
+@pytest.fixture(scope="module")
+def make_cfg(make_cfg):
+    """These tests compare against exact references: the seeded random model (model=tiny_random)."""
+    return lambda *overrides: make_cfg("model=tiny_random", *overrides)
+
+
+@pytest.fixture(scope="module")
+def bench(make_cfg):
+    from workbench.pipeline import Workbench
+
+    return Workbench.from_config(make_cfg())
+
+
 def _diffusers_pipe(bench, sampler):
     from diffusers import QwenImagePipeline
 

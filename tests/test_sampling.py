@@ -18,6 +18,19 @@ from workbench.stages.guidance import cfg_norm, plain_cfg, true_cfg
 from workbench.stages.schedule import make_scheduler
 
 
+@pytest.fixture(scope="module")
+def make_cfg(make_cfg):
+    """These tests compare against exact references: the seeded random model (model=tiny_random)."""
+    return lambda *overrides: make_cfg("model=tiny_random", *overrides)
+
+
+@pytest.fixture(scope="module")
+def bench(make_cfg):
+    from workbench.pipeline import Workbench
+
+    return Workbench.from_config(make_cfg())
+
+
 def test_unipc_equals_diffusers_pipeline_and_shows_its_mu_trap(bench, make_cfg):
     """diffusers reads mu's line from the scheduler config; UniPC's config lacks those keys, so the
     stock pipeline silently falls back to (256, 0.5)-(4096, 1.15) instead of Qwen-Image's

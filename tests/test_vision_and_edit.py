@@ -94,7 +94,8 @@ def test_edit_conditioning_depends_on_the_image(bench, make_cfg):
 
 
 def test_edit_generate_runs_and_uses_reference(bench, make_cfg):
-    cfg = make_cfg("experiment=edit_tiny", "sampler.steps=2")
+    # the 160x120 sample at a 128x128 VAE area (edit_tiny itself uses a 64x64 world image)
+    cfg = make_cfg("experiment=edit_tiny", "sampler.steps=2", "images=[asset:sample_reference.png]", "reference.vae_area=16384")
     (out,) = bench.generate(cfg, progress=False)
     assert out.image.size == (160, 96)  # from the reference's aspect at the VAE area
     refs = bench.prepare_references([Image.new("RGB", (160, 120), (0, 0, 0))], cfg.reference)
@@ -176,7 +177,8 @@ def test_reference_config_checks_multiple_of_per_policy():
 
 
 def test_comfy_reference_latents_are_padded_to_even(bench, make_cfg):
-    cfg = make_cfg("experiment=edit_tiny", "reference=comfy_edit", "sampler.steps=2")
+    cfg = make_cfg("experiment=edit_tiny", "reference=comfy_edit", "sampler.steps=2",
+                   "images=[asset:sample_reference.png]", "reference.vae_area=16384")
     assert cfg.reference.vlm_resample.value == "bilinear" and cfg.reference.policy.value == "comfy"
     refs = bench.prepare_references([Image.new("RGB", (160, 120), (10, 20, 30))], cfg.reference)
     # 16384 px area: 148x111 plain-rounded, centre-cropped to 144x104 -> latents 18x13 -> padded to 18x14

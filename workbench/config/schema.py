@@ -124,6 +124,10 @@ class ModelConfig:
     # random weights created directly on the run's device in its dtypes (full-size random models
     # for GPU benchmarks); the default builds in float32 on the CPU, identical on every machine
     init_on_device: bool = False
+    # source=tiny: a folder of trained weights (transformer.safetensors, vae.safetensors, trained.json)
+    # loaded over the seeded build; "asset:NAME" is workbench/assets/NAME (model=tiny: asset:tiny_trained).
+    # Not used with source=files.
+    weights: Optional[str] = None
     # source=files: each component by the name `workbench models` shows (a file, a folder, or hf:org/name)
     transformer: Optional[str] = None
     text_encoder: Optional[str] = None

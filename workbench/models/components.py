@@ -39,13 +39,19 @@ def resolve_device(name: str) -> torch.device:
 
 def _tiny_identity(model: ModelConfig, device: torch.device) -> dict[str, str]:
     spec = {"seed": model.seed, "variant": model.variant.value, "tiny": asdict(model.tiny)}
+    trained = {}
+    if model.weights:  # trained transformer + VAE: the files' digest names them; the text encoder stays seeded
+        from workbench.models.tiny import weights_digest
+
+        trained = {"weights": weights_digest(model)}
     if model.init_on_device:  # weights drawn by that device's generator, in the run's dtypes
         spec["init_on"] = device.type
     spec = json.dumps(spec, sort_keys=True)
     digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
-    return {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")} | {
-        "tokenizer": "vendored:qwen2_5_vl_tokenizer"
-    }
+    ids = {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")}
+    if trained:
+        ids |= {name: f"tiny:{name}:{digest}:trained-{trained['weights']}" for name in ("transformer", "vae")}
+    return ids | {"tokenizer": "vendored:qwen2_5_vl_tokenizer"}
 
 
 def _files_identity(parts: dict) -> dict[str, str]:
@@ -111,17 +117,25 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
         from workbench.lora import check_lora_files
 
         check_lora_files(loras, model.roots or None)  # headers only; shapes are checked when applied
-    def build(make, dtype: DType):
-        if not model.init_on_device:
-            return _place(make(model), dev, dtype)
-        with tiny.init_on(dev, TORCH_DTYPES[dtype]):
-            return make(model)
 
+    def build(make, dtype: DType, slot: str = ""):
+        trained = bool(model.weights) and slot in ("transformer", "vae")
+        if not model.init_on_device:
+            module = make(model)
+            if model.weights and slot == "text_encoder":  # compared in float32, before any cast
+                tiny.check_text_encoder(module, model)
+            return _place(tiny.load_trained(module, model, slot) if trained else module, dev, dtype)
+        with tiny.init_on(dev, TORCH_DTYPES[dtype]):
+            module = make(model)
+        return tiny.load_trained(module, model, slot) if trained else module
+
+    identity = _tiny_identity(model, dev)  # checks model.weights before anything is built
+    stats = tiny.vae_stats(model)
     return Components(
         tokenizer=load_tokenizer(),
-        text_encoder=build(tiny.build_text_encoder, precision.text_encoder),
-        transformer=build(tiny.build_transformer, precision.transformer),
-        vae=build(tiny.build_vae, precision.vae),
+        text_encoder=build(tiny.build_text_encoder, precision.text_encoder, "text_encoder"),
+        transformer=build(tiny.build_transformer, precision.transformer, "transformer"),
+        vae=build(lambda m: tiny.build_vae(m, stats), precision.vae, "vae"),
         device=dev,
-        identity=_tiny_identity(model, dev),
+        identity=identity,
     )

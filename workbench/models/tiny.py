@@ -1,4 +1,7 @@
-"""The embedded default: the real Qwen-Image classes at tiny sizes, random weights, fixed seed.
+"""The embedded models: the real Qwen-Image classes at tiny sizes, seeded random weights, and
+optionally trained weights loaded over them (``model.weights``; ``model=tiny`` ships a trained
+transformer + VAE, ``model=tiny_random`` none). The text encoder is always the seeded one: the trained
+model was trained against it frozen, so it is regenerated here rather than shipped.
 
 Each component is initialised under its own seed (seed, seed+1, seed+2) inside ``fork_rng`` so
 that building it neither depends on nor disturbs the caller's random state, and resizing one
@@ -7,8 +10,11 @@ component does not change the weights of the others.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 
@@ -85,7 +91,54 @@ def build_text_encoder(cfg: ModelConfig):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     config = text_encoder_config(cfg.tiny)
-    return _seeded(cfg.seed, lambda: Qwen2_5_VLForConditionalGeneration(config)).eval()
+    model = _seeded(cfg.seed, lambda: Qwen2_5_VLForConditionalGeneration(config)).eval()
+    if cfg.weights:  # trained model: its frozen encoder must not depend on transformers' init code
+        explicit_init(model, cfg.seed)
+    return model
+
+
+def explicit_init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Overwrite every parameter from its own generator, keyed by (seed, parameter name).
+
+    Why: the trained tiny model's text encoder is frozen and regenerated at load time (its 152064-row
+    embedding would take 19 MB to ship). transformers' own init order and rules may change between
+    releases; this depends only on the parameter names and torch's CPU normal generator. Norm weights
+    are 1, biases 0, everything else N(0, 0.02) (the Qwen2.5-VL initializer range).
+    """
+    import zlib
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.zero_()
+            elif "norm" in name and p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                gen = torch.Generator("cpu").manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02)
+    return model
+
+
+def text_encoder_checksum(model: torch.nn.Module) -> float:
+    """A float64 sum of |weights| (the first 4096 rows of the vocabulary tables, every other parameter
+    whole): the trained weights record it and loading compares, so a drift fails loudly."""
+    with torch.no_grad():
+        return float(sum(p.detach()[:4096].double().abs().sum() if p.shape[0] == VOCAB_SIZE else p.detach().double().abs().sum()
+                         for p in model.parameters()))
+
+
+def check_text_encoder(model: torch.nn.Module, cfg: ModelConfig) -> None:
+    """The regenerated frozen encoder must be the one the weights were trained against."""
+    from workbench.loading.errors import LoadError
+
+    want = trained_info(cfg).get("text_encoder_checksum")
+    got = text_encoder_checksum(model)
+    if want is not None and abs(got - want) > 1e-6 * abs(want):
+        raise LoadError(
+            f"model.weights={cfg.weights!r}: the text encoder regenerated from model.seed={cfg.seed} (checksum {got:.6f}) is "
+            f"not the one the weights were trained against ({want:.6f}); keep model.seed and model.tiny.text_encoder "
+            "as in conf/model/tiny.yaml, or retrain (python -m workbench.training.train)"
+        )
 
 
 def build_transformer(cfg: ModelConfig):
@@ -110,12 +163,72 @@ def build_transformer(cfg: ModelConfig):
     ).eval()
 
 
-def build_vae(cfg: ModelConfig):
+def build_vae(cfg: ModelConfig, stats: Optional[dict] = None):
+    """``stats``: trained ``latents_mean`` / ``latents_std`` (else the real model's, diffusers defaults)."""
     from diffusers import AutoencoderKLQwenImage
 
     s = cfg.tiny.vae
-    # z_dim, dim_mult, temporal flags and latents_mean/std are the real model's (diffusers defaults).
+    # z_dim, dim_mult and temporal flags are the real model's (diffusers defaults).
     return _seeded(
         cfg.seed + 2,
-        lambda: AutoencoderKLQwenImage(base_dim=s.base_dim, num_res_blocks=s.num_res_blocks),
+        lambda: AutoencoderKLQwenImage(base_dim=s.base_dim, num_res_blocks=s.num_res_blocks, **(stats or {})),
     ).eval()
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+WEIGHT_FILES = ("transformer.safetensors", "vae.safetensors", "trained.json")
+
+
+def weights_dir(cfg: ModelConfig) -> Path:
+    """The folder of ``model.weights`` ("asset:NAME" = workbench/assets/NAME), checked to hold the files."""
+    from workbench.loading.errors import LoadError
+
+    name = cfg.weights or ""
+    folder = ASSETS / name.removeprefix("asset:") if name.startswith("asset:") else Path(name).expanduser()
+    missing = [f for f in WEIGHT_FILES if not (folder / f).is_file()]
+    if missing:
+        raise LoadError(
+            f"model.weights={name!r}: {folder} lacks {', '.join(missing)}; point model.weights at a folder written by "
+            "`python -m workbench.training.train` (or use model=tiny_random for random weights)"
+        )
+    return folder
+
+
+def weights_digest(cfg: ModelConfig) -> str:
+    """sha256 (12 hex) of the trained files: part of the components' identity (cache keys, records)."""
+    folder = weights_dir(cfg)
+    h = hashlib.sha256()
+    for f in WEIGHT_FILES:
+        h.update((folder / f).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def trained_info(cfg: ModelConfig) -> dict:
+    """trained.json: the VAE's latents_mean / latents_std and the frozen text encoder's checksum."""
+    return json.loads((weights_dir(cfg) / "trained.json").read_text())
+
+
+def vae_stats(cfg: ModelConfig) -> Optional[dict]:
+    if not cfg.weights:
+        return None
+    stats = trained_info(cfg)
+    return {"latents_mean": list(stats["latents_mean"]), "latents_std": list(stats["latents_std"])}
+
+
+def load_trained(module: torch.nn.Module, cfg: ModelConfig, slot: str) -> torch.nn.Module:
+    """Load ``<slot>.safetensors`` (stored float16) into ``module`` in its own dtype, every key matched."""
+    from safetensors.torch import load_file
+
+    from workbench.loading.errors import LoadError
+
+    state = load_file(str(weights_dir(cfg) / f"{slot}.safetensors"))
+    dtype = next(module.parameters()).dtype
+    try:
+        module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[:2]
+        raise LoadError(
+            f"model.weights={cfg.weights!r}: {slot}.safetensors does not fit model.tiny's {slot} sizes "
+            f"({' '.join(first)}); set model.tiny to the sizes it was trained with (conf/model/tiny.yaml)"
+        ) from None
+    return module
