@@ -372,11 +372,3 @@ def test_vendored_control_token_list_equals_the_tokenizers():
     assert list(vendored_control_tokens()) == control_tokens(load_tokenizer())
     assert "<|im_end|>" in vendored_control_tokens() and len(vendored_control_tokens()) == 22
 
-
-def test_impossible_precision_and_perf_refused_at_config_time():
-    """fp8 compute on a CPU and compile with weight-moving hooks were refused only after ~10 s of imports."""
-    with pytest.raises(InputError, match=r"fp8_torchao \(precision=fp8_torchao\) runs fp8 matrix multiplies on a CUDA GPU"):
-        to_run_config(compose(["precision=fp8_torchao", "device=cpu"]))
-    with pytest.raises(InputError, match=r"perf.compile=regional \(perf=fast\) cannot compile a transformer with "
-                                         r"precision.transformer_storage=float8_e4m3fn"):
-        to_run_config(compose(["precision=fp8_e4m3fn", "perf=fast"]))

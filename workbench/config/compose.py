@@ -182,19 +182,8 @@ def to_run_config(cfg: DictConfig | Config) -> Config:
         raise ConfigError(str(err)) from err
     assert isinstance(run_cfg, Config), type(run_cfg)
     _check_control_tokens(run_cfg)
-    _check_precision_and_perf(run_cfg)
     return run_cfg
 
-
-def _check_precision_and_perf(cfg: Config) -> None:
-    """fp8 compute without a CUDA GPU, compile with weight-moving hooks: refused here, before the
-    model libraries are imported (the model build checks again for direct API calls)."""
-    from workbench.models.components import resolve_device
-    from workbench.perf import check_perf
-    from workbench.precision import check_device
-
-    check_device(cfg.precision, resolve_device(cfg.device))
-    check_perf(cfg.perf, cfg.precision)
 
 
 def _check_control_tokens(cfg: Config) -> None:
