@@ -168,7 +168,7 @@ def rerun_image(cfg, run_cfg, job: int, output_dir: Path) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)  # escaped strings come back as their literal text
     bench = Workbench.from_config(run_cfg)
     results = bench.generate(run_cfg, progress=False, only=[job])
-    r = results[job - job // run_cfg.batch_size * run_cfg.batch_size]
+    r = results[job % run_cfg.batch_size]  # generate(only=) returns that forward batch
     base = {"config": resolved, **rec.provenance(bench, run_cfg, resolved)}
     entry = image_entry(job, r, run_cfg, base)
     rec.save_png(output_dir / entry["file"], r.image, base | {"image": entry})
