@@ -214,3 +214,48 @@ def test_cells_are_written_in_the_background_and_a_failed_write_raises(tmp_path,
     again = sweep.run(progress=False)
     assert again.stats["cached"] == len(done) and again.stats["ran"] == 3 - len(done)
     assert (tmp_path / "grid.png").is_file() and not (tmp_path / "grid.partial.png").exists()
+
+
+# ----------------------------------------------------------------------------- metric columns
+CAPTION = "a large red circle on the left, on a blue background"
+
+
+def test_metric_columns_score_cells_against_caption_and_reference(tmp_path):
+    """Steps 2 vs 8 on the trained tiny model: each cell's adherence is its own images' score, the reference cell scores itself
+    perfectly (PSNR inf, SSIM 1), the values equal workbench.metrics on the cells' own images, and
+    table.csv holds the same columns."""
+    from workbench import metrics
+
+    sweep = Sweep.plan(["sampler.steps=2,8"], [f"prompts=['{CAPTION}']", "seeds=[0,1]"], tmp_path,
+                       metrics=["adherence", "ssim", "psnr"], metric_reference=1)
+    result = sweep.run(progress=False)
+    table = result.table
+    for column in ["adherence", "background_ok", "colour_ok", "shape_ok", "position_ok", "size_ok", "psnr_vs_1", "ssim_vs_1"]:
+        assert column in table.columns
+    few, many = result.cells[0], result.cells[1]
+    expect = metrics.adherence([metrics.score(img, CAPTION) for img in many.images])
+    assert table.loc[1, "adherence"] == pytest.approx(expect) and expect >= 0.8
+    assert table.loc[0, "adherence"] == pytest.approx(metrics.adherence([metrics.score(i, CAPTION) for i in few.images]))
+    assert table.loc[1, "psnr_vs_1"] == float("inf") and table.loc[1, "ssim_vs_1"] == pytest.approx(1.0)
+    ssim0 = np.mean([metrics.ssim(a, b) for a, b in zip(few.images, many.images)])
+    assert table.loc[0, "ssim_vs_1"] == pytest.approx(ssim0) and ssim0 < 0.99
+    import pandas as pd
+
+    saved = pd.read_csv(tmp_path / "table.csv", index_col="cell")
+    assert saved.loc[0, "adherence"] == pytest.approx(table.loc[0, "adherence"])
+    assert json.loads((tmp_path / "sweep.json").read_text())["metrics"] == ["adherence", "ssim", "psnr"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"metrics": ["clip"]}, "metric 'clip' is not known; choose from adherence, psnr, ssim"),
+        ({"metrics": ["ssim"], "metric_reference": 5}, "reference cell 5 is outside the sweep's cells 0..1"),
+        ({"metrics": ["adherence"], "base": ["prompts=['a photo of a cat']"]}, "cell 0: caption 'a photo of a cat' is not in the world's grammar"),
+    ],
+)
+def test_metric_errors_before_anything_runs(tmp_path, kwargs, message):
+    base = kwargs.pop("base", [f"prompts=['{CAPTION}']"])
+    with pytest.raises(SweepError, match=message):
+        Sweep.plan(["sampler.steps=2,3"], base, tmp_path, **kwargs)
+    assert not (tmp_path / "cells").exists()

@@ -51,6 +51,22 @@ def test_sweep_panel_failed_cell_is_shown(tmp_path):
     assert "failed" in panel.table.value
 
 
+def test_sweep_panel_metric_columns(tmp_path):
+    """Picking metrics in the panel replans with them; the table shows the scores the result holds."""
+    base = ("prompts=['a small white square on the top, on a green background']",)
+    panel = SweepPanel(axes=[("template", "qwen_t2i,raw")], base=base, out_dir=tmp_path)
+    panel.metrics.value = ("adherence", "ssim")
+    assert panel.sweep.metrics == ("adherence", "ssim")
+    result = panel.run()
+    table = result.table
+    assert {"adherence", "shape_ok", "ssim_vs_0"} <= set(table.columns) and "psnr_vs_0" not in table.columns
+    assert "<th>adherence</th>" in panel.table.value and "<th>ssim_vs_0</th>" in panel.table.value
+    assert f"<td>{table.loc[1, 'adherence']:.3f}".rstrip("0").rstrip(".") in panel.table.value
+    assert repr(panel).endswith("metrics=['adherence', 'ssim'])")
+    panel.base.value = "prompts=['not a caption']"  # adherence cannot score this: said before running
+    assert "not in the world&#x27;s grammar" in panel.plan_info.value and panel.run_button.disabled
+
+
 # ----------------------------------------------------------------------------- template panel
 def test_template_panel_tokens_live():
     panel = TemplatePanel("qwen_t2i", prompt="a red fox")

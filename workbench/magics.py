@@ -156,6 +156,7 @@ def _sweep_parser() -> _Parser:
         p.add_argument(f"-{axis}", dest=axis, help=f"{axis.upper()} axis: key=values")
     p.add_argument("--out", help="sweep folder (default outputs/sweeps/<hash of the sweep>)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--metric", action="append", default=[], help="table column: adherence, psnr or ssim (repeatable)")
     p.add_argument("overrides", nargs="*", help="base overrides, applied to every cell")
     return p
 
@@ -177,7 +178,7 @@ def sweep_magic(args: list[str]):
     axes = [a for a in (ns.x, ns.y, ns.z) if a]
     if not axes:
         raise MagicError("%workbench sweep needs an axis: -x key=values (e.g. -x sampler.steps=2,4,8)")
-    return Sweep.plan(axes, ns.overrides, ns.out).run(progress=not ns.no_progress)
+    return Sweep.plan(axes, ns.overrides, ns.out, metrics=ns.metric).run(progress=not ns.no_progress)
 
 
 def panel_magic(args: list[str]):

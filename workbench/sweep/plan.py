@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from workbench.sweep.axes import Axis, SweepError, parse_axes
 from workbench.sweep.cache import config_hash
+from workbench.sweep.scoring import check_metrics
 
 if TYPE_CHECKING:
     from workbench.sweep.result import CellResult, SweepResult
@@ -80,12 +81,23 @@ def conditioning_key(resolved: dict) -> str:
 class Sweep:
     """A validated plan: axes, base overrides, one ``Cell`` per grid position, and the run order."""
 
-    def __init__(self, axes: list[Axis], base: list[str], cells: list[Cell], out_dir: Path, executor: Any = None):
+    def __init__(
+        self,
+        axes: list[Axis],
+        base: list[str],
+        cells: list[Cell],
+        out_dir: Path,
+        executor: Any = None,
+        metrics: Sequence[str] = (),
+        metric_reference: int = 0,
+    ):
         self.axes = axes
         self.base = base
         self.cells = cells
         self.out_dir = Path(out_dir)
         self.executor = executor  # ExecutorConfig from the composed config (base overrides); None: local
+        self.metrics = tuple(metrics)  # table columns (workbench.sweep.scoring): adherence, psnr, ssim
+        self.metric_reference = metric_reference  # the cell PSNR / SSIM compare against (display index)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -97,12 +109,18 @@ class Sweep:
         axes: Sequence,
         base: Sequence[str] = (),
         out_dir: Optional[str | Path] = None,
+        metrics: Sequence[str] = (),
+        metric_reference: int = 0,
     ) -> "Sweep":
         """Parse the axes, compose and validate every cell; raise ``SweepError`` before anything runs.
 
         A value that fails in every cell it appears in raises, naming its axis and value. A
         combination that fails while its values work elsewhere (e.g. ``steps=1`` only with one sampler)
         is kept as an invalid cell: it becomes a blank tile with the reason.
+
+        ``metrics`` adds table columns (``adherence`` to each cell's captions, ``psnr`` / ``ssim`` against
+        the cell ``metric_reference``); they are checked here too (adherence needs captions of the tiny
+        model's world).
         """
         from omegaconf import OmegaConf
 
@@ -154,7 +172,8 @@ class Sweep:
             spec = json.dumps({"axes": [a.text or a.key for a in parsed], "base": kept})
             out_dir = Path("outputs") / "sweeps" / hashlib.sha256(spec.encode()).hexdigest()[:12]
         executor = next((c.config.executor for c in cells if c.config is not None), None)
-        return cls(parsed, base, cells, Path(out_dir), executor)
+        metrics = check_metrics(metrics, cells, metric_reference)
+        return cls(parsed, base, cells, Path(out_dir), executor, metrics, metric_reference)
 
     def execution_order(self) -> list[Cell]:
         """Valid cells grouped by (model, precision, device) outermost, then by shared conditioning."""
@@ -173,6 +192,7 @@ class Sweep:
         return {
             "axes": [{"name": "XYZ"[i], "key": a.key, "values": list(a.values)} for i, a in enumerate(self.axes)],
             "base": self.base,
+            "metrics": list(self.metrics),
             "cells": [
                 {"index": c.index, "pos": list(c.pos), "overrides": c.overrides, "key": c.key, "error": c.error}
                 for c in self.cells

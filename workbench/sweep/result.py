@@ -16,6 +16,7 @@ from PIL import Image
 
 from workbench import record as rec
 from workbench.sweep.axes import Axis
+from workbench.sweep.scoring import cell_scores
 from workbench.sweep.grid import cell_size, in_a_row, make_grid, side_by_side, tile_or_blank
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ class SweepResult:
 
     @property
     def table(self):
-        """pandas DataFrame, one row per cell (display order): axis values, status, timings, memory, settings."""
+        """pandas DataFrame, one row per cell (display order): axis values, status, timings, memory, settings,
+        and the sweep's metric columns (``workbench.sweep.scoring``) when it asked for any."""
         import pandas as pd
 
         rows = []
@@ -154,6 +156,9 @@ class SweepResult:
                     size=f"{c.width}x{c.height}" if c.height else "from image",
                     seeds=",".join(map(str, c.seeds)),
                 )
+            if self.sweep.metrics:
+                ref = self.cells[self.sweep.metric_reference]
+                row.update(cell_scores(res, ref, self.sweep.metrics, self.sweep.metric_reference))
             row["error"] = (res.error if res else cell.error) or ""
             rows.append(row)
         df = pd.DataFrame(rows)

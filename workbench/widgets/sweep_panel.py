@@ -10,6 +10,7 @@ import ipywidgets as W
 
 from workbench.record import png_bytes
 from workbench.sweep import Sweep, SweepError, SweepResult
+from workbench.sweep.scoring import METRICS
 
 # suggestions for the key fields; any config key works
 AXIS_KEYS = [
@@ -38,9 +39,12 @@ class SweepPanel(W.VBox):
         base: Sequence[str] = ("height=64", "width=64"),
         out_dir: Optional[str | Path] = None,
         executor=None,  # None: the config's executor section (a base line executor=ray works too); "local" / "ray"
+        metrics: Sequence[str] = (),  # table columns: adherence, psnr, ssim (workbench.sweep.scoring)
+        metric_reference: int = 0,  # the cell PSNR / SSIM compare against
     ):
         self.out_dir = out_dir
         self.executor = executor
+        self.metric_reference = metric_reference
         self.result: Optional[SweepResult] = None
         self.sweep: Optional[Sweep] = None
         self._holding = False
@@ -57,6 +61,8 @@ class SweepPanel(W.VBox):
             rows.append(W.HBox([k, v]))
         self.base = W.Textarea(value="\n".join(base), description="base", placeholder="one override per line",
                                layout=W.Layout(width="604px", height="64px"))
+        self.metrics = W.SelectMultiple(options=METRICS, value=tuple(metrics), rows=len(METRICS),
+                                        description="metrics", layout=W.Layout(width="280px"))
         self.plan_info = W.HTML()
         self.run_button = W.Button(description="Run sweep", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="cells", bar_style="")
@@ -69,7 +75,7 @@ class SweepPanel(W.VBox):
         self.compare_image = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start"))
         self.compare_info = W.HTML()
 
-        for w in self.axis_keys + self.axis_values + [self.base]:
+        for w in self.axis_keys + self.axis_values + [self.base, self.metrics]:
             w.observe(self._replan, names="value")
         self.run_button.on_click(lambda _: self.run())
         self.compare_a.observe(self._compare, names="value")
@@ -77,7 +83,7 @@ class SweepPanel(W.VBox):
         compare = W.VBox([W.HTML("<b>A/B compare</b>"), W.HBox([self.compare_a, self.compare_b]),
                           self.compare_image, self.compare_info])
         super().__init__(
-            [*rows, self.base, self.plan_info, W.HBox([self.run_button, self.progress, self.status]),
+            [*rows, self.base, self.metrics, self.plan_info, W.HBox([self.run_button, self.progress, self.status]),
              self.grid, self.table, compare]
         )
         self._replan()
@@ -102,7 +108,8 @@ class SweepPanel(W.VBox):
         if self._holding:
             return self.sweep
         try:
-            self.sweep = Sweep.plan(self.axis_specs(), self.base_overrides(), self.out_dir)
+            self.sweep = Sweep.plan(self.axis_specs(), self.base_overrides(), self.out_dir,
+                                    metrics=self.metrics.value, metric_reference=self.metric_reference)
         except SweepError as err:
             self.sweep = None
             self.plan_info.value = f"<span style='color:#a00'>{html.escape(str(err))}</span>"
@@ -171,4 +178,5 @@ class SweepPanel(W.VBox):
         )
 
     def __repr__(self) -> str:  # the text form notebooks store (stable: no ids, no timings)
-        return f"SweepPanel(axes={self.axis_specs()!r}, base={self.base_overrides()!r})"
+        metrics = f", metrics={list(self.metrics.value)!r}" if self.metrics.value else ""
+        return f"SweepPanel(axes={self.axis_specs()!r}, base={self.base_overrides()!r}{metrics})"
