@@ -168,7 +168,7 @@ def test_misaligned_safetensors_storage_still_gives_aligned_weights_and_the_same
     assert misaligned_safetensors[0] > 100  # the loader really read through the misaligning reader
     for part in (components.text_encoder, components.transformer, components.vae):
         assert_aligned(part)
-    run = make_cfg("sampler.steps=2", "seeds=[5]", "prompts=[a red fox]", "device=cpu")
+    run = make_cfg("model=tiny_random", "sampler.steps=2", "seeds=[5]", "prompts=[a red fox]", "device=cpu")
     ours = Workbench(components).generate(run, progress=False)[0]
     ref = Workbench.from_config(run).generate(run, progress=False)[0]
     assert torch.equal(ours.latents, ref.latents)
