@@ -20,7 +20,7 @@ from workbench.sweep.scoring import cell_scores
 from workbench.sweep.grid import cell_size, in_a_row, make_grid, side_by_side, tile_or_blank
 
 if TYPE_CHECKING:
-    from workbench.sweep.plan import Cell, Sweep
+    from workbench.sweep.plan import Cell, SweepPlan
 
 
 @dataclass
@@ -61,15 +61,6 @@ class Comparison:
         return f"Comparison(cell {self.a.cell.index} vs {self.b.cell.index}; differing keys: {keys})"
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 SUMMARY = ("grid.png", "table.csv", "sweep.json")
 PARTIAL_SUMMARY = ("grid.partial.png", "table.partial.csv", "sweep.partial.json")
 
@@ -97,7 +88,7 @@ def replace_together(files: dict[Path, bytes]) -> None:
 class SweepResult:
     """Results in display order; ``grid``, ``table`` and ``compare`` work on partial results too."""
 
-    def __init__(self, sweep: Sweep):
+    def __init__(self, sweep: SweepPlan):
         self.sweep = sweep
         self.cells: list[Optional[CellResult]] = [None] * len(sweep.cells)
         self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}  # switches between model groups that ran
@@ -171,8 +162,8 @@ class SweepResult:
         for i, r in ((a, ra), (b, rb)):
             if r is None:
                 raise KeyError(f"cell {i} has not run yet")
-        fa = _flatten(ra.cell.resolved or {})
-        fb = _flatten(rb.cell.resolved or {})
+        fa = rec.flatten(ra.cell.resolved or {})
+        fb = rec.flatten(rb.cell.resolved or {})
         diff = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
         mad = None
         if ra.tile is not None and rb.tile is not None and ra.tile.size == rb.tile.size:
