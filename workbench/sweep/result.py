@@ -16,8 +16,8 @@ from PIL import Image
 
 from workbench import record as rec
 from workbench.sweep.axes import Axis
-from workbench.sweep.scoring import cell_scores
 from workbench.sweep.grid import cell_size, in_a_row, make_grid, side_by_side, tile_or_blank
+from workbench.sweep.scoring import cell_scores
 
 if TYPE_CHECKING:
     from workbench.sweep.plan import Cell, SweepPlan
@@ -91,7 +91,8 @@ class SweepResult:
     def __init__(self, sweep: SweepPlan):
         self.sweep = sweep
         self.cells: list[Optional[CellResult]] = [None] * len(sweep.cells)
-        self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}  # switches between model groups that ran
+        # model_switches: how often a runner moved to another (model, precision, device) group
+        self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}
         self.run_order: list[int] = []  # cell indices in the order they were executed
         self.unstored: list[int] = []  # cells that ran but whose write failed (marked failed; run again next time)
 
