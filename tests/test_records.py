@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,11 +46,12 @@ def three_records(tmp_path_factory):
     cell = result.cells[0]
     report = reproduce(tmp / "run" / ran["images"][1]["file"], tmp / "re")
     again = json.loads((tmp / "re" / "record.json").read_text())
-    return tmp, ran, cell, again, report
+    return SimpleNamespace(tmp=tmp, run=ran, cell=cell, cell_dir=result.sweep.cell_dir(cell.cell), again=again,
+                           report=report)
 
 
 def test_the_three_producers_write_the_same_record(three_records):
-    tmp, ran, cell, again, report = three_records
+    ran, cell, again, report = three_records.run, three_records.cell, three_records.again, three_records.report
     assert ran["status"] == again["status"] == cell.record["status"] == "complete"
     assert set(again) == set(ran)  # reproduce re-makes an image through `workbench run`
     assert set(cell.record) == (set(ran) - RUN_ONLY) | CELL_ONLY
@@ -61,8 +63,7 @@ def test_the_three_producers_write_the_same_record(three_records):
 
 
 def test_cells_are_laid_out_and_named_as_runs(three_records):
-    tmp, ran, cell, _, _ = three_records
-    folder = cell.files[0].parent.parent
+    tmp, ran, cell, folder = three_records.tmp, three_records.run, three_records.cell, three_records.cell_dir
     assert [f.relative_to(folder).as_posix() for f in cell.files] == [e["file"] for e in ran["images"]]
     for e, f, image in zip(ran["images"], cell.files, cell.images):
         with Image.open(tmp / "run" / e["file"]) as a:
@@ -70,8 +71,15 @@ def test_cells_are_laid_out_and_named_as_runs(three_records):
         assert (folder / "record.json").is_file() and f.is_file()
 
 
+def test_a_cell_reproduces_as_a_run(three_records):
+    from workbench.reproduce import reproduce
+
+    report = reproduce(three_records.cell_dir / "record.json", three_records.tmp / "re-cell")
+    assert report["identical"] and report["changed_inputs"] == [] and len(report["images"]) == 2
+
+
 def test_each_png_holds_the_record_head_and_its_entry(three_records):
-    tmp, ran, cell, _, _ = three_records
+    tmp, ran, cell = three_records.tmp, three_records.run, three_records.cell
     head = {k: v for k, v in ran.items() if k not in rec.RECORD_ONLY}
     chunk = rec.read_png_record(tmp / "run" / ran["images"][0]["file"])
     assert chunk == json.loads(json.dumps(head | {"image": ran["images"][0]}))

@@ -57,10 +57,9 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True, job: Optional[
     head = rec.record_head(bench, run_cfg, resolved)
     entries = [rec.image_entry(i, g, run_cfg, head) for i, g in images]
     written, failure = _write_images(output_dir, head, entries, [g for _, g in images])
-    record = rec.finish(
-        head, written, "complete" if failure is None else "partial",  # only images that exist on disk
-        import_s=round(imported - started, 6), model_load_s=round(load_s, 6),
-        total_s=round(time.perf_counter() - started, 6),
+    record = rec.finish(  # "images": only those on disk
+        head, written, "complete" if failure is None else "partial",
+        import_s=round(imported - started, 6), model_load_s=round(load_s, 6), total_s=round(time.perf_counter() - started, 6),
     )
     if failure is not None:
         name, err = failure
