@@ -246,8 +246,8 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, config: ExecutorConfig = ExecutorConfig(name=ExecutorName.ray)):
-        self.config = config
+    def __init__(self, config: Optional[ExecutorConfig] = None):
+        self.config = ExecutorConfig(name=ExecutorName.ray) if config is None else config
         self.ray = _import_ray()  # a missing Ray fails before any cell runs
 
     # ------------------------------------------------------------- cluster and actors

@@ -11,7 +11,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Self, Sequence
+from typing import Any, Optional, Sequence
 
 from workbench.sweep.axes import Axis, SweepError, parse_axes
 from workbench.sweep.keys import conditioning_key, config_hash, is_executor_key, model_group_key
@@ -80,8 +80,9 @@ class SweepPlan:
         out_dir: Optional[str | Path] = None,
         metrics: Sequence[str] = (),
         metric_reference: int = 0,
-    ) -> Self:
-        """Parse the axes, compose and validate every cell; raise ``SweepError`` before anything runs.
+    ):
+        """Parse the axes, compose and validate every cell (an instance of ``cls``: ``Sweep.plan`` gives a
+        ``Sweep``); raise ``SweepError`` before anything runs.
 
         A value that fails in every cell it appears in raises, naming its axis and value. A
         combination that fails while its values work elsewhere (e.g. ``steps=1`` only with one sampler)
