@@ -239,11 +239,13 @@ def test_record_json_is_always_valid_json(tmp_path):
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    from workbench.record.files import _umask as read_umask
+
     old = os.umask(umask)
     try:
         rec.atomic_write_bytes(tmp_path / "f.bin", b"x")
         rec.atomic_write_json(tmp_path / "r.json", {"a": 1})
-        assert rec._umask() == umask  # read without changing it
+        assert read_umask() == umask  # read without changing it
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == mode

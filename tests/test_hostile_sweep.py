@@ -35,7 +35,7 @@ def finished(tmp_path_factory):
 
 
 def _truncate_png(sweep, cell):
-    png = next(sweep.cell_dir(cell).glob("*.png"))
+    png = next(sweep.cell_dir(cell).glob("images/*.png"))
     png.write_bytes(png.read_bytes()[:200])
 
 

@@ -68,11 +68,11 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, tmp_path):
     for res in r.cells:  # a worker ran only cells of its own precision
         assert by_precision[res.worker] == res.cell.values[0]
 
-    l = local.run(progress=False)
-    assert l.stats["ran"] == 4 and all(res.worker.endswith(f":{os.getpid()}") for res in l.cells)
-    for a, b in zip(pixels(r), pixels(l)):
+    here = local.run(progress=False)
+    assert here.stats["ran"] == 4 and all(res.worker.endswith(f":{os.getpid()}") for res in here.cells)
+    for a, b in zip(pixels(r), pixels(here)):
         assert a.shape == (32, 32, 3) and np.array_equal(a, b)  # bit-equal pixels
-    for a, b in zip(r.cells, l.cells):
+    for a, b in zip(r.cells, here.cells):
         assert a.record["config"] == b.record["config"] and "executor" not in a.record["config"]
         assert a.files[0].name == b.files[0].name
     assert pixels(r)[0].tolist() != pixels(r)[2].tolist()  # different steps, different images
@@ -90,7 +90,7 @@ def test_ray_matches_local_and_shares_the_cache(ray_cluster, tmp_path):
     assert resumed.stats["cached"] == 3 and resumed.stats["ran"] == 1
     # ... on the actor that already holds that model and its conditioning from the first sweep
     assert resumed.cells[3].worker == r.cells[3].worker and resumed.stats["encodes"] == 0
-    assert np.array_equal(pixels(resumed)[3], pixels(l)[3])
+    assert np.array_equal(pixels(resumed)[3], pixels(here)[3])
     assert (tmp_path / "local" / "grid.png").is_file()
 
 

@@ -22,7 +22,7 @@ from PIL import Image, PngImagePlugin
 from workbench import record as rec
 from workbench.reproduce import _print, main
 
-ASSET = Path(rec.__file__).resolve().parent / "assets" / "sample_reference.png"
+ASSET = Path(__file__).resolve().parents[1] / "workbench" / "assets" / "sample_reference.png"
 
 
 def wb(*args: str, cwd: Path, cache: Path) -> subprocess.CompletedProcess:

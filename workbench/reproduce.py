@@ -25,11 +25,11 @@ import re
 import shutil
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from workbench.errors import EXIT_DIFFERS, EXIT_OK, InputError, WorkbenchError, exit_code
+from workbench.record import flatten
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,20 +87,6 @@ def literal(value: Any) -> Any:
     return value
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flat(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: obj}
-
-
 def recorded_config(record: dict, source: Path):
     """(OmegaConf config, typed ``Config``, [{key, default}] of nested keys the record lacks).
 
@@ -129,8 +115,8 @@ def recorded_config(record: dict, source: Path):
         where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
         raise ConfigError(f"{source}: the recorded config does not fit this version's schema{where}: "
                           f"{str(err).splitlines()[0]}") from None
-    have = _flat(recorded)
-    defaults = [{"key": k, "default": v} for k, v in _flat(merged).items()
+    have = flatten(recorded)
+    defaults = [{"key": k, "default": v} for k, v in flatten(merged).items()
                 if k not in have and not k.startswith("executor.") and not any(h.startswith(k + ".") for h in have)]
     try:
         run_cfg = to_run_config(cfg)  # every check before anything is written or loaded
@@ -153,36 +139,20 @@ def job_index(run_cfg, entry: dict, source: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- re-running
-def rerun_image(cfg, run_cfg, job: int, output_dir: Path) -> dict:
-    """Re-run one image (its forward batch) into ``output_dir``; returns the new record (one image).
-
-    Prompts are encoded together and batches cut as in the full run (``generate(only=...)``), since
-    both change the bits; the files are named and recorded as ``workbench run`` does.
-    """
-    from omegaconf import OmegaConf
-
-    from workbench import record as rec
-    from workbench.pipeline import Workbench
-    from workbench.run import image_entry
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)  # escaped strings come back as their literal text
-    bench = Workbench.from_config(run_cfg)
-    results = bench.generate(run_cfg, progress=False, only=[job])
-    r = results[job % run_cfg.batch_size]  # generate(only=) returns that forward batch
-    base = {"config": resolved, **rec.provenance(bench, run_cfg, resolved)}
-    entry = image_entry(job, r, run_cfg, base)
-    rec.save_png(output_dir / entry["file"], r.image, base | {"image": entry})
-    record = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **base, "images": [entry]}
-    rec.atomic_write_json(output_dir / "record.json", record)
-    return record
-
-
 def rerun(cfg, output_dir: Path) -> dict:
     """Run the whole recorded config again into ``output_dir``; returns the new record."""
     from workbench.run import run
 
-    path = run(cfg, output_dir, progress=False)
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.loads(run(cfg, output_dir, progress=False).read_text(encoding="utf-8"))
+
+
+def rerun_image(cfg, job: int, output_dir: Path) -> dict:
+    """Re-make image ``job`` into ``output_dir`` as ``workbench run`` does (same name, same record);
+    returns the new record. Its forward batch runs, as batched and conditioned in the full run, since
+    both change the bits (``Workbench.generate(only=...)``)."""
+    from workbench.run import run
+
+    return json.loads(run(cfg, output_dir, progress=False, job=job).read_text(encoding="utf-8"))
 
 
 def check_output(output_dir: Path, inputs: list[Path]) -> None:
@@ -230,7 +200,7 @@ def changed_inputs(old: dict, new: dict) -> list[dict]:
         if name not in old:
             changes.append({"field": name, "old": "(not in the stored record)", "new": new.get(name)})
             continue
-        a, b = _flat(old.get(name), name), _flat(new.get(name), name)
+        a, b = flatten(old.get(name), name), flatten(new.get(name), name)
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 changes.append({"field": key, "old": a.get(key), "new": b.get(key)})
@@ -271,7 +241,7 @@ def reproduce(path: Path, output_dir: Optional[Path] = None) -> dict[str, Any]:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.partial-"))
     try:
-        new = rerun_image(cfg, run_cfg, job, stage) if job is not None else rerun(cfg, stage)
+        new = rerun(cfg, stage) if job is None else rerun_image(cfg, job, stage)
         if output_dir.is_dir():
             output_dir.rmdir()  # empty (checked above): replaced by the complete re-run
         os.rename(stage, output_dir)

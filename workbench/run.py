@@ -1,12 +1,15 @@
-"""``workbench run``: one config in, images + ``record.json`` out. A plain function tests import."""
+"""``workbench run``: one config in, images + ``record.json`` out. A plain function tests import.
+
+The record and the image names come from ``workbench.record.build``, shared with sweep cells and
+``workbench reproduce`` (which re-makes one image with ``run(..., job=N)``).
+"""
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -14,11 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from workbench import record as rec
 from workbench.config.compose import to_run_config
 from workbench.errors import RunFailure
-from workbench.pipeline import Workbench
-
-
-def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "image"
+from workbench.pipeline import GeneratedImage, Workbench
 
 
 def import_model_libraries() -> None:
@@ -35,28 +34,14 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def image_entry(index: int, r, run_cfg, base: dict) -> dict:
-    """The record entry of the ``index``-th image of a run (its file name is ``entry["file"]``);
-    one naming rule for ``workbench run`` and ``workbench reproduce``."""
-    return {
-        "file": f"images/{index:03d}-seed{r.seed}-{_slug(r.prompt)}.png",
-        "prompt": r.prompt,
-        "negative_prompt": run_cfg.negative_prompt if run_cfg.sampler.cfg > 1 else None,
-        "seed": r.seed,
-        "reference_sha256": [x["sha256"] for x in base["reference_images"]],
-        "width": r.image.width,
-        "height": r.image.height,
-        "timings_s": {k: round(v, 6) for k, v in r.timings.items()},
-        "notes": r.notes,
-    }
-
-
-def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
+def run(cfg: DictConfig, output_dir: Path, progress: bool = True, job: Optional[int] = None) -> Path:
     """Generate every image of ``cfg`` into ``output_dir``; returns the path of ``record.json``.
 
     The output folder is checked before any model work; every note the run made on its own (a snapped
     size, a cut prompt) is printed on stderr. A failed write raises ``RunFailure`` saying what was
     written, after leaving ``record.json`` with ``"status": "partial"`` when it can still be written.
+    ``job``: make only that image (an index into the prompt-major (prompt, seed) list), its forward
+    batch cut and conditioned as in the full run (``workbench reproduce IMAGE``).
     """
     run_cfg = to_run_config(cfg)  # typed + validated before anything heavy happens
     output_dir = Path(output_dir)
@@ -67,41 +52,51 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
     imported = time.perf_counter()
     bench = Workbench.from_config(run_cfg)
     load_s = time.perf_counter() - imported
-    if bench.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(bench.device)
 
-    results = bench.generate(run_cfg, progress=progress)
-    for note in dict.fromkeys(n for r in results for n in r.notes):  # once each, in order
-        _say(f"note: {note}")
-
-    # after generation: the peak is the run's, and it goes into every PNG's record as well
-    base = {"config": resolved, **rec.provenance(bench, run_cfg, resolved), "peak_memory": rec.peak_memory(bench.device)}
-    entries, written = [], []
-    failure: tuple[str, OSError] | None = None
-    for i, r in enumerate(results):
-        entry = image_entry(i, r, run_cfg, base)
-        name = entry["file"]
-        entries.append(entry)
-        if failure is None:
-            try:
-                rec.save_png(output_dir / name, r.image, base | {"image": entry})
-                written.append(entry)
-            except OSError as err:  # disk full, quota, removed folder: the rest would fail alike
-                failure = (name, err)
-
-    record = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "status": "complete" if failure is None else "partial",
-        **base,
-        "import_s": round(imported - started, 6),
-        "model_load_s": round(load_s, 6),
-        "total_s": round(time.perf_counter() - started, 6),
-        "images": written,  # only images that exist on disk
-    }
+    images = _generate(bench, run_cfg, progress, job)
+    head = rec.record_head(bench, run_cfg, resolved)
+    entries = [rec.image_entry(i, g, run_cfg, head) for i, g in images]
+    written, failure = _write_images(output_dir, head, entries, [g for _, g in images])
+    record = rec.finish(  # "images": only those on disk
+        head, written, "complete" if failure is None else "partial",
+        import_s=round(imported - started, 6), model_load_s=round(load_s, 6), total_s=round(time.perf_counter() - started, 6),
+    )
     if failure is not None:
         name, err = failure
         record["write_error"] = {"file": name, "error": f"{type(err).__name__}: {err.strerror or err}"}
         record["images_not_written"] = [e for e in entries if e not in written]
+    return _write_record(output_dir, record, len(entries), failure)
+
+
+def _generate(bench: Workbench, run_cfg, progress: bool, job: Optional[int]) -> list[tuple[int, GeneratedImage]]:
+    """[(index in the prompt-major list, GeneratedImage)]; the notes printed once each, in order."""
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bench.device)
+    if job is None:
+        images = list(enumerate(bench.generate(run_cfg, progress=progress)))
+    else:  # generate(only=) returns the forward batch holding the job
+        batch = bench.generate(run_cfg, progress=progress, only=[job])
+        images = [(job, batch[job % run_cfg.batch_size])]
+    for note in dict.fromkeys(n for _, g in images for n in g.notes):
+        _say(f"note: {note}")
+    return images
+
+
+def _write_images(output_dir: Path, head: dict, entries: list[dict], images: list[GeneratedImage]
+                  ) -> tuple[list[dict], Optional[tuple[str, OSError]]]:
+    """Write each image with its record chunk, up to the first failed write: (entries written, (file, error) or None)."""
+    written: list[dict] = []
+    for entry, image in zip(entries, images):
+        try:
+            rec.save_png(output_dir / entry["file"], image.image, rec.png_chunk(head, entry))
+        except OSError as err:  # disk full, quota, removed folder: the rest would fail alike
+            return written, (entry["file"], err)
+        written.append(entry)
+    return written, None
+
+
+def _write_record(output_dir: Path, record: dict, total: int, failure: Optional[tuple]) -> Path:
+    """Write ``record.json``; raise ``RunFailure`` naming what was written when an image or the record failed."""
     path = output_dir / "record.json"
     try:
         rec.atomic_write_json(path, record)
@@ -110,14 +105,15 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True) -> Path:
         record_note = f"record.json could not be written either ({err.strerror or err})"
         if failure is None:
             raise RunFailure(
-                f"all {len(results)} images were written to {output_dir / 'images'}, but {path} could not be "
+                f"all {total} images were written to {output_dir / 'images'}, but {path} could not be "
                 f"written: {err.strerror or err}; free space or fix permissions and re-run"
             ) from err
     if failure is not None:
         name, err = failure
+        written = record["images"]
         done = ", ".join(Path(e["file"]).name for e in written) or "none"
         raise RunFailure(
-            f"writing {output_dir / name} failed: {err.strerror or err}; wrote {len(written)} of {len(results)} "
+            f"writing {output_dir / name} failed: {err.strerror or err}; wrote {len(written)} of {total} "
             f"images ({done}); {record_note}; free space and re-run"
         ) from err
     return path

@@ -25,30 +25,27 @@ Why it is built this way:
   which ``Sweep.run`` stores in the same cache, grid and table; ``executor`` settings never enter a
   cell's config hash, so either executor reuses the other's finished cells.
 
-The modules, in the order a sweep uses them:
+The modules, in the order a sweep uses them (each imports only those above it; ``keys`` is a leaf):
     axes       ``key=values`` strings -> typed axes
-    plan       cells and their validated configs, the execution order (``Sweep``)
-    execute    ``Sweep.run``: read back finished cells, hand the rest to an executor, store what comes back
-    executors  where cells run: this process or Ray actors
-    runner     one cell on resident models (``CellRunner``) -> ``CellOutput``
-    cache      cell folders: the config hash, store, read back
-    result     ``SweepResult``: table, A/B compare, save
+    keys       pure keys of a resolved config: the cache hash, the model group, the conditioning
+    scoring    the metric columns (checked when planned)
+    plan       the plan as data: cells and their validated configs, the execution order (``SweepPlan``)
     grid       the grid image with legends
+    result     ``SweepResult``: table, A/B compare, save
+    cache      cell folders (the run layout: record.json + images/): store, read back
+    runner     one cell on resident models (``CellRunner``) -> ``CellOutput`` with the run record
+    executors  where cells run: this process or Ray actors
+    execute    ``Sweep`` (the plan + ``run``): read back finished cells, hand the rest to an executor, store
 """
 
 from workbench.sweep.axes import SweepError
 from workbench.sweep.cache import CorruptCellWarning
+from workbench.sweep.execute import Sweep, SweepWriteError
 from workbench.sweep.grid import FAILED, make_grid  # FAILED: the tile colour tests look for
-from workbench.sweep.plan import Cell, Sweep, _describe  # _describe: workbench.magics' one-line errors
+from workbench.sweep.plan import Cell, SweepPlan
+from workbench.sweep.plan import _describe as _describe  # workbench.magics' one-line errors
 from workbench.sweep.result import CellResult, Comparison, SweepResult
 from workbench.sweep.runner import CellOutput, CellRunner
 
-
-def __getattr__(name: str):  # execute imports the executors, which import this package: load it on use
-    if name == "SweepWriteError":
-        from workbench.sweep.execute import SweepWriteError
-
-        return SweepWriteError
-    raise AttributeError(name)
-
-__all__ = ["Sweep", "SweepResult", "CellResult", "CellOutput", "CellRunner", "Cell", "Comparison", "SweepError", "SweepWriteError", "CorruptCellWarning", "make_grid"]
+__all__ = ["Sweep", "SweepPlan", "SweepResult", "CellResult", "CellOutput", "CellRunner", "Cell", "Comparison",
+           "SweepError", "SweepWriteError", "CorruptCellWarning", "FAILED", "make_grid"]

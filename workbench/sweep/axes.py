@@ -17,12 +17,13 @@ line. List-valued keys (``prompts``, ``seeds``, ``images``) take one element per
 
 from __future__ import annotations
 
-from workbench.errors import InputError
 import csv
 import math
 import re
 from dataclasses import dataclass
 from typing import Sequence, Union
+
+from workbench.errors import InputError
 
 AXIS_NAMES = ("x", "y", "z")
 MAX_VALUES = 256  # per axis: a typo such as 1-10000 should fail, not queue ten thousand cells

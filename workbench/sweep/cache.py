@@ -1,13 +1,13 @@
 """The cell cache: ``<out_dir>/cells/<config hash>/``, so a re-run reads finished cells back instead of running them.
 
-A cell's folder is named by the hash of its resolved config and is complete once its ``record.json``
-exists (written last, atomically): an interrupted sweep resumes, and either executor reuses the
-other's cells.
+A cell's folder is named by the hash of its resolved config (``workbench.sweep.keys.config_hash``) and
+holds what ``workbench run`` writes (``record.json``, ``images/``); it is complete once its
+``record.json`` exists (written last, atomically): an interrupted sweep resumes, and either executor
+reuses the other's cells.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -18,19 +18,11 @@ from PIL import Image
 from workbench.sweep.result import CellResult
 
 if TYPE_CHECKING:
-    from workbench.sweep.plan import Cell, Sweep
+    from workbench.sweep.plan import Cell, SweepPlan
     from workbench.sweep.runner import CellOutput
 
-CACHE_VERSION = "sweep-cell-v1"  # bump when what a cell writes changes
 
-
-def config_hash(resolved: dict) -> str:
-    """Hash of a resolved config: the cell cache key (same config -> same folder)."""
-    text = json.dumps({"v": CACHE_VERSION, "config": resolved}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def cell_result(sweep: Sweep, cell: Cell, out: CellOutput) -> CellResult:
+def cell_result(sweep: SweepPlan, cell: Cell, out: CellOutput) -> CellResult:
     """The result of a cell that just ran, with the paths ``write_output`` writes its images to."""
     if out.status != "ok":
         return CellResult(cell, "failed", error=out.error, record=out.record, worker=out.worker)
@@ -39,7 +31,7 @@ def cell_result(sweep: Sweep, cell: Cell, out: CellOutput) -> CellResult:
     return CellResult(cell, "ok", out.images, files, out.record, conditioning_cached=hit, worker=out.worker)
 
 
-def write_output(sweep: Sweep, cell: Cell, out: CellOutput) -> None:
+def write_output(sweep: SweepPlan, cell: Cell, out: CellOutput) -> None:
     """Write one cell's output to the cache (``record.json`` last: its presence marks the cell done)."""
     from workbench import record as rec
 
@@ -47,9 +39,8 @@ def write_output(sweep: Sweep, cell: Cell, out: CellOutput) -> None:
     if out.status != "ok":
         rec.atomic_write_json(folder / "error.json", {"error": out.error, "overrides": cell.overrides})
         return
-    head = {k: v for k, v in out.record.items() if k != "images"}
     for entry, image in zip(out.record["images"], out.images):
-        rec.save_png(folder / entry["file"], image, head | {"image": entry})
+        rec.save_png(folder / entry["file"], image, rec.png_chunk(out.record, entry))
     (folder / "error.json").unlink(missing_ok=True)
     rec.atomic_write_json(folder / "record.json", out.record)
 
@@ -59,20 +50,22 @@ class CorruptCellWarning(UserWarning):
 
 
 def _image_files(folder: Path, record: Any) -> list[Path]:
-    """The image files a cell's record names; every name must be a plain file name inside the folder
-    (a record is data: never a path elsewhere)."""
+    """The image files a cell's record names; every name must be a relative path that stays inside the
+    folder once links are resolved (a record is data: never a path elsewhere)."""
     if not isinstance(record, dict) or not isinstance(record.get("images"), list):
         raise ValueError("record.json is not an object with an 'images' list")
+    root = folder.resolve()
     files = []
     for entry in record["images"]:
         name = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        if (not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts
+                or name in (".", "") or not (root / name).resolve().is_relative_to(root)):
             raise ValueError(f"image entry 'file': {str(name)[:80]!r} does not name a file of this folder")
         files.append(folder / name)
     return files
 
 
-def read_back(sweep: Sweep, cell: Cell) -> Optional[CellResult]:
+def read_back(sweep: SweepPlan, cell: Cell) -> Optional[CellResult]:
     """The cached result of a finished cell, or None when it has to run.
 
     A cell whose files cannot be read back (a truncated PNG, an invalid or truncated record.json: a

@@ -1,4 +1,5 @@
-"""``Sweep.run``: read finished cells back, hand the others to an executor, store and count what comes back.
+"""Running a plan: ``Sweep`` (a ``SweepPlan`` with its ``run``) reads finished cells back, hands the
+others to an executor, stores and counts what comes back.
 
 Reading back and storing happen here, in the sweep's process, whatever the executor: a remote one
 needs no shared disk, and both fill the same cache, grid and table. Cells are written by one
@@ -13,17 +14,43 @@ not stored run again next time. The summary files are replaced only by a complet
 
 from __future__ import annotations
 
+import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from workbench.errors import RunFailure
+from workbench.sweep.axes import SweepError
 from workbench.sweep.cache import cell_result, read_back, write_output
-from workbench.sweep.executors import RunOptions, make_executor
+from workbench.sweep.executors import Executor, RunOptions, make_executor
+from workbench.sweep.plan import Cell, SweepPlan
 from workbench.sweep.result import CellResult, SweepResult
 
-if TYPE_CHECKING:
-    from workbench.sweep.plan import Cell, Sweep
+OnCell = Callable[[CellResult, SweepResult], Optional[bool]]
+
+
+class Sweep(SweepPlan):
+    """A planned sweep (``Sweep.plan(axes, base, out_dir)``: every cell validated) that runs (``run``)."""
+
+    def run(
+        self,
+        progress: bool = True,
+        on_cell: Optional[OnCell] = None,
+        keep_models: bool = True,
+        conditioning_cache_size: int = 16,
+        executor: Any = None,
+    ) -> SweepResult:
+        """Run (or read back) every cell; returns when all are done.
+
+        ``on_cell(cell_result, sweep_result)`` is called after each cell (panels redraw the grid there);
+        returning True stops the sweep early (finished cells stay cached). ``keep_models=False`` frees
+        the resident models when the sweep moves to the next (model, precision, device) group, for
+        weights that do not fit twice. ``executor``: where the cells run; None takes the config's
+        ``executor`` section (e.g. the base override ``executor=ray``), or pass ``"local"``, ``"ray"``,
+        an ``ExecutorConfig`` or an executor object (``workbench.sweep.executors``). Finished cells are
+        read back here, whatever the executor; only the others are handed to it.
+        """
+        return run_sweep(self, progress, on_cell, keep_models, conditioning_cache_size, executor)
 
 
 class SweepWriteError(RunFailure):
@@ -37,10 +64,6 @@ class SweepWriteError(RunFailure):
 
 def check_out_dir(folder: Path) -> None:
     """Create the sweep folder and prove it writable (a file, a read-only or a full disk fail here)."""
-    import tempfile
-
-    from workbench.sweep.axes import SweepError
-
     try:
         (folder / "cells").mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder / "cells"):
@@ -53,9 +76,9 @@ def check_out_dir(folder: Path) -> None:
 
 
 def run_sweep(
-    sweep: Sweep,
+    sweep: SweepPlan,
     progress: bool,
-    on_cell: Optional[Callable[[CellResult, SweepResult], Optional[bool]]],
+    on_cell: Optional[OnCell],
     keep_models: bool,
     conditioning_cache_size: int,
     executor: Any,
@@ -71,49 +94,18 @@ def run_sweep(
             result.cells[cell.index] = CellResult(cell, "failed", error=cell.error)
             result.stats["failed"] += 1
     order = sweep.execution_order()
-    bar = tqdm(total=len(order), desc="sweep", disable=not progress, leave=False)
-
-    def finish(res: CellResult) -> bool:
-        result.cells[res.cell.index] = res
-        result.run_order.append(res.cell.index)
-        result.stats[{"ok": "ran", "cached": "cached", "failed": "failed"}[res.status]] += 1
-        bar.update(1)
-        return bool(on_cell is not None and on_cell(res, result))
-
+    tally = _Tally(result, on_cell, tqdm(total=len(order), desc="sweep", disable=not progress, leave=False))
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")  # one thread: writes in order
     writes: list[tuple[Cell, Future]] = []
-    save_error: Optional[BaseException] = None
     try:
-        todo, stop = [], False
-        for cell in order:
-            res = read_back(sweep, cell)
-            if res is None:
-                todo.append(cell)
-            elif finish(res):
-                stop = True
-                break
-        if todo and not stop:
-            outputs = runner.run(sweep, todo, RunOptions(keep_models, conditioning_cache_size))
-            try:
-                for cell, out in outputs:
-                    result.stats["encodes"] += out.encodes
-                    result.stats["conditioning_hits"] += out.conditioning_hits
-                    result.stats["model_switches"] += int(out.model_switch)
-                    writes.append((cell, writer.submit(write_output, sweep, cell, out)))
-                    if finish(cell_result(sweep, cell, out)):
-                        break
-                    if any(f.done() and f.exception() is not None for _, f in writes):
-                        break  # the disk is full (or gone): computing more cells would only lose them too
-            finally:
-                outputs.close()  # a stopped sweep: the executor drops the cells it has not started
+        todo = _read_back_finished(sweep, order, tally)
+        if todo:
+            _run_cells(sweep, todo, runner, RunOptions(keep_models, conditioning_cache_size), tally, writer, writes)
     finally:
         writer.shutdown(wait=True)  # what ran lands on disk, even when the sweep is interrupted
-        bar.close()
+        tally.bar.close()
         first_error = _mark_unstored(result, writes, on_cell)
-        try:  # never mask the exception that may be on its way out
-            result.save()  # the complete summary only when complete; else the *.partial files
-        except Exception as err:  # noqa: BLE001 - a full disk: reported below
-            save_error = err
+        save_error = _save_summary(result)  # never masks the exception that may be on its way out
     if result.unstored:
         raise SweepWriteError(_unstored_message(result, first_error), result)
     if save_error is not None:
@@ -125,7 +117,64 @@ def run_sweep(
     return result
 
 
-def _mark_unstored(result: SweepResult, writes: list, on_cell) -> Optional[BaseException]:
+class _Tally:
+    """Puts each finished cell in the result, counts it, advances the bar, tells ``on_cell``."""
+
+    def __init__(self, result: SweepResult, on_cell: Optional[OnCell], bar):
+        self.result, self.on_cell, self.bar = result, on_cell, bar
+
+    def finish(self, res: CellResult) -> bool:
+        """Record ``res``; True when ``on_cell`` asks the sweep to stop."""
+        result = self.result
+        result.cells[res.cell.index] = res
+        result.run_order.append(res.cell.index)
+        result.stats[{"ok": "ran", "cached": "cached", "failed": "failed"}[res.status]] += 1
+        self.bar.update(1)
+        return bool(self.on_cell is not None and self.on_cell(res, result))
+
+
+def _read_back_finished(sweep: SweepPlan, order: list[Cell], tally: _Tally) -> list[Cell]:
+    """Read the cached cells back (in run order); the cells left to run, none when ``on_cell`` stopped the sweep."""
+    todo = []
+    for cell in order:
+        res = read_back(sweep, cell)
+        if res is None:
+            todo.append(cell)
+        elif tally.finish(res):
+            return []
+    return todo
+
+
+def _run_cells(sweep: SweepPlan, todo: list[Cell], runner: Executor, options: RunOptions, tally: _Tally,
+               writer: ThreadPoolExecutor, writes: list[tuple[Cell, Future]]) -> None:
+    """Hand ``todo`` to the executor; queue each output's write and count it as it comes back. Stops at
+    ``on_cell``'s request or at the first failed write (the disk is full: more cells would be lost too)."""
+    stats = tally.result.stats
+    outputs = runner.run(sweep, todo, options)
+    try:
+        for cell, out in outputs:
+            stats["encodes"] += out.encodes
+            stats["conditioning_hits"] += out.conditioning_hits
+            stats["model_switches"] += int(out.model_switch)
+            writes.append((cell, writer.submit(write_output, sweep, cell, out)))
+            if tally.finish(cell_result(sweep, cell, out)):
+                break
+            if any(f.done() and f.exception() is not None for _, f in writes):
+                break
+    finally:
+        outputs.close()  # a stopped sweep: the executor drops the cells it has not started
+
+
+def _save_summary(result: SweepResult) -> Optional[BaseException]:
+    """Write the summary (complete, else the *.partial files); the error of a failed write (a full disk)."""
+    try:
+        result.save()
+    except Exception as err:  # noqa: BLE001 - reported by run_sweep, after the cells' own errors
+        return err
+    return None
+
+
+def _mark_unstored(result: SweepResult, writes: list[tuple[Cell, Future]], on_cell: Optional[OnCell]) -> Optional[BaseException]:
     """Turn cells whose write failed into failed cells (never reported as ok); the first error."""
     first = None
     for cell, future in writes:

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
 from workbench.config.schema import ExecutorConfig, ExecutorName
 from workbench.errors import RunFailure
-from workbench.sweep.plan import model_group_key
+from workbench.sweep.keys import model_group_key
 from workbench.sweep.runner import CellOutput, CellRunner
 
 if TYPE_CHECKING:
-    from workbench.sweep.plan import Cell, Sweep
+    from workbench.sweep.plan import Cell, SweepPlan
 
 __all__ = ["Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RunOptions", "make_executor", "shutdown",
            "start_local_cluster", "stop_local_cluster"]
@@ -61,7 +61,7 @@ class RunOptions:
 class Executor(Protocol):
     name: str
 
-    def run(self, sweep: "Sweep", cells: list["Cell"], options: RunOptions) -> Iterator[tuple["Cell", CellOutput]]:
+    def run(self, sweep: "SweepPlan", cells: list["Cell"], options: RunOptions) -> Iterator[tuple["Cell", CellOutput]]:
         """Run ``cells`` (valid, not cached, in execution order); yield each with its output as it finishes.
 
         Closing the generator early (a stopped sweep) must drop the cells not started yet.
@@ -92,7 +92,7 @@ class LocalExecutor:
 
     name = "local"
 
-    def run(self, sweep: "Sweep", cells: list["Cell"], options: RunOptions) -> Iterator[tuple["Cell", CellOutput]]:
+    def run(self, sweep: "SweepPlan", cells: list["Cell"], options: RunOptions) -> Iterator[tuple["Cell", CellOutput]]:
         runner = CellRunner(options.keep_models, options.conditioning_cache_size)
         for cell in cells:
             yield cell, runner.run(sweep, cell)
@@ -226,7 +226,7 @@ class _SweepActor:
     def __init__(self):
         self.runner = CellRunner()
 
-    def run(self, sweep: "Sweep", cell: "Cell", options: RunOptions) -> CellOutput:
+    def run(self, sweep: "SweepPlan", cell: "Cell", options: RunOptions) -> CellOutput:
         self.runner.keep_models = options.keep_models
         self.runner.cache_size = options.conditioning_cache_size
         return self.runner.run(sweep, cell)
@@ -246,8 +246,8 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, config: ExecutorConfig = ExecutorConfig(name=ExecutorName.ray)):
-        self.config = config
+    def __init__(self, config: Optional[ExecutorConfig] = None):
+        self.config = ExecutorConfig(name=ExecutorName.ray) if config is None else config
         self.ray = _import_ray()  # a missing Ray fails before any cell runs
 
     # ------------------------------------------------------------- cluster and actors
@@ -300,7 +300,7 @@ class RayExecutor:
         return pool[:n]
 
     # ------------------------------------------------------------- scheduling
-    def run(self, sweep: "Sweep", cells: list["Cell"], options: RunOptions) -> Iterator[tuple["Cell", CellOutput]]:
+    def run(self, sweep: "SweepPlan", cells: list["Cell"], options: RunOptions) -> Iterator[tuple["Cell", CellOutput]]:
         ray = self.ray
         actors = self.actors(len(cells))
         groups: "OrderedDict[str, deque]" = OrderedDict()  # model group -> its cells, in execution order

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 if TYPE_CHECKING:
-    from workbench.sweep.plan import Sweep
+    from workbench.sweep.plan import SweepPlan
     from workbench.sweep.result import CellResult
 
 BACKGROUND = (255, 255, 255)
@@ -113,7 +113,7 @@ def side_by_side(tiles: list[Image.Image], labels: list[str], pad: int = 6) -> I
     return out
 
 
-def make_grid(sweep: Sweep, results: Sequence[Optional[CellResult]], min_side: int = 128) -> Image.Image:
+def make_grid(sweep: SweepPlan, results: Sequence[Optional[CellResult]], min_side: int = 128) -> Image.Image:
     """The X/Y grid (one panel per Z value, side by side) with axis legends; blanks for failed / pending cells."""
     axes = sweep.axes
     nx, ny, nz = (list(sweep.shape) + [1, 1])[:3]

@@ -1,7 +1,7 @@
-"""A sweep's plan: one validated config per grid cell, and the order that keeps models resident.
+"""A sweep's plan, as data: one validated config per grid cell, and the order that keeps models resident.
 
-Every cell is composed and validated here, so a typo fails before a model loads; running is
-``workbench.sweep.execute``.
+Every cell is composed and validated here, so a typo fails before a model loads. Running the plan is
+``workbench.sweep.execute`` (``Sweep``, this plan with its ``run``): this module imports nothing that runs.
 """
 
 from __future__ import annotations
@@ -11,14 +11,11 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from workbench.sweep.axes import Axis, SweepError, parse_axes
-from workbench.sweep.cache import config_hash
+from workbench.sweep.keys import conditioning_key, config_hash, is_executor_key, model_group_key
 from workbench.sweep.scoring import check_metrics
-
-if TYPE_CHECKING:
-    from workbench.sweep.result import CellResult, SweepResult
 
 
 def _describe(err: BaseException) -> str:
@@ -50,35 +47,7 @@ class Cell:
         return ", ".join(a.label(v) for a, v in zip(axes, self.values))
 
 
-def _is_executor_key(key: str) -> bool:
-    key = key.strip().lstrip("+~")
-    return key == "executor" or key.startswith("executor.")
-
-
-def model_group_key(resolved: dict) -> str:
-    """What a set of resident weights is built from: cells with the same key share them."""
-    return json.dumps([resolved["model"], resolved["precision"], resolved["device"]], sort_keys=True)
-
-
-def conditioning_key(resolved: dict) -> str:
-    """What the conditioning depends on: template, prompts, images (and their sizing), model, encoder dtype."""
-    r = resolved
-    guided = r["sampler"]["cfg"] > 1
-    parts = {
-        "template": r["template"],
-        "prompts": r["prompts"],
-        "negative": r["negative_prompt"] if guided else None,
-        "images": r["images"],
-        "reference": r["reference"] if r["images"] else None,
-        "model": r["model"],
-        "dtype": [r["precision"]["text_encoder"], r["precision"]["vae"] if r["images"] else None],
-        "device": r["device"],
-        "max_sequence_length": r["max_sequence_length"],
-    }
-    return json.dumps(parts, sort_keys=True)
-
-
-class Sweep:
+class SweepPlan:
     """A validated plan: axes, base overrides, one ``Cell`` per grid position, and the run order."""
 
     def __init__(
@@ -111,8 +80,9 @@ class Sweep:
         out_dir: Optional[str | Path] = None,
         metrics: Sequence[str] = (),
         metric_reference: int = 0,
-    ) -> "Sweep":
-        """Parse the axes, compose and validate every cell; raise ``SweepError`` before anything runs.
+    ):
+        """Parse the axes, compose and validate every cell (an instance of ``cls``: ``Sweep.plan`` gives a
+        ``Sweep``); raise ``SweepError`` before anything runs.
 
         A value that fails in every cell it appears in raises, naming its axis and value. A
         combination that fails while its values work elsewhere (e.g. ``steps=1`` only with one sampler)
@@ -122,58 +92,16 @@ class Sweep:
         the cell ``metric_reference``); they are checked here too (adherence needs captions of the tiny
         model's world).
         """
-        from omegaconf import OmegaConf
-
-        from workbench.config import to_run_config
-        from workbench.config.compose import compose_many
-
         parsed = parse_axes(list(axes))
-        for a in parsed:
-            if _is_executor_key(a.key):
-                raise SweepError(
-                    f"{a.key!r} cannot be an axis: where cells run does not change them; pass it as a base "
-                    "override (executor=ray) or as Sweep.run(executor=...)"
-                )
         base = [b for b in base if b.strip()]
-        for b in base:
-            if b.split("=", 1)[0].strip() in {a.key for a in parsed}:
-                raise SweepError(f"base override {b!r} sets a key that is also an axis; drop one of them")
-        cells: list[Cell] = []
-        ranges = [range(len(a.values)) for a in parsed] + [range(1)] * (3 - len(parsed))
-        for i, (iz, iy, ix) in enumerate(itertools.product(ranges[2], ranges[1], ranges[0])):
-            pos = (ix, iy, iz)
-            values = tuple(a.values[p] for a, p in zip(parsed, pos))
-            cells.append(Cell(i, pos, values, [a.override(v) for a, v in zip(parsed, values)]))
-        # Hydra composes once per distinct set of group overrides, not once per cell
-        for cell, dcfg in zip(cells, compose_many([base + c.overrides for c in cells])):
-            try:
-                if isinstance(dcfg, Exception):
-                    raise dcfg
-                cell.config = to_run_config(dcfg)
-                cell.resolved = OmegaConf.to_container(dcfg, resolve=True)
-                cell.resolved.pop("executor", None)  # where a cell runs is not what it is: same key on every executor
-                cell.key = config_hash(cell.resolved)
-            except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
-                cell.error = _describe(err)
-
-        # a value that fails in every cell it is in is a typo: fail now, naming it. When several do
-        # (a wrong key fails every cell), blame the axis whose key the error message names.
-        never = []
-        for n, axis in enumerate(parsed):
-            for p, value in enumerate(axis.values):
-                mine = [c for c in cells if c.pos[n] == p]
-                if all(c.error for c in mine):
-                    never.append((axis.key not in str(mine[0].error), n, axis, value, mine[0].error))
-        if never:
-            _, n, axis, value, error = min(never, key=lambda t: (t[0], t[1]))
-            raise SweepError(f"axis {'XYZ'[n]} ({axis.key}) value {value!r}: {error}")
-        if out_dir is None:  # executor overrides left out: a sweep finds its cache whatever runs it
-            kept = [b for b in base if not _is_executor_key(b.split("=", 1)[0])]
-            spec = json.dumps({"axes": [a.text or a.key for a in parsed], "base": kept})
-            out_dir = Path("outputs") / "sweeps" / hashlib.sha256(spec.encode()).hexdigest()[:12]
+        _check_axes(parsed, base)
+        cells = _grid(parsed)
+        _compose(cells, base)
+        _refuse_values_that_never_work(parsed, cells)
+        out_dir = _default_out_dir(parsed, base) if out_dir is None else Path(out_dir)
         executor = next((c.config.executor for c in cells if c.config is not None), None)
         metrics = check_metrics(metrics, cells, metric_reference)
-        return cls(parsed, base, cells, Path(out_dir), executor, metrics, metric_reference)
+        return cls(parsed, base, cells, out_dir, executor, metrics, metric_reference)
 
     def execution_order(self) -> list[Cell]:
         """Valid cells grouped by (model, precision, device) outermost, then by shared conditioning."""
@@ -202,24 +130,69 @@ class Sweep:
     def cell_dir(self, cell: Cell) -> Path:
         return self.out_dir / "cells" / str(cell.key)
 
-    def run(
-        self,
-        progress: bool = True,
-        on_cell: Optional[Callable[[CellResult, SweepResult], Optional[bool]]] = None,
-        keep_models: bool = True,
-        conditioning_cache_size: int = 16,
-        executor: Any = None,
-    ) -> SweepResult:
-        """Run (or read back) every cell; returns when all are done.
 
-        ``on_cell(cell_result, sweep_result)`` is called after each cell (panels redraw the grid there);
-        returning True stops the sweep early (finished cells stay cached). ``keep_models=False`` frees
-        the resident models when the sweep moves to the next (model, precision, device) group, for
-        weights that do not fit twice. ``executor``: where the cells run; None takes the config's
-        ``executor`` section (e.g. the base override ``executor=ray``), or pass ``"local"``, ``"ray"``,
-        an ``ExecutorConfig`` or an executor object (``workbench.sweep.executors``). Finished cells are
-        read back here, whatever the executor; only the others are handed to it.
-        """
-        from workbench.sweep.execute import run_sweep  # it imports the executors, which import this module
+# ----------------------------------------------------------------------------- the steps of SweepPlan.plan
+def _check_axes(axes: list[Axis], base: list[str]) -> None:
+    """Refuse an executor axis (where cells run does not change them) and a key set by an axis and the base."""
+    for a in axes:
+        if is_executor_key(a.key):
+            raise SweepError(
+                f"{a.key!r} cannot be an axis: where cells run does not change them; pass it as a base "
+                "override (executor=ray) or as Sweep.run(executor=...)"
+            )
+    for b in base:
+        if b.split("=", 1)[0].strip() in {a.key for a in axes}:
+            raise SweepError(f"base override {b!r} sets a key that is also an axis; drop one of them")
 
-        return run_sweep(self, progress, on_cell, keep_models, conditioning_cache_size, executor)
+
+def _grid(axes: list[Axis]) -> list[Cell]:
+    """One cell per grid position, in display order (X fastest, then Y, then Z)."""
+    cells: list[Cell] = []
+    ranges = [range(len(a.values)) for a in axes] + [range(1)] * (3 - len(axes))
+    for i, (iz, iy, ix) in enumerate(itertools.product(ranges[2], ranges[1], ranges[0])):
+        pos = (ix, iy, iz)
+        values = tuple(a.values[p] for a, p in zip(axes, pos))
+        cells.append(Cell(i, pos, values, [a.override(v) for a, v in zip(axes, values)]))
+    return cells
+
+
+def _compose(cells: list[Cell], base: list[str]) -> None:
+    """Each cell's typed config, resolved dict and cache key, or the reason it has none."""
+    from omegaconf import OmegaConf
+
+    from workbench.config import to_run_config
+    from workbench.config.compose import compose_many
+
+    # Hydra composes once per distinct set of group overrides, not once per cell
+    for cell, dcfg in zip(cells, compose_many([base + c.overrides for c in cells])):
+        try:
+            if isinstance(dcfg, Exception):
+                raise dcfg
+            cell.config = to_run_config(dcfg)
+            cell.resolved = OmegaConf.to_container(dcfg, resolve=True)
+            cell.resolved.pop("executor", None)  # where a cell runs is not what it is: same key on every executor
+            cell.key = config_hash(cell.resolved)
+        except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
+            cell.error = _describe(err)
+
+
+def _refuse_values_that_never_work(axes: list[Axis], cells: list[Cell]) -> None:
+    """A value that fails in every cell it is in is a typo: fail now, naming it. When several do
+    (a wrong key fails every cell), blame the axis whose key the error message names."""
+    never = []
+    for n, axis in enumerate(axes):
+        for p, value in enumerate(axis.values):
+            mine = [c for c in cells if c.pos[n] == p]
+            if all(c.error for c in mine):
+                never.append((axis.key not in str(mine[0].error), n, axis, value, mine[0].error))
+    if never:
+        _, n, axis, value, error = min(never, key=lambda t: (t[0], t[1]))
+        raise SweepError(f"axis {'XYZ'[n]} ({axis.key}) value {value!r}: {error}")
+
+
+def _default_out_dir(axes: list[Axis], base: list[str]) -> Path:
+    """``outputs/sweeps/<hash of axes and base>``; executor overrides left out, so a sweep finds its
+    cache whatever runs it."""
+    kept = [b for b in base if not is_executor_key(b.split("=", 1)[0])]
+    spec = json.dumps({"axes": [a.text or a.key for a in axes], "base": kept})
+    return Path("outputs") / "sweeps" / hashlib.sha256(spec.encode()).hexdigest()[:12]

@@ -16,11 +16,11 @@ from PIL import Image
 
 from workbench import record as rec
 from workbench.sweep.axes import Axis
-from workbench.sweep.scoring import cell_scores
 from workbench.sweep.grid import cell_size, in_a_row, make_grid, side_by_side, tile_or_blank
+from workbench.sweep.scoring import cell_scores
 
 if TYPE_CHECKING:
-    from workbench.sweep.plan import Cell, Sweep
+    from workbench.sweep.plan import Cell, SweepPlan
 
 
 @dataclass
@@ -61,15 +61,6 @@ class Comparison:
         return f"Comparison(cell {self.a.cell.index} vs {self.b.cell.index}; differing keys: {keys})"
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
 SUMMARY = ("grid.png", "table.csv", "sweep.json")
 PARTIAL_SUMMARY = ("grid.partial.png", "table.partial.csv", "sweep.partial.json")
 
@@ -97,10 +88,11 @@ def replace_together(files: dict[Path, bytes]) -> None:
 class SweepResult:
     """Results in display order; ``grid``, ``table`` and ``compare`` work on partial results too."""
 
-    def __init__(self, sweep: Sweep):
+    def __init__(self, sweep: SweepPlan):
         self.sweep = sweep
         self.cells: list[Optional[CellResult]] = [None] * len(sweep.cells)
-        self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}  # switches between model groups that ran
+        # model_switches: how often a runner moved to another (model, precision, device) group
+        self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}
         self.run_order: list[int] = []  # cell indices in the order they were executed
         self.unstored: list[int] = []  # cells that ran but whose write failed (marked failed; run again next time)
 
@@ -171,8 +163,8 @@ class SweepResult:
         for i, r in ((a, ra), (b, rb)):
             if r is None:
                 raise KeyError(f"cell {i} has not run yet")
-        fa = _flatten(ra.cell.resolved or {})
-        fb = _flatten(rb.cell.resolved or {})
+        fa = rec.flatten(ra.cell.resolved or {})
+        fb = rec.flatten(rb.cell.resolved or {})
         diff = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
         mad = None
         if ra.tile is not None and rb.tile is not None and ra.tile.size == rb.tile.size:

@@ -6,17 +6,18 @@ a picklable ``CellOutput``.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Optional
 
 from PIL import Image
 
-from workbench.sweep.plan import model_group_key
+from workbench.sweep.keys import model_group_key
 
 if TYPE_CHECKING:
-    from workbench.sweep.plan import Cell, Sweep
+    from workbench.sweep.plan import Cell, SweepPlan
 
 
 @dataclass
@@ -25,7 +26,7 @@ class CellOutput:
 
     status: str  # ok | failed
     images: list[Image.Image] = field(default_factory=list)
-    record: dict = field(default_factory=dict)  # record.json; "images" holds one entry (file name, seed...) per image
+    record: dict = field(default_factory=dict)  # record.json (workbench.record.build): one "images" entry per image
     error: Optional[str] = None
     encodes: int = 0
     conditioning_hits: int = 0
@@ -57,17 +58,13 @@ class CellRunner:
         self.conditioning = ConditioningCache(max_entries=cache_size)
         self.model: Optional[str] = None  # model_group_key of the last cell
 
-    def run(self, sweep: Sweep, cell: Cell) -> CellOutput:
-        import os
-        import socket
-
+    def run(self, sweep: SweepPlan, cell: Cell) -> CellOutput:
         model = model_group_key(cell.resolved)
         switch = self.model is not None and model != self.model
-        if switch:
-            if not self.keep_models:
-                from workbench.pipeline import free_models
+        if switch and not self.keep_models:
+            from workbench.pipeline import free_models
 
-                free_models()
+            free_models()
         self.model = model
         try:
             out = self._generate(sweep, cell)
@@ -79,7 +76,7 @@ class CellRunner:
         out.worker = f"{socket.gethostname()}:{os.getpid()}"
         return out
 
-    def _generate(self, sweep: Sweep, cell: Cell) -> CellOutput:
+    def _generate(self, sweep: SweepPlan, cell: Cell) -> CellOutput:
         import torch
 
         from workbench import record as rec
@@ -106,32 +103,18 @@ class CellRunner:
         t.update(shared)
         t["total"] = time.perf_counter() - started
 
-        axes = sweep.axes
-        record = {
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": cell.resolved,
-            "sweep": {
+        head = rec.record_head(  # the run record (workbench.record.build) and where the cell sits in the sweep
+            bench, cfg, cell.resolved,
+            sweep={
                 "base": sweep.base,
                 "overrides": cell.overrides,
-                "axes": {a.key: v for a, v in zip(axes, cell.values)},
+                "axes": {a.key: v for a, v in zip(sweep.axes, cell.values)},
                 "pos": list(cell.pos),
             },
-            **rec.provenance(bench, cfg, cell.resolved),  # as workbench run records it
-            "timings_s": {k: round(v, 6) for k, v in t.items()},
-            "peak_memory": rec.peak_memory(bench.device),
-            "conditioning_cached": hit,
-            "images": [
-                {
-                    "file": f"{i:03d}-seed{g.seed}.png",
-                    "prompt": g.prompt,
-                    "seed": g.seed,
-                    "width": g.image.width,
-                    "height": g.image.height,
-                    "notes": list(getattr(g, "notes", [])),
-                }
-                for i, g in enumerate(generated)
-            ],
-        }
+            timings_s={k: round(v, 6) for k, v in t.items()},
+            conditioning_cached=hit,
+        )
+        record = rec.finish(head, [rec.image_entry(i, g, cfg, head) for i, g in enumerate(generated)])
         images = [g.image for g in generated]
         return CellOutput("ok", images, record, encodes=misses, conditioning_hits=hits)
 

@@ -1,0 +1,67 @@
+"""The one record of generated images, for ``workbench run``, a sweep cell and ``workbench reproduce``.
+
+    record.json  = {"created", "status", **head, **after, "images": [entry, ...]}
+    each PNG     = head | {"image": entry}          (``png_chunk``)
+    head         = {"config", provenance..., "peak_memory", **extra}
+
+``extra`` is what a producer knows before it writes (a sweep cell: ``sweep``, ``timings_s``,
+``conditioning_cached``); ``after`` what it knows only once the images are written (a run:
+``import_s``, ``model_load_s``, ``total_s``). Images are named by one rule (``image_file``) and
+their entries built by one function (``image_entry``), so a cell folder reads like a run folder.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from workbench.record.provenance import peak_memory, provenance
+
+if TYPE_CHECKING:
+    from workbench.config.schema import Config
+    from workbench.pipeline import GeneratedImage
+
+# keys of record.json that its PNG chunks leave out: known once every image is written
+RECORD_ONLY = ("created", "status", "import_s", "model_load_s", "total_s", "images", "write_error", "images_not_written")
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "image"
+
+
+def image_file(index: int, seed: int, prompt: str) -> str:
+    """The one naming rule: ``images/NNN-seedS-slug.png``, NNN the image's place in the prompt-major
+    (prompt, seed) list (``workbench reproduce`` reads it back to tell apart a repeated prompt and seed)."""
+    return f"images/{index:03d}-seed{seed}-{slug(prompt)}.png"
+
+
+def record_head(bench, cfg: Config, resolved: dict, **extra: Any) -> dict:
+    """Config, provenance and the peak memory so far: read after generation, so the peak is the run's."""
+    return {"config": resolved, **provenance(bench, cfg, resolved), "peak_memory": peak_memory(bench.device), **extra}
+
+
+def image_entry(index: int, generated: GeneratedImage, cfg: Config, head: dict) -> dict:
+    """The record entry of the ``index``-th image of ``cfg`` (its file is ``entry["file"]``)."""
+    return {
+        "file": image_file(index, generated.seed, generated.prompt),
+        "prompt": generated.prompt,
+        "negative_prompt": cfg.negative_prompt if cfg.sampler.cfg > 1 else None,
+        "seed": generated.seed,
+        "reference_sha256": [x["sha256"] for x in head["reference_images"]],
+        "width": generated.image.width,
+        "height": generated.image.height,
+        "timings_s": {k: round(v, 6) for k, v in generated.timings.items()},
+        "notes": list(generated.notes),
+    }
+
+
+def png_chunk(record: dict, entry: dict) -> dict:
+    """What the PNG of ``entry`` holds: the record's head (a head or a whole record) and its entry."""
+    return {k: v for k, v in record.items() if k not in RECORD_ONLY} | {"image": entry}
+
+
+def finish(head: dict, images: list[dict], status: str = "complete", **after: Any) -> dict:
+    """record.json: when, whether every image was written, the head, ``after`` and the image entries."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"created": created, "status": status, **head, **after, "images": images}
