@@ -126,3 +126,11 @@ def vae(shapes: dict, path) -> tuple[dict, dict]:
     temporal = [f"encoder.down_blocks.{s * (nrb + 1) + nrb}.time_conv.weight" in shapes for s in range(3)]
     kwargs = dict(base_dim=base, z_dim=z_dim, dim_mult=mult, num_res_blocks=nrb, temperal_downsample=temporal)
     return kwargs, dict(kwargs)
+
+
+def arch_rules_for(shapes: dict) -> str:
+    """The ``model.arch_rules`` a single transformer file needs: heads of the family's size (read off
+    ``norm_q``) mean its real rules, anything else is the tiny test model's shape. ``shapes``: names
+    without a checkpoint prefix (``keys.strip_dit_prefix``)."""
+    head = shapes.get("transformer_blocks.0.attn.norm_q.weight", (sum(arch.ROPE_AXES),))[0]
+    return "real" if head == sum(arch.ROPE_AXES) else "tiny"
