@@ -41,7 +41,8 @@ def _diffusers_folder(dit, entries, base: list[str], variant: list[str]) -> Opti
     folder = dit.name.removesuffix("/transformer")
     if not {f"{folder}/text_encoder", f"{folder}/vae"} <= {e.name for e in entries}:
         return None
-    return f"files:{folder}", ["model=files_diffusers", *base, *variant, *(f"model.{s}={_quote(folder)}" for s in SLOTS)]
+    parts = (f"model.{s}={_quote(folder)}" for s in ("transformer", "text_encoder", "vae"))
+    return f"files:{folder}", ["model=files_diffusers", *base, *variant, *parts]
 
 
 def _paired_files(dit, by_kind: dict, base: list[str], variant: list[str]) -> Optional[tuple[str, list[str]]]:
