@@ -18,7 +18,8 @@ from workbench import vision
 from workbench.conditioning import Conditioning
 from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
 from workbench.config.schema import Config, ReferenceConfig, SamplerConfig, TemplateConfig
-from workbench.models.build import cached_components, free_models, resident_models
+from workbench.lora import apply_loras
+from workbench.models.build import cached_components, components_for, free_models, resident_models
 from workbench.models.components import Components
 from workbench.resolutions import snap
 from workbench.stages import decode as decode_stage
@@ -78,10 +79,7 @@ class Workbench:
 
     @classmethod
     def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
-        components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
-        bench = cls(components, conditioning_cache)
-        bench.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)
-        return bench
+        return cls(components_for(cfg), conditioning_cache)
 
     def clear_conditioning_cache(self) -> int:
         """Forget cached conditionings (of every workbench sharing this cache); returns how many."""
@@ -92,8 +90,6 @@ class Workbench:
         never rebuilds or reloads it. Components are shared, so this also holds for other workbenches
         on the same cached transformer; ``generate`` re-applies its config's LoRAs for that reason.
         ``roots``: where LoRA names are looked up (model.roots; else $WORKBENCH_MODELS, else ./models)."""
-        from workbench.lora import apply_loras
-
         return apply_loras(self.components.transformer, list(items), fuse=fuse, roots=roots or None)
 
     @property

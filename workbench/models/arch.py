@@ -8,6 +8,8 @@ gets a module of its own beside this one. Imports nothing heavy: config-time cod
 
 from __future__ import annotations
 
+from workbench.tokenizer import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
+
 FAMILY = "qwen-image"
 
 # ----------------------------------------------------------------------------- text encoder (Qwen2.5-VL)
@@ -30,6 +32,11 @@ VISION_FULLATT_EVERY = 8  # every 8th vision block attends to the whole image
 def rope_parameters(mrope_section) -> dict:
     """Qwen2.5-VL's text RoPE (transformers 5 ``rope_parameters``)."""
     return {"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": list(mrope_section)}
+
+
+def vision_token_ids() -> dict:
+    """The special-token ids a Qwen2_5_VLConfig needs (their strings: ``workbench.tokenizer``)."""
+    return dict(image_token_id=IMAGE_PAD_ID, vision_start_token_id=VISION_START_ID, vision_end_token_id=VISION_END_ID)
 
 
 def fullatt_blocks(depth: int) -> list[int]:

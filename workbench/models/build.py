@@ -1,7 +1,8 @@
-"""The model cache and the build order: load -> attention prep -> precision -> compile (LoRAs are
-applied by the workbench on the built transformer, through hooks, so they never rebuild it).
+"""The model cache and the build order: load -> attention prep -> precision -> compile -> LoRA.
 
 Each (model, precision, device, perf) is built once per process; ``free_models()`` releases them.
+LoRAs are not part of that key: they go on the built transformer through hooks (or fused), so a
+LoRA swap never rebuilds or reloads a model (``components_for``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from workbench.config.schema import ModelConfig, PerfConfig, PrecisionConfig
+from workbench.config.schema import Config, ModelConfig, PerfConfig, PrecisionConfig
+from workbench.lora import apply_loras
 from workbench.models.components import Components, build_components, resolve_device
 from workbench.perf import check_perf, compile_transformer, prepare_attention
 from workbench.precision import apply_precision, check_device
@@ -44,6 +46,13 @@ def cached_components(
     if key not in _CACHE:
         _CACHE[key] = build(model, precision, device, perf, loras)
     return _CACHE[key]
+
+
+def components_for(cfg: Config) -> Components:
+    """The run's components, built (or reused), with exactly ``cfg.lora``'s LoRAs on the transformer."""
+    components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
+    apply_loras(components.transformer, list(cfg.lora.items), fuse=cfg.lora.fuse, roots=cfg.model.roots or None)
+    return components
 
 
 def free_models() -> int:

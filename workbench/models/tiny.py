@@ -21,7 +21,6 @@ import torch
 from workbench.config.schema import ModelConfig, TinySpec, Variant
 from workbench.models import arch
 from workbench.models.arch import VOCAB_SIZE
-from workbench.tokenizer import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
 
 
 def _seeded(seed: int, build):
@@ -81,9 +80,7 @@ def text_encoder_config(spec: TinySpec):
             window_size=arch.VISION_WINDOW,
             fullatt_block_indexes=list(v.fullatt_block_indexes),
         ),
-        image_token_id=IMAGE_PAD_ID,
-        vision_start_token_id=VISION_START_ID,
-        vision_end_token_id=VISION_END_ID,
+        **arch.vision_token_ids(),
     )
 
 
