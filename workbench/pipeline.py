@@ -30,7 +30,8 @@ from workbench.stages.reference import References, prepare_references
 from workbench.stages.schedule import Schedule
 from workbench.values import plain
 
-# moved: see workbench/models/build.py; names kept for other branches (tests patch pipeline.build_components)
+# moved: see workbench/models/build.py; cached_components / free_models / resident_models / build_components
+# stay importable here for other branches (their tests import them, or patch pipeline.build_components)
 from workbench.models.components import build_components  # noqa: E402,F401
 
 __all__ = ["Workbench", "GeneratedImage", "References", "load_image", "timed",
@@ -79,6 +80,7 @@ class Workbench:
 
     @classmethod
     def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
+        """The config's models, built once per process and shared (``models.build.components_for``)."""
         return cls(components_for(cfg), conditioning_cache)
 
     def clear_conditioning_cache(self) -> int:
