@@ -31,9 +31,9 @@ def test_img2img_latents_equal_diffusers(bench, make_cfg, steps, strength):
                    "init_image=asset:sample_reference.png", f"strength={strength}")
     image = load_image(cfg.init_image)
     cond = bench.encode(cfg.prompts, cfg.template)
-    latents, start = bench.prepare_img2img_latents([7], bench.encode_init(image, 128, 128), cfg.sampler, strength)
-    assert start == img2img_start(steps, strength)
-    ours = bench.denoise(latents, cond, cfg.sampler, 128, 128, progress=False, start_step=start)
+    latents, schedule = bench.prepare_img2img_latents([7], bench.encode_init(image, 128, 128), cfg.sampler, strength)
+    assert schedule.start_step == img2img_start(steps, strength)
+    ours = bench.denoise(latents, cond, cfg.sampler, 128, 128, progress=False, schedule=schedule)
     c = bench.components
     pipe = QwenImageImg2ImgPipeline(make_scheduler(cfg.sampler), c.vae, c.text_encoder, c.tokenizer, c.transformer)
     pipe.set_progress_bar_config(disable=True)
@@ -49,9 +49,11 @@ def test_generate_runs_img2img_from_config(bench, make_cfg):
     (out,) = bench.generate(cfg, progress=False)
     cond = bench.encode(cfg.prompts, cfg.template)
     init = bench.encode_init(load_image(cfg.init_image), 128, 128)
-    latents, start = bench.prepare_img2img_latents([1], init, cfg.sampler, 0.5)
-    manual = bench.denoise(latents, cond, cfg.sampler, 128, 128, progress=False, start_step=start)
-    assert start == 3 and torch.equal(out.latents, manual.float())
+    latents, schedule = bench.prepare_img2img_latents([1], init, cfg.sampler, 0.5)
+    manual = bench.denoise(latents, cond, cfg.sampler, 128, 128, progress=False, schedule=schedule)
+    assert schedule.start_step == 3 and torch.equal(out.latents, manual.float())
+    restarted = bench.denoise(latents, cond, cfg.sampler, 128, 128, progress=False, start_step=3)
+    assert torch.equal(restarted, manual)  # the same schedule, rebuilt from its start step
     t2i = bench.generate(make_cfg("sampler.steps=6", "seeds=[1]"), progress=False)[0]
     assert (t2i.latents - out.latents).abs().max() > 1e-2
 

@@ -18,7 +18,8 @@ import torch
 
 from workbench.config.schema import ConfigError, MemoryMode, ModelConfig, PrecisionConfig
 from workbench.models.tiny import build_transformer
-from workbench.precision import NonFiniteError, PrecisionError
+from workbench.precision import PrecisionError
+from workbench.stages.numerics import NonFiniteError
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,12 +109,13 @@ def test_fp16_config_composes():
     ],
 )
 def test_gpu_only_settings_fail_on_cpu_before_any_build(make_cfg, monkeypatch, overrides, match):
+    import workbench.models.build as build
     import workbench.pipeline as pipeline
 
     def no_build(*args, **kwargs):
         raise AssertionError("models were built before the precision check")
 
-    monkeypatch.setattr(pipeline, "build_components", no_build)
+    monkeypatch.setattr(build, "build_components", no_build)
     with pytest.raises(PrecisionError, match=match):
         pipeline.Workbench.from_config(make_cfg(*overrides, "device=cpu"))
 

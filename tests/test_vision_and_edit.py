@@ -152,14 +152,14 @@ REFS = {
     ],
 )
 def test_reference_sizes_per_policy(name, size, vlm, vae_resize, vae):
-    from workbench.stages.latents import reference_sizes
+    from workbench.stages.reference import reference_sizes
 
     plan = reference_sizes(*size, _ref(**REFS[name]))
     assert (plan.vlm, plan.vae_resize, plan.vae) == (vlm, vae_resize, vae)
 
 
 def test_comfy_rounding_and_crop_rules():
-    from workbench.stages.latents import centre_crop_box, comfy_area_size
+    from workbench.stages.reference import centre_crop_box, comfy_area_size
 
     assert comfy_area_size(5, 4, 5) == (2, 2)  # scale 0.5: 2.5 -> 2 (Python rounds halves to even)
     assert comfy_area_size(7, 4, 7) == (4, 2)  # 3.5 -> 4

@@ -176,33 +176,28 @@ def test_model_panel_lists_tiny_models_loads_and_frees():
 
 
 def test_model_panel_offers_discovered_models_and_loads_them(bench, make_cfg, tmp_path, monkeypatch):
-    """Files exported in ComfyUI and diffusers layouts show up as files:... options that load the tiny model."""
+    """The panel is a view over the model catalogue (tests/test_catalogue.py checks its content):
+    its options and overrides are the catalogue's, and a files:... option loads the tiny model."""
     import dataclasses
 
     import torch
 
     from workbench.config import compose, to_run_config
-    from workbench.loading.export import export_comfyui, export_diffusers, write_transformer
+    from workbench.loading.export import export_comfyui, export_diffusers
+    from workbench.models.catalogue import catalogue
     from workbench.pipeline import Workbench, resident_models
-    from workbench.widgets.model_panel import discovered_models, tiny_models
 
     models = tmp_path / "models"
     names = export_comfyui(bench, models)
     export_diffusers(bench, models / "Qwen-Image-tiny")
-    (tmp_path / "lonely").mkdir()
-    write_transformer(bench.components.transformer, tmp_path / "lonely/qwen_image.safetensors")  # no encoder / VAE
     monkeypatch.setenv("WORKBENCH_MODELS", str(models))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     comfy, folder = f"files:{names['transformer']}", "files:Qwen-Image-tiny"
-    assert available_models() == tiny_models() + [folder, comfy]
-    assert available_models([str(tmp_path / "lonely")], hf_cache=False) == tiny_models()  # incomplete: not offered
+    offered = catalogue()
 
     panel = ModelPanel(model=comfy, device="cpu")
-    assert panel.overrides() == [  # the file beside it, not the diffusers folder's parts
-        "model=files_comfyui", "model.variant=t2i", "model.arch_rules=tiny",
-        f"model.transformer='{names['transformer']}'", f"model.text_encoder='{names['text_encoder']}'",
-        f"model.vae='{names['vae']}'", "precision=fp32", "device=cpu", "precision.memory=all_on_device",
-    ]
+    assert list(panel.model.options) == list(offered) and comfy in offered and folder in offered
+    assert panel.overrides() == offered[comfy] + ["precision=fp32", "device=cpu", "precision.memory=all_on_device"]
     loaded = panel.load()
     assert loaded is not None and panel.progress.bar_style == "success", panel.status.value
     assert names["transformer"] in panel.info.value and "float32" in panel.info.value
@@ -216,10 +211,7 @@ def test_model_panel_offers_discovered_models_and_loads_them(bench, make_cfg, tm
     ref = bench.generate(dataclasses.replace(cfg, model=make_cfg().model), progress=False)[0].latents
     assert torch.equal(ours, ref)
 
-    panel.model.value = folder  # the diffusers folder: every part from it, roots carried when given
-    assert panel.overrides()[:4] == ["model=files_diffusers", "model.variant=t2i", "model.transformer='Qwen-Image-tiny'",
-                                     "model.text_encoder='Qwen-Image-tiny'"]
+    panel.model.value = folder  # the diffusers folder: every part from it
+    assert panel.overrides()[:len(offered[folder])] == offered[folder]
     assert isinstance(panel.load(), Workbench), panel.status.value
-    explicit = discovered_models([str(models)], hf_cache=False)[folder]
-    assert to_run_config(compose(explicit)).model.roots == [str(models)]
     assert panel.free() >= 2 and resident_models() == []

@@ -13,10 +13,14 @@ __all__ = ["Workbench", "compose", "to_run_config", "free_models", "__version__"
 
 def __getattr__(name: str):
     # lazy: importing the package must not pull in torch / diffusers (CLI start-up time)
-    if name in ("Workbench", "free_models"):
-        from workbench import pipeline
+    if name == "Workbench":
+        from workbench.pipeline import Workbench
 
-        return getattr(pipeline, name)
+        return Workbench
+    if name == "free_models":
+        from workbench.models.build import free_models
+
+        return free_models
     if name in ("compose", "to_run_config"):
         import importlib
 
@@ -24,6 +28,6 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-def load_ipython_extension(ipython):  # `%load_ext workbench`: the %workbench magics (workbench/magics.py)
-    from workbench.magics import load_ipython_extension as load
+def load_ipython_extension(ipython):  # `%load_ext workbench`: the %workbench magics (workbench/cli/magics.py)
+    from workbench.cli.magics import load_ipython_extension as load
     load(ipython)

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 from PIL import Image
 
 from workbench.conditioning import Conditioning
+from workbench.values import plain
 
 
 def image_digest(image: Image.Image) -> str:
@@ -89,7 +90,7 @@ def encoder_identity(components) -> Optional[dict]:
 
 def _template_dict(template) -> dict:
     d = dataclasses.asdict(template) if dataclasses.is_dataclass(template) else dict(template)
-    return {k: getattr(v, "value", v) for k, v in d.items()}
+    return {k: plain(v) for k, v in d.items()}
 
 
 class ConditioningCache:

@@ -6,11 +6,9 @@ Build once (``Workbench.from_config``), then call ``encode`` / ``prepare_latents
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Collection, Iterator, Optional
 
 import torch
@@ -19,36 +17,25 @@ from PIL import Image
 from workbench import vision
 from workbench.conditioning import Conditioning
 from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
-from workbench.config.schema import (
-    Config,
-    ModelConfig,
-    PerfConfig,
-    PrecisionConfig,
-    ReferenceConfig,
-    SamplerConfig,
-    TemplateConfig,
-)
-from workbench.models.components import Components, build_components, resolve_device
-from workbench.precision import apply_precision, check_device
-from workbench.perf import check_perf, compile_transformer, prepare_attention
+from workbench.config.schema import Config, ReferenceConfig, SamplerConfig, TemplateConfig
+from workbench.lora import apply_loras
+from workbench.models.build import cached_components, components_for, free_models, resident_models
+from workbench.models.components import Components
 from workbench.resolutions import snap
 from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
 from workbench.stages import encode as encode_stage
 from workbench.stages import latents as latents_stage
-from workbench.stages import schedule as schedule_stage
+from workbench.stages.reference import References, prepare_references
+from workbench.stages.schedule import Schedule
+from workbench.values import plain
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+# moved: see workbench/models/build.py; cached_components / free_models / resident_models / build_components
+# stay importable here for other branches (their tests import them, or patch pipeline.build_components)
+from workbench.models.components import build_components  # noqa: E402,F401
 
-
-@dataclass
-class References:
-    """Edit reference images, prepared once per run: what the VLM sees and what the VAE encoded."""
-
-    vlm_images: list[Image.Image]
-    latents: torch.Tensor  # (1, sum of ref tokens, 64) packed, normalised
-    shapes: list[tuple[int, int, int]]  # (1, h/16, w/16) per reference, for RoPE
-    vae_sizes: list[tuple[int, int]]  # (w, h) each reference was encoded at
+__all__ = ["Workbench", "GeneratedImage", "References", "load_image", "timed",
+           "cached_components", "free_models", "resident_models"]
 
 
 @dataclass
@@ -71,6 +58,20 @@ def load_image(path: str, key: str = "images") -> Image.Image:
     return open_image(path, key, decode=True, error=ConfigError)
 
 
+@dataclass
+class _Run:
+    """What ``generate`` prepares once and shares between its forward batches."""
+
+    height: int
+    width: int
+    refs: Optional[References]
+    init_latents: object  # the init image's VAE latent distribution (image-to-image), else None
+    cond: Conditioning  # every prompt
+    uncond: Optional[Conditioning]  # the negative prompt, once (guided runs)
+    notes: list[str]  # size snapping, a cut negative prompt: said for every image
+    cut: dict[int, str]  # prompt index -> its truncation note
+
+
 class Workbench:
     def __init__(self, components: Components, conditioning_cache: Optional[ConditioningCache] = None):
         self.components = components
@@ -79,10 +80,8 @@ class Workbench:
 
     @classmethod
     def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
-        components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
-        bench = cls(components, conditioning_cache)
-        bench.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)
-        return bench
+        """The config's models, built once per process and shared (``models.build.components_for``)."""
+        return cls(components_for(cfg), conditioning_cache)
 
     def clear_conditioning_cache(self) -> int:
         """Forget cached conditionings (of every workbench sharing this cache); returns how many."""
@@ -93,8 +92,6 @@ class Workbench:
         never rebuilds or reloads it. Components are shared, so this also holds for other workbenches
         on the same cached transformer; ``generate`` re-applies its config's LoRAs for that reason.
         ``roots``: where LoRA names are looked up (model.roots; else $WORKBENCH_MODELS, else ./models)."""
-        from workbench.lora import apply_loras
-
         return apply_loras(self.components.transformer, list(items), fuse=fuse, roots=roots or None)
 
     @property
@@ -117,7 +114,7 @@ class Workbench:
         same inputs; ``resample`` is the VLM resize filter (``reference.vlm_resample``).
         """
         c = self.components
-        resample = getattr(resample, "value", resample)
+        resample = plain(resample)
         preprocessing = {"resample": resample, "min_pixels": vision.MIN_PIXELS, "max_pixels": vision.MAX_PIXELS}
         key = self.conditioning_cache.key(c, template, prompts, images, max_sequence_length, preprocessing)
         return self.conditioning_cache.get_or_encode(
@@ -129,15 +126,7 @@ class Workbench:
 
     def prepare_references(self, images: list[Image.Image], reference: ReferenceConfig) -> References:
         """Size each reference by ``reference.policy`` (diffusers / comfy) for the VLM and the VAE."""
-        vlm, latents, shapes, sizes = [], [], [], []
-        for img in images:
-            plan = latents_stage.reference_sizes(img.width, img.height, reference)
-            vlm.append(latents_stage.resize(img, *plan.vlm, plan.resize_filter))
-            packed, shape = latents_stage.encode_reference_sized(self.components.vae, img, plan)
-            latents.append(packed)
-            shapes.append(shape)
-            sizes.append(plan.vae)
-        return References(vlm, torch.cat(latents, dim=1), shapes, sizes)
+        return prepare_references(self.components.vae, images, reference)
 
     def prepare_latents(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
         f = self.components.vae_scale_factor
@@ -150,16 +139,15 @@ class Workbench:
 
     def prepare_img2img_latents(
         self, seeds: list[int], init, sampler: SamplerConfig, strength: float
-    ) -> tuple[torch.Tensor, int]:
-        """Start latents for image-to-image from ``encode_init``'s result, and the step they start at
-        (pass it to ``denoise``)."""
-        start = schedule_stage.img2img_start(sampler.steps, strength)
+    ) -> tuple[torch.Tensor, Schedule]:
+        """Start latents for image-to-image from ``encode_init``'s result, and the ``Schedule`` they
+        were noised for (pass it to ``denoise``: it starts at ``schedule.start_step``)."""
         tokens = init.mean.shape[-2] * init.mean.shape[-1] // 4  # 2x2 patches
-        sigma0 = schedule_stage.sigma_at(sampler, tokens, start)
+        schedule = Schedule.img2img(sampler, tokens, strength, self.device)
         latents = latents_stage.img2img_noise(
-            self.components.vae, init, seeds, sigma0, self.device, self.components.transformer.dtype
+            self.components.vae, init, seeds, schedule.start_sigma, self.device, self.components.transformer.dtype
         )
-        return latents, start
+        return latents, schedule
 
     def denoise(
         self,
@@ -173,11 +161,14 @@ class Workbench:
         callback: Optional[Callable] = None,
         progress: bool = True,
         start_step: int = 0,
+        schedule: Optional[Schedule] = None,
     ) -> torch.Tensor:
+        """``schedule``: the one ``prepare_img2img_latents`` returned (else a fresh one from ``start_step``)."""
         shapes = [(1, height // 16, width // 16)] + (references.shapes if references else [])
         ref = references.latents.to(latents.dtype) if references else None
         return denoise_stage.denoise(
-            self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress, start_step
+            self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress, start_step,
+            schedule,
         )
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
@@ -195,6 +186,24 @@ class Workbench:
         """
         timings: dict[str, float] = {}
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
+        run = self._prepare_run(cfg, timings)
+        jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
+        results: list[GeneratedImage] = []
+        for start in range(0, len(jobs), cfg.batch_size):
+            chunk = jobs[start : start + cfg.batch_size]
+            if only is not None and not any(start <= j < start + len(chunk) for j in only):
+                continue
+            t: dict[str, float] = dict(timings)
+            latents = self._run_batch(cfg, run, chunk, t, callback, progress)
+            with self._timed(t, "decode"):
+                pil = self.decode(latents, run.height, run.width)
+            for k, ((p, s), img) in enumerate(zip(chunk, pil)):
+                image_notes = run.notes + ([run.cut[p]] if p in run.cut else [])
+                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, image_notes))
+        return results
+
+    def _prepare_run(self, cfg: Config, timings: dict[str, float]) -> "_Run":
+        """What every forward batch of ``cfg`` shares: references, output size, init latents, conditionings."""
         with self._timed(timings, "references"):
             images = [load_image(p, f"images[{i}]") for i, p in enumerate(cfg.images)]
             refs = self.prepare_references(images, cfg.reference) if images else None
@@ -214,44 +223,35 @@ class Workbench:
 
         with self._timed(timings, "encode"):
             resample = cfg.reference.vlm_resample
-            cond_all = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length, resample)
-            uncond_one = (
+            cond = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length, resample)
+            uncond = (
                 self.encode([cfg.negative_prompt], cfg.template, vlm_images, cfg.max_sequence_length, resample)
                 if cfg.sampler.cfg > 1
                 else None
             )
         # prompts cut at max_sequence_length: said in each image's notes (the run prints them)
-        cut = encode_stage.truncation_notes(self.components.tokenizer, cfg.template, cond_all, cfg.max_sequence_length)
-        if uncond_one is not None:
+        tokenizer = self.components.tokenizer
+        cut = encode_stage.truncation_notes(tokenizer, cfg.template, cond, cfg.max_sequence_length)
+        if uncond is not None:
             cut_negative = encode_stage.truncation_notes(
-                self.components.tokenizer, cfg.template, uncond_one, cfg.max_sequence_length, label="negative_prompt")
+                tokenizer, cfg.template, uncond, cfg.max_sequence_length, label="negative_prompt")
             notes = notes + list(cut_negative.values())
+        return _Run(height, width, refs, init_latents, cond, uncond, notes, cut)
 
-        jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
-        results: list[GeneratedImage] = []
-        for start in range(0, len(jobs), cfg.batch_size):
-            chunk = jobs[start : start + cfg.batch_size]
-            if only is not None and not any(start <= j < start + len(chunk) for j in only):
-                continue
-            t: dict[str, float] = dict(timings)
-            cond = cond_all.select([p for p, _ in chunk])
-            uncond = uncond_one.select([0] * len(chunk)) if uncond_one is not None else None
-            seeds = [s for _, s in chunk]
-            with self._timed(t, "latents"):
-                if init_latents is None:
-                    latents, first_step = self.prepare_latents(seeds, height, width), 0
-                else:
-                    latents, first_step = self.prepare_img2img_latents(seeds, init_latents, cfg.sampler, cfg.strength)
-            with self._timed(t, "denoise"):
-                latents = self.denoise(
-                    latents, cond, cfg.sampler, height, width, uncond, refs, callback, progress, first_step
-                )
-            with self._timed(t, "decode"):
-                pil = self.decode(latents, height, width)
-            for k, ((p, s), img) in enumerate(zip(chunk, pil)):
-                image_notes = notes + ([cut[p]] if p in cut else [])
-                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, image_notes))
-        return results
+    def _run_batch(self, cfg: Config, run: "_Run", chunk: list[tuple[int, int]], t: dict[str, float],
+                   callback: Optional[Callable], progress: bool) -> torch.Tensor:
+        """Noise (or the noised init image) -> denoised latents for one forward batch of (prompt, seed)."""
+        cond = run.cond.select([p for p, _ in chunk])
+        uncond = run.uncond.select([0] * len(chunk)) if run.uncond is not None else None
+        seeds = [s for _, s in chunk]
+        with self._timed(t, "latents"):
+            if run.init_latents is None:
+                latents, schedule = self.prepare_latents(seeds, run.height, run.width), None
+            else:
+                latents, schedule = self.prepare_img2img_latents(seeds, run.init_latents, cfg.sampler, cfg.strength)
+        with self._timed(t, "denoise"):
+            return self.denoise(latents, cond, cfg.sampler, run.height, run.width, uncond, run.refs, callback,
+                                progress, schedule=schedule)
 
     def _timed(self, timings: dict[str, float], name: str):
         return timed(timings, name, self.device)
@@ -268,60 +268,3 @@ def timed(timings: dict[str, float], name: str, device: Optional[torch.device] =
     if sync:
         torch.cuda.synchronize(device)
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
-# --------------------------------------------------------------------- model cache
-_CACHE: dict[tuple, Components] = {}
-
-
-def cached_components(
-    model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig(), loras=()
-) -> Components:
-    """Build each (model, precision, device, perf) once per process; ``free_models()`` releases them.
-
-    ``loras`` (the run's ``LoraItem``s) are not part of the key: when the models are built, their files
-    are checked with the model files before any weight loads (``loading.load.preflight``)."""
-    key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
-    if key not in _CACHE:
-        check_device(precision, resolve_device(device))  # an impossible precision fails before any load
-        check_perf(perf, precision)
-        components = build_components(model, precision, device, loras=loras)
-        prepare_attention(components.transformer, perf)  # fuses bf16 weights: before fp8 storage / quantisation
-        components = apply_precision(components, precision)
-        components.transformer = compile_transformer(components.transformer, perf)
-        _CACHE[key] = components
-    return _CACHE[key]
-
-
-def free_models() -> int:
-    """Drop every resident model; returns how many component sets were released."""
-    import gc
-
-    n = len(_CACHE)
-    _CACHE.clear()
-    # LoRA hooks (and compiled graphs) hold modules in reference cycles: without a collection the
-    # weights stay allocated until Python's GC happens to run (an out-of-memory on the H100, run7)
-    gc.collect()
-    if "torch._dynamo" in sys.modules:  # compiled graphs of the released models (and their recompile counts)
-        torch._dynamo.reset()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return n
-
-
-def resident_models() -> list[dict]:
-    """One entry per cached component set (identity, device, dtypes, weight bytes), for memory views
-    (the model panel) without reaching into the cache; bytes count parameters and buffers."""
-
-    def nbytes(module: torch.nn.Module) -> int:
-        return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-
-    def dtype(module: torch.nn.Module) -> str:
-        return str(next(module.parameters()).dtype).removeprefix("torch.")
-
-    slots = ("text_encoder", "transformer", "vae")
-    return [
-        {"identity": dict(c.identity), "device": str(c.device),
-         "dtypes": {s: dtype(getattr(c, s)) for s in slots}, "bytes": {s: nbytes(getattr(c, s)) for s in slots}}
-        for c in list(_CACHE.values())
-    ]

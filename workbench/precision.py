@@ -1,4 +1,4 @@
-"""Precision and memory levers applied to built components, and the non-finite guard of the loop.
+"""Precision and memory levers applied to built components.
 
 - ``transformer_storage=float8_e4m3fn``: diffusers ``enable_layerwise_casting``: weights stored in
   fp8, each layer upcast to the compute dtype (``precision.transformer``) for its forward. Runs on
@@ -12,25 +12,21 @@
   (diffusers block-level group offloading of the transformer and the text encoder, VAE resident).
   Both offload modes move weights between CPU and GPU: on a CPU run they have nothing to do, and
   asking for them is an error rather than a silent no-op.
-- fp16: Qwen-Image's activations overflow float16; ``check_finite`` (called by the denoise loop
-  after every step) stops the run at the first non-finite prediction and says so.
+- fp16: Qwen-Image's activations overflow float16; the denoise side's numerics guard
+  (``stages/numerics.py``) stops the run at the first non-finite prediction and says so.
 """
 
 from __future__ import annotations
 
-from workbench.errors import InputError, RunFailure
 import torch
 
 from workbench.config.schema import MemoryMode, PrecisionConfig, Quantization, WeightStorage
+from workbench.errors import InputError
 from workbench.models.components import TORCH_DTYPES
 
 
 class PrecisionError(InputError, RuntimeError):
     """A precision / memory setting cannot run here; the message names the setting and the fix."""
-
-
-class NonFiniteError(RunFailure, FloatingPointError):
-    """The denoise loop produced NaN / Inf."""
 
 
 def check_device(precision: PrecisionConfig, device: torch.device) -> None:
@@ -58,8 +54,7 @@ def check_device(precision: PrecisionConfig, device: torch.device) -> None:
 
 def apply_precision(components, precision: PrecisionConfig):
     """Apply storage, quantisation and memory mode to freshly built ``Components`` (in place)."""
-    device = components.device
-    check_device(precision, device)
+    device = components.device  # check_device ran before the build (models/build.py)
     transformer = components.transformer
     compute = TORCH_DTYPES[precision.transformer]
 
@@ -120,25 +115,5 @@ def _quantize_fp8_torchao(transformer) -> None:
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_compute_filter)
 
 
-def check_finite(latents: torch.Tensor, prediction: torch.Tensor, step: int, steps: int,
-                 guidance: float | None = None) -> None:
-    """Raise at the first step whose prediction or latents hold NaN / Inf (one device sync per step).
-
-    ``guidance``: the run's sampler.cfg; above 1 it multiplies the cond - uncond difference, and a
-    large scale can overflow, so the message names it among the causes."""
-    if bool(torch.isfinite(prediction).all() & torch.isfinite(latents).all()):  # one device sync
-        return
-    what = "model prediction" if not bool(torch.isfinite(prediction).all()) else "latents"
-    if prediction.dtype == torch.float16:
-        raise NonFiniteError(
-            f"non-finite {what} at denoise step {step + 1} of {steps} with a float16 transformer "
-            "(precision=fp16 or precision.transformer=float16): Qwen-Image's activations overflow float16's "
-            "range (max 65504). Use precision=bf16 (same memory, float32's range), or fp32"
-        )
-    scale = (f"the guidance scale sampler.cfg={guidance:g} (guidance multiplies the cond - uncond difference; "
-             "Qwen-Image uses 2.5-5), " if guidance is not None and guidance > 1 else "")
-    raise NonFiniteError(
-        f"non-finite {what} at denoise step {step + 1} of {steps} (transformer dtype {prediction.dtype}); "
-        f"check {scale}the schedule (one-step schedules with a terminal stretch give NaN sigmas), the LoRA "
-        "strengths and the inputs"
-    )
+# moved: see workbench/stages/numerics.py (the denoise side owns its guard); kept for other branches' tests
+from workbench.stages.numerics import NonFiniteError, check_finite  # noqa: E402,F401

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-PATCH = 14
-MERGE = 2
-TEMPORAL = 2
+from workbench.models.arch import VISION_MERGE as MERGE
+from workbench.models.arch import VISION_PATCH as PATCH
+from workbench.models.arch import VISION_TEMPORAL_PATCH as TEMPORAL
+
 FACTOR = PATCH * MERGE  # 28: sides are multiples of this
 MIN_PIXELS = 3136  # Qwen2.5-VL preprocessor_config.json
 MAX_PIXELS = 12845056

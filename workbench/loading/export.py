@@ -228,14 +228,14 @@ def export_diffusers(model: Any, folder: str | Path) -> Path:
     The scheduler is diffusers' Qwen-Image default (``sampler=flow_euler``); our runs take theirs from
     the config. Under a models root the folder's name stands for each part (``model=files_diffusers``).
     """
-    from diffusers import QwenImagePipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
 
-    from workbench.config.schema import SamplerConfig
-    from workbench.stages.schedule import make_scheduler
+    from workbench.models.arch import SCHEDULER_CONFIG
 
     te, dit, vae, tokenizer = _parts(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pipe = QwenImagePipeline(scheduler=make_scheduler(SamplerConfig()), vae=vae, text_encoder=te, tokenizer=tokenizer, transformer=dit)
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    pipe = QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=te, tokenizer=tokenizer, transformer=dit)
     pipe.save_pretrained(str(folder))
     return folder

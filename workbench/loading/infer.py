@@ -15,11 +15,7 @@ import re
 
 from workbench.config.schema import TinySpec
 from workbench.loading.errors import LoadError, few
-
-REAL_TEXT_HEAD_DIM = 128
-REAL_VISION_HEAD_DIM = 80
-REAL_MROPE = [16, 24, 24]
-REAL_ROPE_AXES = [16, 56, 56]
+from workbench.models import arch
 
 
 def _count(shapes: dict, prefix: str) -> int:
@@ -51,11 +47,10 @@ def text_encoder(shapes: dict, rules: str, tiny: TinySpec, path) -> tuple[dict, 
           vis + "merger.mlp.0.weight", vis + "merger.mlp.2.weight")
     vocab, hidden = shapes[lm + "embed_tokens.weight"]
     if rules == "real":
-        head_dim, mrope = REAL_TEXT_HEAD_DIM, list(REAL_MROPE)
-        v_head, fullatt_every = REAL_VISION_HEAD_DIM, 8
+        head_dim, mrope, v_head = arch.TEXT_HEAD_DIM, list(arch.MROPE_SECTION), arch.VISION_HEAD_DIM
     else:
         head_dim, mrope = tiny.text_encoder.hidden_size // tiny.text_encoder.num_heads, list(tiny.text_encoder.mrope_section)
-        v_head, fullatt_every = tiny.vision.hidden_size // tiny.vision.num_heads, None
+        v_head = tiny.vision.hidden_size // tiny.vision.num_heads
     q_rows = shapes[lm + "layers.0.self_attn.q_proj.weight"][0]
     k_rows = shapes[lm + "layers.0.self_attn.k_proj.weight"][0]
     heads = _split(q_rows, head_dim, path, "text attention", rules)
@@ -63,19 +58,19 @@ def text_encoder(shapes: dict, rules: str, tiny: TinySpec, path) -> tuple[dict, 
     v_hidden, _, t_patch, patch, _ = shapes[vis + "patch_embed.proj.weight"]
     depth = _count(shapes, vis + "blocks.")
     merge = math.isqrt(shapes[vis + "merger.mlp.0.weight"][1] // v_hidden)
-    fullatt = [i for i in range(depth) if i % fullatt_every == fullatt_every - 1] if fullatt_every else list(tiny.vision.fullatt_block_indexes)
+    fullatt = arch.fullatt_blocks(depth) if rules == "real" else list(tiny.vision.fullatt_block_indexes)
     text = dict(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=shapes[lm + "layers.0.mlp.gate_proj.weight"][0],
         num_hidden_layers=_count(shapes, lm + "layers."), num_attention_heads=heads, num_key_value_heads=kv_heads,
-        rms_norm_eps=1e-6, max_position_embeddings=128000,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+        rms_norm_eps=arch.RMS_NORM_EPS, max_position_embeddings=arch.MAX_POSITIONS,
+        rope_parameters=arch.rope_parameters(mrope),
         tie_word_embeddings="lm_head.weight" not in shapes,
     )
     vision = dict(
         depth=depth, hidden_size=v_hidden, intermediate_size=shapes[vis + "blocks.0.mlp.gate_proj.weight"][0],
         num_heads=_split(v_hidden, v_head, path, "vision attention", rules),
         out_hidden_size=shapes[vis + "merger.mlp.2.weight"][0], patch_size=patch, spatial_merge_size=merge,
-        temporal_patch_size=t_patch, window_size=112, fullatt_block_indexes=fullatt,
+        temporal_patch_size=t_patch, window_size=arch.VISION_WINDOW, fullatt_block_indexes=fullatt,
     )
     report = {
         "layers": text["num_hidden_layers"], "hidden": hidden, "heads": heads, "kv_heads": kv_heads,
@@ -92,18 +87,18 @@ def transformer(shapes: dict, rules: str, tiny: TinySpec, path) -> tuple[dict, d
           "transformer_blocks.0.attn.norm_q.weight")
     head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
     inner, in_channels = shapes["img_in.weight"]
-    out_channels = shapes["proj_out.weight"][0] // 4  # 2x2 patches
-    if in_channels != 64 or out_channels != 16:
+    out_channels = shapes["proj_out.weight"][0] // arch.PATCH_SIZE**2
+    if in_channels != arch.IN_CHANNELS or out_channels != arch.OUT_CHANNELS:
         raise LoadError(
             f"{path}: shape mismatch: img_in takes {in_channels} and proj_out gives {out_channels * 4} channels; "
             "Qwen-Image's transformer has 64 / 64 (16 latent channels x 2x2 patches)"
         )
-    axes = list(REAL_ROPE_AXES) if rules == "real" else list(tiny.transformer.axes_dims_rope)
+    axes = list(arch.ROPE_AXES) if rules == "real" else list(tiny.transformer.axes_dims_rope)
     if sum(axes) != head_dim:
         hint = "; for the tiny test model set model.arch_rules=tiny" if rules == "real" else ""
         raise LoadError(f"{path}: RoPE axes {axes} (arch_rules={rules}) do not sum to the head size {head_dim} read from norm_q{hint}")
     kwargs = dict(
-        patch_size=2, in_channels=in_channels, out_channels=out_channels,
+        patch_size=arch.PATCH_SIZE, in_channels=in_channels, out_channels=out_channels,
         num_layers=_count(shapes, "transformer_blocks."), attention_head_dim=head_dim,
         num_attention_heads=_split(inner, head_dim, path, "transformer attention", rules),
         joint_attention_dim=shapes["txt_in.weight"][1], axes_dims_rope=tuple(axes),
@@ -118,7 +113,7 @@ def vae(shapes: dict, path) -> tuple[dict, dict]:
     _need(shapes, path, "the VAE", "encoder.conv_in.weight", "post_quant_conv.weight")
     base = shapes["encoder.conv_in.weight"][0]
     z_dim = shapes["post_quant_conv.weight"][0]
-    if z_dim != 16:
+    if z_dim != arch.LATENT_CHANNELS:
         raise LoadError(
             f"{path}: shape mismatch: the VAE has {z_dim} latent channels (post_quant_conv {shapes['post_quant_conv.weight']}); "
             "Qwen-Image uses 16 (the Wan 2.1 VAE); a 48-channel file is the Wan 2.2 VAE"
@@ -131,3 +126,11 @@ def vae(shapes: dict, path) -> tuple[dict, dict]:
     temporal = [f"encoder.down_blocks.{s * (nrb + 1) + nrb}.time_conv.weight" in shapes for s in range(3)]
     kwargs = dict(base_dim=base, z_dim=z_dim, dim_mult=mult, num_res_blocks=nrb, temperal_downsample=temporal)
     return kwargs, dict(kwargs)
+
+
+def arch_rules_for(shapes: dict) -> str:
+    """The ``model.arch_rules`` a single transformer file needs: heads of the family's size (read off
+    ``norm_q``) mean its real rules, anything else is the tiny test model's shape. ``shapes``: names
+    without a checkpoint prefix (``keys.strip_dit_prefix``)."""
+    head = shapes.get("transformer_blocks.0.attn.norm_q.weight", (sum(arch.ROPE_AXES),))[0]
+    return "real" if head == sum(arch.ROPE_AXES) else "tiny"

@@ -102,7 +102,7 @@ def _tokenizer_for(folder: Path | None):
 def prepare_text_encoder(entry: Entry, cfg: ModelConfig) -> Prepared:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from workbench.tokenizer import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
+    from workbench.models.arch import vision_token_ids
 
     check_slot(entry, "text_encoder")
     report = {"layout": entry.layout, "dtype": entry.dtype}
@@ -116,8 +116,7 @@ def prepare_text_encoder(entry: Entry, cfg: ModelConfig) -> Prepared:
         source = TensorSource.single(header, text_encoder_names(header.tensors))
         text, vision, report["inferred"] = infer.text_encoder(source.shapes, cfg.arch_rules, cfg.tiny, entry.path)
         config = Qwen2_5_VLConfig(
-            text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"],
-            image_token_id=IMAGE_PAD_ID, vision_start_token_id=VISION_START_ID, vision_end_token_id=VISION_END_ID,
+            text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"], **vision_token_ids(),
         )
         tokenizer, report["tokenizer"] = _tokenizer_for(None)
     tied = "lm_head.weight" not in source.names

@@ -19,9 +19,8 @@ from typing import Iterator, Optional
 import torch
 
 from workbench.config.schema import ModelConfig, TinySpec, Variant
-from workbench.tokenizer import IMAGE_PAD_ID, VISION_END_ID, VISION_START_ID
-
-VOCAB_SIZE = 152064  # Qwen2.5-VL embedding rows (the tokenizer's 151665 ids fit inside)
+from workbench.models import arch
+from workbench.models.arch import VOCAB_SIZE
 
 
 def _seeded(seed: int, build):
@@ -65,9 +64,9 @@ def text_encoder_config(spec: TinySpec):
             num_hidden_layers=t.num_layers,
             num_attention_heads=t.num_heads,
             num_key_value_heads=t.num_kv_heads,
-            rms_norm_eps=1e-6,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(t.mrope_section)},
+            rms_norm_eps=arch.RMS_NORM_EPS,
+            max_position_embeddings=arch.TINY_MAX_POSITIONS,
+            rope_parameters=arch.rope_parameters(t.mrope_section),
         ),
         vision_config=dict(
             depth=v.depth,
@@ -75,15 +74,13 @@ def text_encoder_config(spec: TinySpec):
             intermediate_size=v.intermediate_size,
             num_heads=v.num_heads,
             out_hidden_size=t.hidden_size,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
+            patch_size=arch.VISION_PATCH,
+            spatial_merge_size=arch.VISION_MERGE,
+            temporal_patch_size=arch.VISION_TEMPORAL_PATCH,
+            window_size=arch.VISION_WINDOW,
             fullatt_block_indexes=list(v.fullatt_block_indexes),
         ),
-        image_token_id=IMAGE_PAD_ID,
-        vision_start_token_id=VISION_START_ID,
-        vision_end_token_id=VISION_END_ID,
+        **arch.vision_token_ids(),
     )
 
 
@@ -150,9 +147,9 @@ def build_transformer(cfg: ModelConfig):
     return _seeded(
         cfg.seed + 1,
         lambda: QwenImageTransformer2DModel(
-            patch_size=2,
-            in_channels=64,
-            out_channels=16,
+            patch_size=arch.PATCH_SIZE,
+            in_channels=arch.IN_CHANNELS,
+            out_channels=arch.OUT_CHANNELS,
             num_layers=s.num_layers,
             attention_head_dim=s.head_dim,
             num_attention_heads=s.num_heads,

@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 
 from workbench.conditioning import Conditioning, concat
 from workbench.config.schema import CfgBatching, SamplerConfig, SchedulerKind
-from workbench.precision import check_finite
 from workbench.stages.guidance import guide
-from workbench.stages.schedule import make_scheduler, set_schedule
+from workbench.stages.numerics import check_finite
+from workbench.stages.schedule import Schedule
 
 
 class Interrupted(RuntimeError):
@@ -52,6 +52,26 @@ def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, ref
     return out[:, : latents.shape[1]]  # only the target tokens are denoised
 
 
+def _batched(sampler: SamplerConfig, cond: Conditioning, uncond: Optional[Conditioning]) -> Optional[Conditioning]:
+    """cond + uncond as one batch when ``cfg_batching`` allows it (``auto``: only when nothing is padded)."""
+    if sampler.cfg_batching == CfgBatching.padded or (
+        sampler.cfg_batching == CfgBatching.auto and cond.lengths == uncond.lengths and len(set(cond.lengths)) == 1
+    ):
+        return concat(cond, uncond)
+    return None
+
+
+def _heun_step(velocity, latents, v, t, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Heun (trapezoid) on the same sigmas, written here because diffusers' FlowMatchHeun scheduler
+    cannot take the Qwen-Image dynamic-shift schedule; the last step to sigma 0 is Euler, as k-diffusion."""
+    x = latents.float()
+    if sigma_next == 0:
+        return (x + (sigma_next - sigma) * v.float()).to(latents.dtype)
+    euler = x + (sigma_next - sigma) * v.float()
+    v_next = velocity(euler.to(latents.dtype), t.new_tensor(sigma_next * 1000), sigma_next)
+    return (x + (sigma_next - sigma) * (v.float() + v_next.float()) / 2).to(latents.dtype)
+
+
 @torch.no_grad()
 def denoise(
     transformer,
@@ -64,27 +84,21 @@ def denoise(
     callback: Optional[Callable[[StepInfo], Optional[bool]]] = None,
     progress: bool = True,
     start_step: int = 0,
+    schedule: Optional[Schedule] = None,
 ) -> torch.Tensor:
     """Run the sampler from noise ``latents`` (B, tokens, 64); returns the final packed latents.
 
-    ``start_step``: image-to-image starts part way (``schedule.img2img_start``), from latents
-    already noised to that step's sigma.
-
+    ``schedule``: the ``Schedule`` to step (image-to-image passes the one it noised its start image
+    with); by default a fresh one from ``sampler`` starting at ``start_step``.
     ``img_shapes``: (frames, h/16, w/16) of the target, then of each reference image.
     ``reference``: packed reference latents (1, ref tokens, 64), appended after the target tokens.
     ``callback``: called after each step with ``StepInfo``; returning True interrupts.
     """
-    scheduler = make_scheduler(sampler)
-    set_schedule(scheduler, sampler, image_tokens=latents.shape[1], device=latents.device)
+    schedule = schedule or Schedule(sampler, latents.shape[1], latents.device, start_step)
     guided = sampler.cfg > 1.0
     if guided and uncond is None:
         raise ValueError("sampler.cfg > 1 needs an unconditional (negative) conditioning")
-    both = None
-    if guided and (
-        sampler.cfg_batching == CfgBatching.padded
-        or (sampler.cfg_batching == CfgBatching.auto and cond.lengths == uncond.lengths and len(set(cond.lengths)) == 1)
-    ):
-        both = concat(cond, uncond)
+    both = _batched(sampler, cond, uncond) if guided else None
     n = latents.shape[0]
 
     def velocity(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -98,26 +112,16 @@ def denoise(
             v_uncond = _forward(transformer, x, uncond, t, img_shapes, reference)
         return guide(sampler, v_cond, v_uncond, x, sigma)
 
-    sigmas = scheduler.sigmas.tolist()
-    if start_step and hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start_step)
-    steps = list(enumerate(scheduler.timesteps))[start_step:]
-    for i, t in tqdm(steps, desc="denoise", disable=not progress, leave=False):
+    sigmas = schedule.sigmas
+    for i, t in tqdm(schedule.remaining(), desc="denoise", disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         v = velocity(latents, t, sigma)
         x0 = latents - sigma * v  # flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0
-        if sampler.scheduler == SchedulerKind.heun and sigma_next > 0:
-            # Heun (trapezoid) on the same sigmas, written here because diffusers' FlowMatchHeun
-            # scheduler cannot take the Qwen-Image dynamic-shift schedule.
-            x = latents.float()
-            euler = x + (sigma_next - sigma) * v.float()
-            v_next = velocity(euler.to(latents.dtype), t.new_tensor(sigma_next * 1000), sigma_next)
-            latents = (x + (sigma_next - sigma) * (v.float() + v_next.float()) / 2).to(latents.dtype)
-        elif sampler.scheduler == SchedulerKind.heun:  # last step to sigma 0: Euler, as k-diffusion
-            latents = (latents.float() + (sigma_next - sigma) * v.float()).to(latents.dtype)
+        if sampler.scheduler == SchedulerKind.heun:
+            latents = _heun_step(velocity, latents, v, t, sigma, sigma_next)
         else:
-            latents = scheduler.step(v, t, latents, return_dict=False)[0]
-        check_finite(latents, v, i, len(sigmas) - 1, sampler.cfg)  # stops fp16 overflow at its first step, naming the fix
+            latents = schedule.scheduler.step(v, t, latents, return_dict=False)[0]
+        check_finite(latents, v, i, schedule.steps, sampler.cfg)  # stops fp16 overflow at its first step, naming the fix
         if callback is not None and callback(StepInfo(i, float(t), sigma, latents, x0)):
-            raise Interrupted(f"interrupted by the step callback after step {i + 1} of {len(sigmas) - 1}")
+            raise Interrupted(f"interrupted by the step callback after step {i + 1} of {schedule.steps}")
     return latents

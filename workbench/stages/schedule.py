@@ -66,8 +66,36 @@ def img2img_start(steps: int, strength: float) -> int:
     return int(max(steps - min(steps * strength, steps), 0))
 
 
-def sigma_at(s: SamplerConfig, image_tokens: int, step: int) -> float:
-    """The schedule's sigma at ``step`` for this sampler and image size."""
-    scheduler = make_scheduler(s)
-    set_schedule(scheduler, s, image_tokens, device="cpu")
-    return float(scheduler.sigmas[step])
+class Schedule:
+    """The sigmas and timesteps of one forward batch at one image size, on a fresh scheduler.
+
+    Shared by image-to-image (which noises its start image to ``start_sigma``) and the denoise loop
+    (which steps ``scheduler`` from ``start_step``); a scheduler keeps a step index, so each forward
+    batch gets its own ``Schedule``.
+    """
+
+    def __init__(self, sampler: SamplerConfig, image_tokens: int, device="cpu", start_step: int = 0):
+        self.sampler, self.start_step = sampler, start_step
+        self.scheduler = make_scheduler(sampler)
+        set_schedule(self.scheduler, sampler, image_tokens, device)
+        if start_step and hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start_step)
+        self.sigmas: list[float] = self.scheduler.sigmas.tolist()  # steps + 1 values, the last 0
+
+    @classmethod
+    def img2img(cls, sampler: SamplerConfig, image_tokens: int, strength: float, device="cpu") -> "Schedule":
+        """The schedule of an image-to-image run at ``strength``: its last ``steps * strength`` steps."""
+        return cls(sampler, image_tokens, device, img2img_start(sampler.steps, strength))
+
+    @property
+    def start_sigma(self) -> float:
+        return self.sigmas[self.start_step]
+
+    @property
+    def steps(self) -> int:
+        """Steps of the whole schedule (those before ``start_step`` included)."""
+        return len(self.sigmas) - 1
+
+    def remaining(self) -> list[tuple[int, object]]:
+        """(step index, timestep) of each step to run."""
+        return list(enumerate(self.scheduler.timesteps))[self.start_step:]

@@ -158,6 +158,7 @@ def precompute(cfg: TrainConfig, path: Path) -> None:
     from workbench.models import tiny
     from workbench.stages import latents as latents_stage
     from workbench.stages.encode import encode_prompts
+    from workbench.stages.reference import reference_sizes
     from workbench.tokenizer import load_tokenizer
 
     run, edit = run_configs(cfg)
@@ -174,7 +175,7 @@ def precompute(cfg: TrainConfig, path: Path) -> None:
     rows = []
     for pair in edit_pairs(cfg):
         img = world.render(pair.source)
-        plan = latents_stage.reference_sizes(img.width, img.height, edit.reference)
+        plan = reference_sizes(img.width, img.height, edit.reference)
         vlm = latents_stage.resize(img, *plan.vlm, plan.resize_filter)
         c = encode_prompts(tokenizer, encoder, edit.template, [pair.instruction], [vlm],
                            resample=getattr(edit.reference.vlm_resample, "value", edit.reference.vlm_resample))

@@ -1,62 +1,27 @@
 """Template panel: edit a template, see its tokens live (kept / dropped, drop count, vision tokens).
 
-The tokens come from ``workbench.templates.render`` / ``tokenize`` with the real Qwen2.5 tokenizer,
-exactly as the encoder sees them; reference images are the shipped sample image.
+A view over ``workbench.token_report`` (the report ``workbench tokens`` prints): the tokens the
+encoder sees; reference images are the shipped sample image.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Optional
 
 import ipywidgets as W
 
 from workbench.config.schema import ConfigError, TemplateConfig
 
-SAMPLE_IMAGE = "asset:sample_reference.png"
-
-
-@dataclass
-class TokenReport:
-    """What the panel shows, as data (tests and notebooks read it directly)."""
-
-    pieces: list[str]  # token strings, vision pads expanded
-    ids: list[int]
-    drop: int
-    vision_tokens: list[int]  # per image
-
-    @property
-    def kept(self) -> int:
-        return len(self.ids) - self.drop
-
-
-def template_names() -> list[str]:
-    from workbench.config import config_dir
-
-    return sorted(p.stem for p in (config_dir() / "template").glob("*.yaml"))
-
-
-def load_template(name: str) -> TemplateConfig:
-    """A template of ``conf/template/`` on its own (the full config would insist on reference images)."""
-    from omegaconf import OmegaConf
-
-    from workbench.config import compose
-
-    return OmegaConf.to_object(compose([f"template={name}"]).template)
-
-
-def inspect_template(template: TemplateConfig, prompt: str, num_images: int = 0) -> TokenReport:
-    """Render + tokenize ``prompt`` with ``template`` and ``num_images`` copies of the sample image."""
-    from workbench.pipeline import load_image
-    from workbench.templates import render, tokenize
-    from workbench.tokenizer import load_tokenizer
-    from workbench.vision import preprocess
-
-    tok = load_tokenizer()
-    grids = preprocess([load_image(SAMPLE_IMAGE)] * num_images).grids if num_images else []
-    t = tokenize(tok, render(template, prompt, num_images, tok), grids)
-    return TokenReport(tok.convert_ids_to_tokens(t.input_ids), t.input_ids, t.drop, t.vision_tokens)
+# the library side, importable from here as before (notebook 02)
+from workbench.token_report import (  # noqa: E402,F401
+    SAMPLE_IMAGE,
+    TokenReport,
+    inspect_template,
+    template_names,
+)
+from workbench.token_report import conf_template as load_template  # noqa: E402
 
 
 def tokens_html(report: TokenReport) -> str:

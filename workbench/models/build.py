@@ -1,0 +1,87 @@
+"""The model cache and the build order: load -> attention prep -> precision -> compile -> LoRA.
+
+Each (model, precision, device, perf) is built once per process; ``free_models()`` releases them.
+LoRAs are not part of that key: they go on the built transformer through hooks (or fused), so a
+LoRA swap never rebuilds or reloads a model (``components_for``).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Sequence
+
+import torch
+
+from workbench.config.schema import Config, ModelConfig, PerfConfig, PrecisionConfig
+from workbench.lora import apply_loras
+from workbench.models.components import Components, build_components, resolve_device
+from workbench.perf import check_perf, compile_transformer, prepare_attention
+from workbench.precision import apply_precision, check_device
+
+_CACHE: dict[tuple, Components] = {}
+SLOTS = ("text_encoder", "transformer", "vae")
+
+
+def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig(),
+          loras: Sequence = ()) -> Components:
+    """Build one component set in the order the levers need, every setting checked before any load."""
+    check_device(precision, resolve_device(device))  # an impossible precision fails before any load
+    check_perf(perf, precision)
+    components = build_components(model, precision, device, loras=loras)
+    prepare_attention(components.transformer, perf)  # fuses bf16 weights: before fp8 storage / quantisation
+    components = apply_precision(components, precision)
+    components.transformer = compile_transformer(components.transformer, perf)
+    return components
+
+
+def cached_components(
+    model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig(), loras=()
+) -> Components:
+    """``build`` each (model, precision, device, perf) once per process.
+
+    ``loras`` (the run's ``LoraItem``s) are not part of the key: when the models are built, their files
+    are checked with the model files before any weight loads (``loading.load.preflight``)."""
+    key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
+    if key not in _CACHE:
+        _CACHE[key] = build(model, precision, device, perf, loras)
+    return _CACHE[key]
+
+
+def components_for(cfg: Config) -> Components:
+    """The run's components, built (or reused), with exactly ``cfg.lora``'s LoRAs on the transformer."""
+    components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
+    apply_loras(components.transformer, list(cfg.lora.items), fuse=cfg.lora.fuse, roots=cfg.model.roots or None)
+    return components
+
+
+def free_models() -> int:
+    """Drop every resident model; returns how many component sets were released."""
+    n = len(_CACHE)
+    _CACHE.clear()
+    # LoRA hooks (and compiled graphs) hold modules in reference cycles: without a collection the
+    # weights stay allocated until Python's GC happens to run (an out-of-memory on the H100, run7)
+    gc.collect()
+    if "torch._dynamo" in sys.modules:  # compiled graphs of the released models (and their recompile counts)
+        torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return n
+
+
+def _nbytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _dtype(module: torch.nn.Module) -> str:
+    return str(next(module.parameters()).dtype).removeprefix("torch.")
+
+
+def resident_models() -> list[dict]:
+    """One entry per cached component set (identity, device, dtypes, weight bytes), for memory views
+    (the model panel) without reaching into the cache; bytes count parameters and buffers."""
+    return [
+        {"identity": dict(c.identity), "device": str(c.device),
+         "dtypes": {s: _dtype(getattr(c, s)) for s in SLOTS}, "bytes": {s: _nbytes(getattr(c, s)) for s in SLOTS}}
+        for c in list(_CACHE.values())
+    ]

@@ -1,0 +1,82 @@
+"""The token report of a prompt under a template: what ``workbench tokens`` prints and the template
+panel shows (token ids and strings, dropped / kept, vision tokens per image), as one library function.
+
+The tokens are those the encoder sees: ``templates.render`` / ``tokenize`` with the real Qwen2.5
+tokenizer, reference images through the real vision preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from workbench.config.schema import TemplateConfig
+
+SAMPLE_IMAGE = "asset:sample_reference.png"  # the panel's stand-in reference image
+
+
+@dataclass
+class TokenReport:
+    """Tokens of one rendered prompt, as data (tests and notebooks read it directly)."""
+
+    pieces: list[str]  # token strings, vision pads expanded
+    ids: list[int]
+    drop: int
+    vision_tokens: list[int]  # per image
+    template: str = ""  # the template's name
+
+    @property
+    def kept(self) -> int:
+        return len(self.ids) - self.drop
+
+    def as_dict(self) -> dict:
+        """``workbench tokens --json``."""
+        return {"template": self.template, "drop": self.drop, "kept": self.kept,
+                "vision_tokens": self.vision_tokens, "ids": self.ids, "tokens": self.pieces}
+
+    def lines(self) -> list[str]:
+        """``workbench tokens``'s text: a summary, then one line per token."""
+        head = (f"template {self.template}: {len(self.ids)} tokens, drop {self.drop}, keep {self.kept}, "
+                f"vision tokens per image {self.vision_tokens}")
+        return [head] + [f"{'drop' if i < self.drop else 'keep'} {i:5d} {tid:7d} {piece!r}"
+                         for i, (tid, piece) in enumerate(zip(self.ids, self.pieces))]
+
+
+def token_report(template: TemplateConfig, prompt: str, images: Sequence = ()) -> TokenReport:
+    """Render + tokenize ``prompt`` with ``template`` and the reference ``images`` (PIL)."""
+    from workbench.templates import render, tokenize
+    from workbench.tokenizer import load_tokenizer
+    from workbench.vision import preprocess
+
+    tok = load_tokenizer()
+    grids = preprocess(list(images)).grids if images else []
+    t = tokenize(tok, render(template, prompt, len(grids), tok), grids)
+    return TokenReport(tok.convert_ids_to_tokens(t.input_ids), t.input_ids, t.drop, t.vision_tokens, template.name)
+
+
+def sample_images(n: int) -> list:
+    """``n`` copies of the shipped sample image (the template panel's reference images)."""
+    from workbench.pipeline import load_image
+
+    return [load_image(SAMPLE_IMAGE)] * n if n else []
+
+
+def inspect_template(template: TemplateConfig, prompt: str, num_images: int = 0) -> TokenReport:
+    """``token_report`` with ``num_images`` copies of the sample image."""
+    return token_report(template, prompt, sample_images(num_images))
+
+
+def template_names() -> list[str]:
+    """The templates of ``conf/template/``."""
+    from workbench.config import config_dir
+
+    return sorted(p.stem for p in (config_dir() / "template").glob("*.yaml"))
+
+
+def conf_template(name: str) -> TemplateConfig:
+    """A template of ``conf/template/`` on its own (the full config would insist on reference images)."""
+    from omegaconf import OmegaConf
+
+    from workbench.config import compose
+
+    return OmegaConf.to_object(compose([f"template={name}"]).template)
