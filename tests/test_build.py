@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from workbench.config import Config, ConfigError, build, compose, compose_many, to_run_config
-from workbench.config.build import describe_error, options, override_value
+from workbench.config.build import describe_error, options, override_value, record_config
 from workbench.errors import EXIT_INPUT, exit_code
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,3 +208,37 @@ def test_load_error_is_a_config_error_without_importing_the_config():
     assert issubclass(LoadError, ConfigError)
     source = (REPO / "workbench" / "loading" / "errors.py").read_text()
     assert "workbench.config" not in source
+
+
+# ----------------------------------------------------------------------------- records back into objects
+def test_record_config_reads_a_resolved_config_back_as_literal_text(tmp_path):
+    from omegaconf import OmegaConf
+
+    prompt = "a fox ${oc.env:HOME} \\${x}"
+    recorded = OmegaConf.to_container(compose([f"prompts=[{override_value(prompt)}]", "sampler.steps=3"]),
+                                      resolve=True)
+    del recorded["sampler"]["max_shift"]  # a record of an older schema: the nested key gets its default
+    cfg, run_cfg, defaults = record_config(recorded, tmp_path / "record.json")
+    assert run_cfg.prompts == [prompt] and cfg.prompts[0] == prompt and run_cfg.sampler.steps == 3
+    assert defaults == [{"key": "sampler.max_shift", "default": 0.9}]
+    recorded["sampler"]["steps"] = 0
+    with pytest.raises(ConfigError, match=r"record.json: the recorded config is not valid here: sampler.steps must be >= 1"):
+        record_config(recorded, tmp_path / "record.json")
+    recorded["sampler"]["steps"] = "many"
+    with pytest.raises(ConfigError, match=r"does not fit this version's schema \(key sampler.steps\)"):
+        record_config(recorded, tmp_path / "record.json")
+
+
+def test_group_options_as_data_and_objects():
+    from workbench.config import TemplateConfig
+    from workbench.config.build import group_config, option_data, resolved, to_object
+
+    assert option_data("model", "tiny")["source"] == "tiny" and option_data("model", "files_comfyui")["source"] == "files"
+    edit = group_config("template", "qwen_edit_plus")
+    assert isinstance(edit, TemplateConfig) and edit.max_images > 0  # no reference images needed to inspect it
+    tree = compose(["sampler.steps=3"])
+    assert isinstance(to_object(tree), Config) and resolved(tree)["sampler"]["steps"] == 3
+    with pytest.raises(ConfigError, match="sampler.steps must be >= 1"):
+        to_object(compose(["sampler.steps=0"]))
+    with pytest.raises(ConfigError, match=r"NOPE_UNSET_VARIABLE"):
+        resolved(compose(["negative_prompt=${oc.env:NOPE_UNSET_VARIABLE}"]))

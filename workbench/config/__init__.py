@@ -1,5 +1,13 @@
-"""The config: one dataclass module per group of ``conf/`` (pure values and their checks) and the build
-door ``workbench.config.build`` (YAML / Hydra overrides -> these objects; the only Hydra user).
+"""The config: one dataclass module per group of ``conf/`` and the build door that fills them.
+
+- ``model``, ``template``, ``sampler``, ``lora``, ``precision``, ``reference``, ``perf``, ``executor``
+  (one module per ``conf/<group>/``) and ``run`` (the root ``Config``): dataclasses, enums and their
+  value checks in ``__post_init__`` (prompt not empty, sizes multiples of 16, steps >= 1, no NaN / Inf,
+  the bounds of ``limits``); no Hydra, no disk.
+- ``build``: the only module that imports Hydra / OmegaConf. It registers ``Config`` in Hydra's
+  ConfigStore, so an unknown key, a wrong type or an enum value outside the allowed set fails at
+  compose time naming the key; ``to_run_config`` builds the dataclasses and then runs the checks
+  that need the machine or the files (``preflight``), once, before any model loads.
 
 Every schema name is importable from here; the build functions (``compose``, ``to_run_config``, ...)
 too, loaded on first use so that importing a dataclass never imports Hydra.
@@ -17,6 +25,7 @@ from workbench.config.model import (
     Variant,
     VisionSize,
 )
+from workbench.config.overrides import escape_interpolation, literal, override_value
 from workbench.config.perf import CompileMode, InductorMode, PerfConfig
 from workbench.config.precision import DType, MemoryMode, PrecisionConfig, Quantization, WeightStorage
 from workbench.config.reference import ReferenceConfig, ReferencePolicy, Resample, VaeFit
@@ -25,8 +34,9 @@ from workbench.config.sampler import CfgBatching, Guidance, SamplerConfig, Sched
 from workbench.config.template import ControlTokens, TemplateConfig
 from workbench.errors import ConfigError
 
-_BUILD = ("ComposeError", "compose", "compose_many", "config_dir", "describe_error", "load_template", "options",
-          "override_value", "register_configs", "to_run_config")
+_BUILD = ("ComposeError", "compose", "compose_many", "config_dir", "describe_error", "edit_templates", "group_config",
+          "load_template", "option_data", "options", "record_config", "register_configs", "resolved", "to_object",
+          "to_run_config")
 
 __all__ = [
     "CfgBatching", "CompileMode", "Config", "ConfigError", "ControlTokens", "DType", "ExecutorConfig",
@@ -34,7 +44,7 @@ __all__ = [
     "ModelConfig", "ModelSource", "PerfConfig", "PrecisionConfig", "Quantization", "ReferenceConfig",
     "ReferencePolicy", "Resample", "SamplerConfig", "SchedulerKind", "ShiftMode", "TemplateConfig",
     "TextEncoderSize", "TinySpec", "TransformerSize", "VaeFit", "VaeSize", "Variant", "VisionSize",
-    "WeightStorage", "check_lora_fits", *_BUILD,
+    "WeightStorage", "check_lora_fits", "escape_interpolation", "literal", "override_value", *_BUILD,
 ]
 
 

@@ -5,9 +5,13 @@ This is the one module (besides the CLI's Hydra entry point) that imports Hydra 
 - ``to_run_config``: the composed tree -> ``Config`` (the dataclasses' value checks), then the checks
   that need the machine or the files, once (``workbench.config.preflight.check_run``);
 - ``load_template``: a template YAML file -> ``TemplateConfig``;
-- ``options(group)``: the options of a config group (``conf/<group>/*.yaml``) that panels and the CLI show;
+- ``options(group)``, ``option_data(group, option)``, ``group_config(group, option)``: the options of a
+  config group (``conf/<group>/*.yaml``) that panels and the CLI show, one option's keys, its typed object;
+- ``to_object`` / ``resolved``: any composed tree as dataclasses / as plain resolved data;
 - ``describe_error``: any Hydra / OmegaConf / workbench error as one readable line;
-- ``override_value``: a Python value written as a Hydra override value that composes back to itself.
+- ``record_config``: a record's resolved config back into the tree and the typed ``Config``;
+- ``override_value`` (from ``workbench.config.overrides``): a value written as a Hydra override value
+  that composes back to itself.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from workbench.config.limits import unknown_key_message
+from workbench.config.overrides import literal, override_value  # noqa: F401 - override_value: part of the door
 from workbench.config.preflight import check_run
 from workbench.config.run import Config
 from workbench.config.template import TemplateConfig
@@ -57,6 +62,19 @@ def options(group: str) -> list[str]:
         groups = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
         raise ConfigError(f"no config group {group!r}; groups: {', '.join(groups)}")
     return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def option_data(group: str, option: str) -> dict:
+    """The keys one option file sets (``conf/<group>/<option>.yaml``) as plain data, unresolved: what a
+    panel shows about an option without composing (``option_data("model", "tiny")["source"]``)."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
+
+
+def group_config(group: str, option: str) -> Any:
+    """The typed object of one group option on its own (``group_config("template", "qwen_edit")`` ->
+    ``TemplateConfig``), with its value checks, without the run checks of the full config (which
+    would, e.g., insist on reference images for an edit template)."""
+    return _to_object(compose([f"{group}={option}"])[group])
 
 
 def edit_templates() -> dict[str, tuple[int, int]]:
@@ -176,6 +194,21 @@ def _to_object(cfg: DictConfig, where: str = "") -> Any:
         raise ConfigError(str(err)) from err
 
 
+def to_object(cfg: DictConfig) -> Any:
+    """A composed tree (of any config name, e.g. ``train_tiny``) as its dataclasses, value checks run;
+    a failing check or type is a one-line ``ConfigError``."""
+    return _to_object(cfg)
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The composed tree as plain data with interpolations resolved (what records and cache keys hold);
+    an interpolation that cannot resolve is a one-line ``ConfigError``."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(describe_error(err)) from err
+
+
 def to_run_config(cfg: DictConfig | Config) -> Config:
     """Validate a composed config and return the typed ``Config``: the dataclasses' value checks, then
     the checks that need the machine and the files (``preflight.check_run``), once, before any model
@@ -210,6 +243,40 @@ def load_template(path: str | Path) -> TemplateConfig:
     except OmegaConfBaseException as err:  # an unknown key or a wrong type
         raise ConfigError(f"template file {file}: {err}") from None
     return _to_object(merged, f"template file {file}: ")
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": 1, "lora.items[0].file": ...}``: the leaves of a nested dict (lists of dicts indexed)."""
+    if isinstance(obj, dict):
+        return {k: v for key, child in obj.items() for k, v in _flat(child, f"{prefix}.{key}" if prefix else str(key)).items()}
+    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+        return {k: v for i, child in enumerate(obj) for k, v in _flat(child, f"{prefix}[{i}]").items()}
+    return {prefix: obj}
+
+
+def record_config(recorded: dict, source: str | Path) -> tuple[DictConfig, Config, list[dict]]:
+    """A record's resolved config back into (the OmegaConf tree, the typed ``Config``, [{key, default}]
+    of nested keys the record lacks, filled with this version's defaults).
+
+    Strings are read as literal text (a recorded ``${...}`` is never resolved); every check of
+    ``to_run_config`` runs, and errors name ``source``. The caller refuses records that lack whole
+    groups or top-level keys before calling this.
+    """
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), literal(recorded))
+        merged = OmegaConf.to_container(cfg, resolve=False)
+    except OmegaConfBaseException as err:
+        where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"{source}: the recorded config does not fit this version's schema{where}: "
+                          f"{str(err).splitlines()[0]}") from None
+    have = _flat(recorded)
+    defaults = [{"key": k, "default": v} for k, v in _flat(merged).items()
+                if k not in have and not k.startswith("executor.") and not any(h.startswith(k + ".") for h in have)]
+    try:
+        run_cfg = to_run_config(cfg)  # every check before anything is written or loaded
+    except ConfigError as err:
+        raise ConfigError(f"{source}: the recorded config is not valid here: {err}") from None
+    return cfg, run_cfg, defaults
 
 
 # ----------------------------------------------------------------------------- one-line errors
@@ -288,48 +355,3 @@ def describe_error(err: BaseException) -> str:
     if first and first not in text and not first.startswith(_HYDRA_NOISE):
         text = f"{text} ({first})" if text else first
     return text or type(err).__name__
-
-
-# ----------------------------------------------------------------------------- override values
-_BARE = re.compile(r"[A-Za-z0-9_./:+-]+")  # Hydra reads these unquoted as the same string
-
-
-def _typed_word(text: str) -> bool:
-    """Would Hydra read ``text`` unquoted as something other than a string (a number, bool or null)?"""
-    if text.lower() in ("null", "true", "false", "nan", "inf", "+inf", "-inf"):
-        return True
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _escape_backslashes_before(text: str, marker: str) -> str:
-    """Double every run of backslashes that comes right before ``marker`` (or the end, for '')."""
-    pattern = r"(\\+)(?=$)" if not marker else rf"(\\+)(?={re.escape(marker)})"
-    return re.sub(pattern, lambda m: m.group(1) * 2, text)
-
-
-def override_value(value: Any) -> str:
-    """``value`` as the right-hand side of a Hydra override, composing back to exactly ``value``.
-
-    Numbers, bools and None as Hydra literals; lists and tuples as ``[a, b]``; a string bare when Hydra
-    reads it unquoted as the same string, else single-quoted: a quote is ``\\'`` and backslashes before
-    a quote or the end are doubled (Hydra's quoted strings), and ``${`` is ``\\${`` so that the text
-    stays literal instead of becoming an OmegaConf interpolation (backslashes before it doubled too).
-    """
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(override_value(v) for v in value) + "]"
-    text = str(value)
-    if _BARE.fullmatch(text) and not _typed_word(text):
-        return text
-    text = _escape_backslashes_before(text, "${").replace("${", "\\${")  # OmegaConf: literal ${
-    text = _escape_backslashes_before(text, "'").replace("'", "\\'")  # Hydra: quote inside quotes
-    return "'" + _escape_backslashes_before(text, "") + "'"

@@ -9,6 +9,7 @@ from typing import Optional
 
 from workbench.config.common import MISSING
 from workbench.errors import ConfigError
+from workbench.tokenizer import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START  # the strings only
 
 
 class ControlTokens(str, Enum):
@@ -16,9 +17,9 @@ class ControlTokens(str, Enum):
     escape = "escape"  # such text is tokenized as plain BPE pieces, never as control ids
 
 
-_IM = ("<|im_start|>", "<|im_end|>")
-_VISION = ("<|vision_start|>", "<|vision_end|>")
-_IMAGE_PAD = "<|image_pad|>"
+_IM = (IM_START, IM_END)
+_VISION = (VISION_START, VISION_END)
+_IMAGE_PAD = IMAGE_PAD
 
 
 def _special_sequence(text: str, tokens: tuple[str, ...]) -> list[str]:
