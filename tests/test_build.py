@@ -233,7 +233,8 @@ def test_group_options_as_data_and_objects():
     from workbench.config import TemplateConfig
     from workbench.config.build import group_config, option_data, resolved, to_object
 
-    assert option_data("model", "tiny")["source"] == "tiny" and option_data("model", "files_comfyui")["source"] == "files"
+    assert option_data("model", "files_comfyui")["source"] == "files"
+    assert option_data("model", "tiny")["model"]["source"] == "tiny"  # packaged _global_: keys as written
     edit = group_config("template", "qwen_edit_plus")
     assert isinstance(edit, TemplateConfig) and edit.max_images > 0  # no reference images needed to inspect it
     tree = compose(["sampler.steps=3"])

@@ -65,8 +65,9 @@ def options(group: str) -> list[str]:
 
 
 def option_data(group: str, option: str) -> dict:
-    """The keys one option file sets (``conf/<group>/<option>.yaml``) as plain data, unresolved: what a
-    panel shows about an option without composing (``option_data("model", "tiny")["source"]``)."""
+    """The keys one option file sets (``conf/<group>/<option>.yaml``) as plain data, unresolved and as
+    written (a ``# @package _global_`` file nests its keys under the group's name): what a panel shows
+    about an option without composing (``option_data("model", "files_comfyui")["source"]``)."""
     return OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
 
 

@@ -16,6 +16,7 @@ from workbench.config.lora import LoraAlpha, LoraItem
 from workbench.lora.files import LoraError, resolve_lora_file
 from workbench.lora.parse import LoraPair, LoraWeights, load_lora
 
+
 class LoraSet:
     """The LoRAs applied to one transformer: one forward hook per targeted Linear adds
     ``sum_i strength_i * scale_i * up_i(down_i(x))`` to its output; ``fuse`` merges them into the
