@@ -92,9 +92,9 @@ def test_compose_many_equals_compose_and_composes_once_per_group_choice(monkeypa
 
     import sys
 
-    from workbench.config.compose import compose_many
+    from workbench.config.build import compose_many
 
-    compose_module = sys.modules["workbench.config.compose"]  # the package re-exports the function under this name
+    compose_module = sys.modules["workbench.config.build"]  # the package re-exports the function under this name
 
     lists = [
         ["sampler.steps=4", "sampler.cfg=2.0"], ["sampler.steps=6", "sampler.cfg=3.0"],

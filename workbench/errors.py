@@ -5,6 +5,7 @@ CLI, the magics and the panels catch one type and print one line instead of a tr
 
 - ``InputError``: the input is wrong (config, file, record, workflow); refused before any work, or
   before anything is written. Exit code ``EXIT_INPUT`` (2).
+  ``ConfigError`` (a config value is wrong) and model loading's ``LoadError`` derive from it.
 - ``RunFailure``: the input was accepted but the run failed while it ran (a write failed, the device
   ran out of memory, the numbers went non-finite). Exit code ``EXIT_RUNTIME`` (3).
 Anything else is a bug: Python's own exit code 1 with its traceback.
@@ -30,6 +31,13 @@ class InputError(WorkbenchError, ValueError):
     """Bad input, refused before work is done or anything is written."""
 
     exit_code = EXIT_INPUT
+
+
+class ConfigError(InputError):
+    """A config value is wrong; the message names the key, what was found and what is expected.
+
+    Lives here (not in ``workbench.config``) so that model loading's ``LoadError`` can derive from it
+    without importing the config package."""
 
 
 class RunFailure(WorkbenchError, RuntimeError):

@@ -6,48 +6,29 @@ official ``<|im_start|>user\n`` or any marker a custom template names), found fr
 character offsets, and it is checked that the kept tokens start exactly where the user content starts.
 
 Templates come from ``conf/template/*.yaml`` (``template=NAME``), from any YAML file
-(``load_template(path)``, ``workbench tokens --template-file PATH``) or from a notebook cell
+(``workbench.config.build.load_template(path)``, ``workbench tokens --template-file PATH``) or from a notebook cell
 (``TemplateConfig(name=..., text=...)``); all are validated by ``TemplateConfig``.
 """
 
 from __future__ import annotations
 
-from workbench.errors import InputError
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from workbench.config.schema import ConfigError, ControlTokens, TemplateConfig
+from workbench.config.template import ControlTokens, TemplateConfig
+from workbench.errors import InputError
 from workbench.tokenizer import IMAGE_PAD, IMAGE_PAD_ID, control_tokens
 
 
-def load_template(path: str | Path) -> TemplateConfig:
-    """A user-defined template from a YAML file, validated like the ones in ``conf/template/``.
+def __getattr__(name: str):
+    # moved: see workbench.config.build.load_template (YAML is read by the build door only); lazy, as
+    # the build step imports this module for its prompt checks
+    if name == "load_template":
+        import importlib
 
-    The file holds the keys of ``TemplateConfig`` (``text`` is required; ``name`` defaults to the
-    file's stem). Unknown keys and wrong types fail naming the key, semantic errors as ``ConfigError``.
-    """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"template file {str(path)!r} not found")
-    data = OmegaConf.load(file)
-    if not OmegaConf.is_dict(data):
-        raise ConfigError(f"template file {file}: expected a mapping of TemplateConfig keys (name, text, ...)")
-    if "text" not in data:
-        raise ConfigError(f"template file {file}: key 'text' is missing; give the template text with one '{{prompt}}' slot")
-    if "name" not in data:
-        data.name = file.stem
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TemplateConfig), data))
-    except ConfigError as err:
-        raise ConfigError(f"template file {file}: {err}") from None
-    except OmegaConfBaseException as err:
-        cause = err.__cause__ if isinstance(err.__cause__, ConfigError) else None
-        raise ConfigError(f"template file {file}: {cause or err}") from None
+        return importlib.import_module("workbench.config.build").load_template
+    raise AttributeError(f"module 'workbench.templates' has no attribute {name!r}")
 
 
 class TemplateError(InputError):

@@ -1,5 +1,7 @@
 """Config-time limits and checks that need the machine or the file system (devices, free memory,
-image files, key spelling), shared by the schema's ``__post_init__`` and the pipeline.
+image files, key spelling), shared by the config dataclasses, the build step and the pipeline.
+
+Imports nothing heavy at module level (torch and PIL inside the functions that need them).
 
 Every limit is documented here and named, with the value found, in the error it raises; all of them
 run when a config is validated (``to_run_config``), before any model loads.
@@ -15,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Iterable
 
-from workbench.errors import InputError
+from workbench.errors import ConfigError
 
 # ----------------------------------------------------------------------------- documented limits
 MAX_SIDE = 8192  # pixels per side of the output image (latent 1024, 512 patches of 16)
@@ -28,13 +30,7 @@ MAX_CFG = 100.0  # sampler.cfg (ComfyUI's KSampler limit)
 SEED_RANGE = (0, 2**64 - 1)  # torch.Generator.manual_seed accepts 0 .. 2**64-1
 DEVICES = "auto, cpu, cuda, cuda:N, mps"
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-
-
-def _config_error(message: str) -> InputError:
-    from workbench.config.schema import ConfigError  # the schema imports this module: import late
-
-    return ConfigError(message)
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # files shipped with the package, named asset:NAME
 
 
 def _fmt_bytes(n: float) -> str:
@@ -46,7 +42,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 # ----------------------------------------------------------------------------- numbers
-def check_finite_fields(obj, prefix: str, allowed: dict[str, str], error=_config_error) -> None:
+def check_finite_fields(obj, prefix: str, allowed: dict[str, str], error=ConfigError) -> None:
     """Refuse NaN / Inf in every float field of a dataclass (a NaN passes ``<`` / ``>`` checks silently
     and ends up as bare ``NaN`` in record.json); ``allowed`` names the valid range per field."""
     import dataclasses
@@ -90,7 +86,7 @@ def machine_devices() -> list[str]:
     return found
 
 
-def check_device(device: str, error=_config_error) -> None:
+def check_device(device: str, error=ConfigError) -> None:
     """``device`` must be one of auto | cpu | cuda | cuda:N | mps, and present on this machine."""
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
         raise error(f"device={device!r} is not a device the workbench runs on; allowed: {DEVICES} "
@@ -150,7 +146,7 @@ def available_memory(device: str) -> tuple[int, str]:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "CPU RAM"
 
 
-def check_memory(estimate: int, device: str, what: str, error=_config_error) -> None:
+def check_memory(estimate: int, device: str, what: str, error=ConfigError) -> None:
     """Refuse a size whose activations alone cannot fit the free memory of the run's device."""
     free, where = available_memory(device)
     if estimate > free:
@@ -160,12 +156,13 @@ def check_memory(estimate: int, device: str, what: str, error=_config_error) -> 
 
 
 # ----------------------------------------------------------------------------- image files
-def image_path(path: str) -> Path:
-    """``asset:NAME`` refers to the images shipped in workbench/assets; anything else is a path."""
+def resolve_asset(path: str) -> Path:
+    """The one rule for file names in configs: ``asset:NAME`` is ``workbench/assets/NAME`` (images and
+    trained weights shipped with the package); anything else is a path (``~`` expanded)."""
     return ASSETS / path.removeprefix("asset:") if path.startswith("asset:") else Path(path).expanduser()
 
 
-def open_image(path: str, key: str, *, decode: bool, error=_config_error):
+def open_image(path: str, key: str, *, decode: bool, error=ConfigError):
     """Open ``path`` as an image given by config key ``key``; one-line ``error`` naming both otherwise.
 
     ``decode=False`` (config time) reads the header and verifies the file's structure (PNG chunk CRCs)
@@ -174,7 +171,7 @@ def open_image(path: str, key: str, *, decode: bool, error=_config_error):
     """
     from PIL import Image, UnidentifiedImageError
 
-    file = image_path(path)
+    file = resolve_asset(path)
     where = f"{key} {path!r}"
     if not file.exists():
         raise error(f"{where}: file not found (looked at {file}); give the path of a PNG / JPEG / WebP image")

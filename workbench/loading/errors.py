@@ -6,7 +6,7 @@ message names the file, what was found and what was expected (or what to do).
 
 from __future__ import annotations
 
-from workbench.config.schema import ConfigError
+from workbench.errors import ConfigError
 
 
 class LoadError(ConfigError):

@@ -1,0 +1,33 @@
+"""The ``perf`` group (conf/perf/): speed switches of the diffusion transformer (workbench/perf.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+
+class CompileMode(str, Enum):
+    none = "none"
+    regional = "regional"  # compile the repeated transformer block once (seconds)
+    full = "full"  # compile the whole transformer (minutes)
+
+
+class InductorMode(str, Enum):
+    """torch.compile ``mode`` (TorchInductor); the speed of each is in benchmarks/README.md."""
+
+    default = "default"
+    max_autotune_no_cudagraphs = "max-autotune-no-cudagraphs"  # autotuned GEMMs, fused epilogues
+    max_autotune = "max-autotune"  # the same + CUDA graphs
+    reduce_overhead = "reduce-overhead"  # CUDA graphs only
+
+
+@dataclass
+class PerfConfig:
+    """Speed switches of the diffusion transformer (workbench/perf.py); each measured in benchmarks/."""
+
+    name: str = "eager"
+    fast_attention: bool = False  # fused QKV + real-valued RoPE attention processor
+    compile: CompileMode = CompileMode.none
+    inductor_mode: InductorMode = InductorMode.default  # only used when compile != none
+    attention_backend: Optional[str] = None  # diffusers attention dispatcher backend, e.g. _native_cudnn

@@ -1,0 +1,106 @@
+"""The checks of a run config that need the machine or the files, run once by the build step.
+
+``workbench.config.build.to_run_config`` calls ``check_run`` after the dataclasses' value checks
+(``__post_init__``) pass, so every problem is still refused before any model loads: the reference
+images fit the template, the template's ``drop_until`` ends on a token boundary (the vendored
+tokenizer), the device exists, image files open, LoRA files are found under the model roots, the
+activations fit the free memory, and prompts carry no control tokens.
+"""
+
+from __future__ import annotations
+
+from workbench.config import limits
+from workbench.config.model import ModelSource
+from workbench.config.precision import DType
+from workbench.config.run import Config
+from workbench.config.template import TemplateConfig
+from workbench.errors import ConfigError
+
+
+def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
+    """Every machine / file check of ``cfg``, in order; ``edit_templates`` ({name: (min, max)} of the
+    shipped edit templates) words the image-count message."""
+    check_image_count(cfg, edit_templates)
+    check_template_boundary(cfg.template)
+    limits.check_device(cfg.device, ConfigError)
+    if cfg.init_image is not None:
+        limits.open_image(cfg.init_image, "init_image", decode=False, error=ConfigError)
+    for i, path in enumerate(cfg.images):
+        limits.open_image(path, f"images[{i}]", decode=False, error=ConfigError)
+    check_lora_files(cfg)
+    if cfg.height is not None:  # else sized by the reference images: the pipeline checks once known
+        check_run_memory(cfg, cfg.height, cfg.width, cfg.device)
+    check_control_tokens(cfg)
+
+
+def check_image_count(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
+    """The reference images must fit the template; the message says what each edit template takes."""
+    n, t = len(cfg.images), cfg.template
+    if t.min_images <= n <= t.max_images:
+        return
+    want = f"{t.min_images}" if t.min_images == t.max_images else f"{t.min_images}-{t.max_images}"
+    takes = ", ".join(f"{name} {lo if lo == hi else f'{lo}-{hi}'}" for name, (lo, hi) in edit_templates.items())
+    fits = [name for name, (lo, hi) in edit_templates.items() if lo <= n <= hi and name != t.name]
+    msg = f"template '{t.name}' takes {want} reference image(s) but images has {n}"
+    if n == 0:
+        raise ConfigError(f"{msg}; pass images='[path.png]'")
+    if fits:
+        raise ConfigError(f"{msg}; pick an edit template that takes {n}: template={fits[0]} "
+                          f"(reference images per edit template: {takes})")
+    most = max((hi for lo, hi in edit_templates.values()), default=t.max_images)
+    raise ConfigError(f"{msg}; no edit template takes {n} (reference images per edit template: {takes}). Pass "
+                      f"at most {most}, e.g. combine several references into one image")
+
+
+def check_template_boundary(t: TemplateConfig) -> None:
+    """A drop_until that ends inside a token fails here, naming the template, not at encode time."""
+    if t.drop_until is None:
+        return
+    after = t.text[t.text.index(t.drop_until) + len(t.drop_until):][:1]
+    if t.drop_until.endswith("\n") and after and not after.isspace():
+        return  # Qwen's pre-tokenizer always ends a piece at a newline followed by a non-space: no need to tokenize
+    from workbench.templates import TemplateError, check_boundary  # loads the vendored tokenizer
+
+    try:
+        check_boundary(t)
+    except TemplateError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_lora_files(cfg: Config) -> None:
+    """LoRAs given by name are found under model.roots (else $WORKBENCH_MODELS, else ./models)."""
+    if not cfg.lora.items:
+        return
+    from workbench.lora import resolve_lora_file  # imports torch: only when there are LoRAs
+
+    for i, item in enumerate(cfg.lora.items):
+        try:
+            resolve_lora_file(item.file, cfg.model.roots or None)
+        except FileNotFoundError as err:
+            raise ConfigError(f"lora.items[{i}].file: {err}") from None
+
+
+def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:
+    """``limits.check_memory`` for one forward batch of ``cfg`` at ``height`` x ``width`` on ``device``,
+    with the model's own widths (the tiny spec, or the real Qwen-Image's for model files)."""
+    bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
+    tiny = cfg.model.source == ModelSource.tiny
+    batch = min(cfg.batch_size, len(cfg.prompts) * len(cfg.seeds))
+    estimate = limits.estimate_bytes(
+        batch, height, width,
+        hidden=cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim if tiny else limits.REAL_HIDDEN,
+        vae_base_dim=cfg.model.tiny.vae.base_dim if tiny else limits.REAL_VAE_BASE_DIM,
+        transformer_bytes=bytes_of[DType(cfg.precision.transformer)], vae_bytes=bytes_of[DType(cfg.precision.vae)],
+        cfg_batch=2 if cfg.sampler.cfg > 1 else 1,
+    )
+    limits.check_memory(estimate, device, f"height={height} width={width} batch_size={batch}", ConfigError)
+
+
+def check_control_tokens(cfg: Config) -> None:
+    """Prompts smuggling ``<|im_end|>`` & co. are refused here, before models load (not at encode)."""
+    from workbench.templates import check_prompts
+
+    prompts = {f"prompts[{i}]": p for i, p in enumerate(cfg.prompts)}
+    if cfg.sampler.cfg > 1:
+        prompts["negative_prompt"] = cfg.negative_prompt
+    check_prompts(cfg.template, prompts)

@@ -1,0 +1,119 @@
+"""The root ``Config`` of ``workbench run`` (conf/config.yaml): the groups plus the run's own keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from workbench.config import limits
+from workbench.config.common import MISSING
+from workbench.config.executor import ExecutorConfig
+from workbench.config.lora import LoraConfig, check_lora_fits
+from workbench.config.model import ModelConfig
+from workbench.config.perf import PerfConfig
+from workbench.config.precision import PrecisionConfig
+from workbench.config.reference import ReferenceConfig
+from workbench.config.sampler import SamplerConfig
+from workbench.config.template import TemplateConfig
+from workbench.errors import ConfigError
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    template: TemplateConfig = MISSING
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # sweeps only; never in a cell's cache key
+
+    prompts: list[str] = field(default_factory=lambda: ["a red fox in the snow"])
+    negative_prompt: str = " "  # used when sampler.cfg > 1
+    seeds: list[int] = field(default_factory=lambda: [0])
+    images: list[str] = field(default_factory=list)  # reference images for edit templates
+    height: Optional[int] = 128  # null: from the last reference image (edit)
+    width: Optional[int] = 128
+    init_image: Optional[str] = None  # image-to-image: start from this image, noised to `strength`
+    strength: float = 1.0  # image-to-image: fraction of the schedule that runs (ComfyUI's "denoise")
+    snap_size: bool = False  # floor sides to multiples of 16 (noted in the record) instead of refusing
+    batch_size: int = 1  # images per forward pass
+    max_sequence_length: int = 1024
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        """The value checks; what needs the machine or the files (device, image files, LoRA files under
+        model.roots, free memory, the template's token boundary) runs once in the build step
+        (``workbench.config.build.to_run_config``), after these."""
+        limits.check_finite_fields(self, "", {"strength": "a number in (0, 1] (1 = the whole schedule)"}, ConfigError)
+        self._check_prompts_and_seeds()
+        self._check_size()
+        self._check_strength_and_batches()
+        if not 1 <= self.max_sequence_length <= 4096:
+            raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
+        check_lora_fits(self.lora, self.precision, self.perf)
+
+    def _check_prompts_and_seeds(self) -> None:
+        if not self.prompts:
+            raise ConfigError("prompts is empty: give at least one prompt, e.g. prompts='[a cat]'")
+        for i, prompt in enumerate(self.prompts):
+            if not prompt.strip():
+                raise ConfigError(f"prompts[{i}] is empty: write what the image should show")
+        for key, text in [(f"prompts[{i}]", p) for i, p in enumerate(self.prompts)] + [("negative_prompt", self.negative_prompt)]:
+            if len(text) > limits.MAX_PROMPT_CHARS:
+                raise ConfigError(f"{key} has {len(text)} characters, over the limit of {limits.MAX_PROMPT_CHARS}; "
+                                  f"only the first max_sequence_length={self.max_sequence_length} tokens are used anyway")
+        if not self.seeds:
+            raise ConfigError("seeds is empty: give at least one seed, e.g. seeds='[0]'")
+        lo, hi = limits.SEED_RANGE
+        for i, seed in enumerate(self.seeds):
+            if not lo <= seed <= hi:
+                raise ConfigError(f"seeds[{i}]={seed} is outside the seed range {lo}..{hi} (2**64-1, what "
+                                  "torch.Generator.manual_seed accepts)")
+
+    def _check_strength_and_batches(self) -> None:
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"strength must be in (0, 1], got {self.strength}")
+        if self.strength < 1.0 and self.init_image is None:
+            raise ConfigError(
+                f"strength={self.strength} needs init_image (image-to-image); set init_image=PATH or strength=1"
+            )
+        if self.init_image is not None and int(self.sampler.steps * self.strength) < 1:
+            raise ConfigError(
+                f"strength={self.strength} x sampler.steps={self.sampler.steps} leaves no step to run; "
+                "raise sampler.steps or strength"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size > limits.MAX_BATCH:
+            raise ConfigError(f"batch_size={self.batch_size} is over the limit of {limits.MAX_BATCH} images per forward pass")
+        count = len(self.prompts) * len(self.seeds)
+        if count > limits.MAX_IMAGES:
+            raise ConfigError(f"{len(self.prompts)} prompts x {len(self.seeds)} seeds = {count} images, over the limit "
+                              f"of {limits.MAX_IMAGES} per run; split the run (or use a sweep)")
+
+    def _check_size(self) -> None:
+        """Sides positive multiples of 16 (or snapped down to one), within MAX_SIDE and MAX_PIXELS."""
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if value < 16:  # never snapped: flooring cannot make a zero or negative side valid
+                raise ConfigError(f"{key}={value} is not a positive multiple of 16 (8x VAE x 2x2 patches); use 16 or "
+                                  "more (snap_size only floors sides >= 16)")
+            if value % 16 and not self.snap_size:
+                lo, hi = value // 16 * 16, (value // 16 + 1) * 16
+                raise ConfigError(
+                    f"{key}={value} is not a positive multiple of 16 (8x VAE x 2x2 patches); use {lo} or {hi}, "
+                    "or snap_size=true to floor it (noted in the record)"
+                )
+            if value > limits.MAX_SIDE:
+                raise ConfigError(f"{key}={value} is over the limit of {limits.MAX_SIDE} pixels per side")
+        if (self.height is None) != (self.width is None):
+            raise ConfigError("height and width must both be set or both be null")
+        if self.height is None and not self.images:
+            raise ConfigError("height/width are null but no reference images are given to take the size from")
+        if self.height is not None and self.height * self.width > limits.MAX_PIXELS:
+            raise ConfigError(f"height x width = {self.height}x{self.width} = {self.height * self.width} pixels, over "
+                              f"the limit of {limits.MAX_PIXELS} (4096x4096) pixels per image")
