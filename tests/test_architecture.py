@@ -227,5 +227,5 @@ def test_workbench_architecture():
     report = [f"{total} architecture violation(s) in {PACKAGE}/:"]
     for title, items in sections.items():
         if items:
-            report += [f"", f"{title} ({len(items)}):"] + [f"  - {item}" for item in items]
+            report += ["", f"{title} ({len(items)}):"] + [f"  - {item}" for item in items]
     assert total == 0, "\n".join(report)
