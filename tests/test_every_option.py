@@ -7,7 +7,8 @@ calls, the template's dropped prefix, the precision's dtypes, the reference poli
 Options a CPU cannot run are refused with their one-line message, asserted:
 
 - ``model=files_*``: the named files are not under the (empty) model root;
-- ``model=random_full``: 20 B weights drawn on the CPU would not fit its memory;
+- ``model=random_full``: 28 B weights drawn on the CPU would not fit its memory (not refused yet: a
+  strict xfail in KNOWN_GAPS, run under a memory limit so that it cannot exhaust the machine);
 - ``precision=fp8_torchao``: fp8 matrix multiplies need a CUDA GPU.
 
 ``hydra/`` holds Hydra's own logging group (every CLI test runs it), not a workbench option.

@@ -13,7 +13,8 @@ sizes of ``experiment=edit_tiny`` (``reference.vae_area=4096``), so a CPU runs i
 
 Tolerance: the final packed latents agree to 1e-5 relative (max abs difference over max abs value;
 measured 0, bit-identical, on x86 CPU: both sides run the same modules on the same inputs in the
-same order), the decoded images within 1 level of 255 (uint8 rounding of float noise).
+same order), the decoded images within 1 level of 255 (measured 0-1: the two decodes round float
+noise to uint8 on slightly different paths).
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def test_edit_latents_and_image_equal_diffusers(make_cfg, small_references, mode
     assert ours.image.size == ref_image.size == (64, 64)
     assert ours.latents.shape == ref_latents.shape == (1, (64 // 16) ** 2, 64)
     relative = ((ours.latents - ref_latents).abs().max() / ref_latents.abs().max()).item()
-    print(f"edit parity: max relative latents difference {relative:.3g}")
+    pixels = max_pixel_difference(ours.image, ref_image)
+    print(f"edit parity ({model}): latents max relative difference {relative:.3g}, pixels {pixels}/255")
     assert relative <= REL_TOL, relative
-    assert max_pixel_difference(ours.image, ref_image) <= 1
+    assert pixels <= 1
 
 
 def test_guided_edit_equals_diffusers_true_cfg(make_cfg, small_references):
@@ -80,6 +82,7 @@ def test_guided_edit_equals_diffusers_true_cfg(make_cfg, small_references):
         "sampler.cfg_batching=separate",  # two forwards, as diffusers (batched: tests/test_parity_diffusers.py)
         "negative_prompt=make the circle red", "seeds=[4]")
     relative = ((ours.latents - ref_latents).abs().max() / ref_latents.abs().max()).item()
-    print(f"edit parity: max relative latents difference {relative:.3g}")
+    pixels = max_pixel_difference(ours.image, ref_image)
+    print(f"edit parity (tiny, true CFG 3): latents max relative difference {relative:.3g}, pixels {pixels}/255")
     assert relative <= REL_TOL, relative
-    assert max_pixel_difference(ours.image, ref_image) <= 1
+    assert pixels <= 1
