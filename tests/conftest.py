@@ -1,13 +1,21 @@
-"""Shared fixtures: composed tiny configs and one resident tiny workbench per test session."""
+"""Shared fixtures: composed tiny configs and one resident tiny workbench per test session.
+
+Helpers shared by several test files live in ``tests/helpers/`` (test files never import each other);
+``tests/`` is put on ``sys.path`` here so ``from helpers.<module> import ...`` works in any import mode.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from workbench.comfy import graph
+from workbench.comfy import flatten, reader
 from workbench.comfy.cli import main
-from workbench.comfy.graph import Link, WorkflowError, flatten_api
+from workbench.comfy.flatten import flatten_api
+from workbench.comfy.graph import Link, WorkflowError
 from workbench.comfy.mapping import import_workflow
 from workbench.comfy.resolve import Resolver
 
@@ -257,7 +258,7 @@ def test_oversized_file_is_refused_before_it_is_read(tmp_path, monkeypatch, caps
         f.truncate(50 * 2**20)  # 50 MiB (sparse): the size alone must refuse it
     monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the file was read"))
     err = refused(capsys, [str(path)])
-    assert f"huge.json is 50.0 MiB, over the {graph.MAX_BYTES // 2**20} MiB limit for a workflow file (MAX_BYTES)" \
+    assert f"huge.json is 50.0 MiB, over the {reader.MAX_BYTES // 2**20} MiB limit for a workflow file (MAX_BYTES)" \
         in err
 
 
@@ -267,16 +268,16 @@ def test_deeply_nested_json_names_the_depth_limit(tmp_path):
         import_workflow(path)
     # brackets inside strings do not count
     wf = api()
-    assert graph.json_depth(json.dumps(wf).encode()) == 4  # {"8": {"inputs": {"model": ["4", 0]}}}
+    assert reader.json_depth(json.dumps(wf).encode()) == 4  # {"8": {"inputs": {"model": ["4", 0]}}}
     wf["5"]["inputs"]["text"] = "[[[{{{" * 100 + ' \\" ]]'
-    assert graph.json_depth(json.dumps(wf).encode()) == 4
+    assert reader.json_depth(json.dumps(wf).encode()) == 4
     assert import_workflow(write(tmp_path, wf, "ok.json")).prompts == [wf["5"]["inputs"]["text"]]
 
 
 def test_wide_workflows_name_the_node_limit(tmp_path):
     wf = api()
-    wf.update({str(i): node("Note") for i in range(100, 100 + graph.MAX_NODES)})
-    with pytest.raises(WorkflowError, match=rf"{graph.MAX_NODES + 10} nodes, over the limit of {graph.MAX_NODES} "
+    wf.update({str(i): node("Note") for i in range(100, 100 + flatten.MAX_NODES)})
+    with pytest.raises(WorkflowError, match=rf"{flatten.MAX_NODES + 10} nodes, over the limit of {flatten.MAX_NODES} "
                                             r"\(MAX_NODES\)"):
         import_workflow(write(tmp_path, wf))
 
@@ -287,11 +288,11 @@ def test_subgraph_fan_out_is_bounded(tmp_path):
                   "nodes": [{"id": i, "type": f"L{d + 1}"} for i in range(10)]} for d in range(5)]
     subgraphs.append({"id": "L5", "name": "L5", "links": [], "nodes": [{"id": i, "type": "Note"} for i in range(10)]})
     wf = {"version": 0.4, "nodes": [{"id": 1, "type": "L0"}], "links": [], "definitions": {"subgraphs": subgraphs}}
-    with pytest.raises(WorkflowError, match=rf"more than {graph.MAX_NODES} nodes once subgraphs are expanded"):
+    with pytest.raises(WorkflowError, match=rf"more than {flatten.MAX_NODES} nodes once subgraphs are expanded"):
         import_workflow(write(tmp_path, wf))
     for sg in subgraphs:  # the same fan-out of empty instances only: the instances count too
         sg["nodes"] = [] if sg["id"] == "L5" else sg["nodes"]
-    with pytest.raises(WorkflowError, match=rf"more than {graph.MAX_NODES} nodes once subgraphs are expanded"):
+    with pytest.raises(WorkflowError, match=rf"more than {flatten.MAX_NODES} nodes once subgraphs are expanded"):
         import_workflow(write(tmp_path, wf))
     subgraphs = [{"id": "self", "name": "self", "links": [], "nodes": [{"id": 1, "type": "self"}]}]
     wf["definitions"]["subgraphs"], wf["nodes"][0]["type"] = subgraphs, "self"
@@ -328,7 +329,7 @@ def test_png_with_a_bad_checksum_or_truncated(tmp_path, capsys):
 
 
 def test_png_with_an_oversized_chunk(tmp_path, monkeypatch):
-    monkeypatch.setattr(graph, "MAX_BYTES", 1000)
+    monkeypatch.setattr(reader, "MAX_BYTES", 1000)
     path = png_with(tmp_path, {"workflow": json.dumps(api()) + " " * 2000})
     with pytest.raises(WorkflowError, match=r"\(PNG text chunk 'workflow'\) is 0\.0 MiB, over the 0 MiB limit"):
         import_workflow(path)

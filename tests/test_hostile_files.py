@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_loading_writers import reference, write_dit, write_dit_gguf, write_pipeline_folder, write_te_comfy, write_vae
+from helpers.checkpoints import reference, write_dit, write_dit_gguf, write_pipeline_folder, write_te_comfy, write_vae
 from workbench.config.schema import LoraItem, ModelConfig, ModelSource
 from workbench.loading import header as header_module
 from workbench.loading import load as load_module

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_loading_writers import write_dit, write_hf_cache, write_pipeline_folder, write_te_comfy, write_te_hf_folder, write_vae
+from helpers.checkpoints import write_dit, write_hf_cache, write_pipeline_folder, write_te_comfy, write_te_hf_folder, write_vae
 from workbench.loading.discover import model_roots, resolve, scan
 
 

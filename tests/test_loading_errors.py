@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_loading_writers import reference, state, write_dit, write_te_comfy, write_vae
+from helpers.checkpoints import reference, state, write_dit, write_te_comfy, write_vae
 from workbench.config.schema import ConfigError, ModelConfig, ModelSource
 from workbench.loading.errors import LoadError
 from workbench.loading.load import load_all, load_component

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_loading_writers import (
+from helpers.checkpoints import (
     reference, state, write_dit, write_dit_gguf, write_hf_cache, write_pipeline_folder, write_te_comfy,
     write_te_hf_folder, write_vae,
 )

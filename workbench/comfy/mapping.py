@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from workbench.comfy.graph import BYPASSED, MUTED, Link, Node, WorkflowError, describe_cycle, find_cycle, read_workflow
+from workbench.comfy.graph import BYPASSED, MUTED, Link, Node, WorkflowError, describe_cycle, find_cycle
 from workbench.comfy.node_types import NOTES, OUTPUTS, SCHEDULER_KINDS, TEMPLATES
+from workbench.comfy.reader import read_workflow
 from workbench.comfy.resolve import Resolver, as_float, as_int, as_str
-from workbench.comfy.schema_support import schema_support
 
 
 @dataclass
@@ -44,7 +44,6 @@ class Imported:
     unmapped_keys: list[str] = field(default_factory=list)  # what went to YAML comments for want of a schema key
 
 
-
 def _num(x: Any) -> Any:
     """Round UI float noise (3.1000000000000005 -> 3.1); ints stay ints."""
     return round(float(x), 6) if isinstance(x, float) else x
@@ -67,24 +66,52 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
     """Read the active sampler's inputs back to their sources and map them onto our config."""
     r = Imported(source)
     ev = Resolver(nodes, r.report)
-    samplers = [n for n in nodes.values() if n.type in ("KSampler", "KSamplerAdvanced") and n.mode == 0]
-    if not samplers:
-        others = sorted({n.type for n in nodes.values() if "Sampler" in n.type})
-        raise WorkflowError("no active KSampler / KSamplerAdvanced node: nothing to import"
-                            + (f" (found {', '.join(others)}, which this importer does not read)" if others else ""))
-    k = samplers[0]
+    k = _active_sampler(nodes)
     decodes = [n.id for n in nodes.values() if n.type == "VAEDecode" and n.mode == 0
                and isinstance(n.inputs.get("samples"), Link) and n.inputs["samples"].node == k.id]
     cycle = find_cycle(nodes, [k.id, *decodes])
     if cycle:
         raise WorkflowError(f"the workflow's links form a cycle, which ComfyUI cannot run either: "
                             f"{describe_cycle(nodes, cycle)}; remove one of these links")
-    for extra in samplers[1:]:
+    for extra in [n for n in nodes.values() if _is_sampler(n) and n is not k]:
         ev.unmapped_node(extra, "a second sampler; only the first one is imported")
     ev.used.add(k.id)
+    _sampler_settings(ev, k, r)
+    _model_chain(ev, k, r)
+    if r.shift is None:
+        r.report.append("no ModelSamplingAuraFlow on the model path: ComfyUI then uses the checkpoint's default "
+                        f"shift; kept the shift of sampler {r.sampler_preset}")
+    pos = _conditioning(ev, k.inputs.get("positive"), f"{k.label()} positive", r, positive=True)
+    _conditioning(ev, k.inputs.get("negative"), f"{k.label()} negative", r, positive=False)
+    if pos is not None:
+        r.template, r.variant = TEMPLATES[pos.type]
+        unet = (r.models.get("diffusion_model") or {}).get("file") or ""
+        if r.variant == "edit_2509" and "2511" in unet:
+            r.variant = "edit_2511"
+    _latent(ev, k, r)
+    _vae(ev, k, r)
+    _leftovers(ev, r)
+    return r
+
+
+def _is_sampler(n: Node) -> bool:
+    return n.type in ("KSampler", "KSamplerAdvanced") and n.mode == 0
+
+
+def _active_sampler(nodes: dict[str, Node]) -> Node:
+    """The first active KSampler / KSamplerAdvanced: the one whose image is imported."""
+    samplers = [n for n in nodes.values() if _is_sampler(n)]
+    if not samplers:
+        others = sorted({n.type for n in nodes.values() if "Sampler" in n.type})
+        raise WorkflowError("no active KSampler / KSamplerAdvanced node: nothing to import"
+                            + (f" (found {', '.join(others)}, which this importer does not read)" if others else ""))
+    return samplers[0]
+
+
+def _sampler_settings(ev: Resolver, k: Node, r: Imported) -> None:
+    """Seed, steps, cfg, sampler / scheduler names and denoise of the sampler node, read at their sources."""
     adv = k.type == "KSamplerAdvanced"
     kname = k.label()
-
     seed = ev.value(k.inputs.get("noise_seed" if adv else "seed"), f"{kname} seed")
     r.seeds = [as_int(seed, f"{kname} seed")] if seed is not None else []
     if k.inputs.get("control_after_generate") in ("randomize", "increment", "decrement"):
@@ -96,10 +123,8 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
     r.sampler_name = _opt(as_str, ev.value(k.inputs.get("sampler_name"), f"{kname} sampler_name"),
                           f"{kname} sampler_name")
     r.scheduler = _opt(as_str, ev.value(k.inputs.get("scheduler"), f"{kname} scheduler"), f"{kname} scheduler")
-    kinds = schema_support().schedulers or {"euler"}
     if (r.sampler_name, r.scheduler) != ("euler", "simple"):
-        kind = SCHEDULER_KINDS.get(r.sampler_name)
-        r.scheduler_kind = kind if kind in kinds else "euler"
+        r.scheduler_kind = SCHEDULER_KINDS.get(r.sampler_name, "euler")
         r.report.append(
             f"{kname} sampler {r.sampler_name!r} / scheduler {r.scheduler!r}: no exact workbench match (ours is "
             f"euler / simple); imported as sampler.scheduler={r.scheduler_kind} with a fixed shift")
@@ -108,22 +133,6 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
         r.report.append(f"{kname} denoise={denoise}: partial denoising (img2img) is not mapped; we denoise fully")
     if adv:
         r.report.append(f"{kname}: start/end step and add_noise settings are not mapped")
-
-    _model_chain(ev, k, r)
-    if r.shift is None:
-        r.report.append("no ModelSamplingAuraFlow on the model path: ComfyUI then uses the checkpoint's default "
-                        f"shift; kept the shift of sampler {r.sampler_preset}")
-    pos = _conditioning(ev, k.inputs.get("positive"), f"{kname} positive", r, positive=True)
-    _conditioning(ev, k.inputs.get("negative"), f"{kname} negative", r, positive=False)
-    if pos is not None:
-        r.template, r.variant = TEMPLATES[pos.type]
-        unet = (r.models.get("diffusion_model") or {}).get("file") or ""
-        if r.variant == "edit_2509" and "2511" in unet:
-            r.variant = "edit_2511"
-    _latent(ev, k, r)
-    _vae(ev, k, r)
-    _leftovers(ev, r)
-    return r
 
 
 def _name(ev: Resolver, node: Node, key: str) -> Optional[str]:

@@ -14,9 +14,10 @@ from typing import Any
 
 from workbench.comfy.graph import WorkflowError
 from workbench.comfy.mapping import Imported
-from workbench.comfy.schema_support import schema_support
 from workbench.errors import RunFailure
 
+# ComfyUI's model loaders -> our model keys (with model.source=files, looked up under model.roots)
+MODEL_KEYS = {"diffusion_model": "transformer", "text_encoder": "text_encoder", "vae": "vae"}
 
 # Characters YAML 1.1 (OmegaConf's PyYAML) reads as line breaks although JSON leaves them raw.
 _YAML_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -49,25 +50,11 @@ def _yaml_value(v: Any) -> str:
 
 
 def to_yaml(r: Imported) -> str:
-    """The experiment file: report as a comment block, then the keys our schema has, then comments."""
-    sc = schema_support()
-    body = ["defaults:", f"  - override /template: {r.template}", f"  - override /sampler: {r.sampler_preset}", "",
-            "model:", f"  variant: {r.variant}"]
-    comments: list[str] = []
+    """The experiment file: report as a comment block, then our config's keys, then comments."""
     r.unmapped_keys = []
-    roles = ("diffusion_model", "text_encoder", "vae")
-    as_keys = sc.files_source and all(role in sc.model_files and role in r.models for role in roles)
-    if as_keys:
-        body.append("  source: files  # look the files up under model.roots (see `workbench models`)")
-    for role, info in r.models.items():
-        extra = ", ".join(f"{k}={v}" for k, v in info.items() if k != "file" and v is not None)
-        if as_keys and role in sc.model_files:
-            body.append(f"  {sc.model_files[role]}: {_yaml_value(info['file'])}" + (f"  {_comment('# ' + extra)}"
-                                                                                      if extra else ""))
-        else:
-            comments.append(f"# model {role}: {info['file']}" + (f"  ({extra})" if extra else ""))
-            r.unmapped_keys.append(f"model {role} file ({info['file']})")
-    body.append("")
+    comments: list[str] = []
+    body = ["defaults:", f"  - override /template: {r.template}", f"  - override /sampler: {r.sampler_preset}", "",
+            "model:", f"  variant: {r.variant}", *_model_lines(r, comments), ""]
     body.append(f"prompts: {_yaml_value(r.prompts)}")
     body.append(f"negative_prompt: {_yaml_value(r.negative_prompt)}")
     if r.images:
@@ -78,40 +65,52 @@ def to_yaml(r: Imported) -> str:
         body += ["height: null  # from the reference image, as ComfyUI's VAEEncode'd reference", "width: null"]
     if r.seeds:
         body.append(f"seeds: {_yaml_value(r.seeds)}")
-    sampler = []
-    if sc.schedulers and r.scheduler_kind in sc.schedulers:
-        sampler.append(f"  scheduler: {r.scheduler_kind}")
-    if r.steps is not None:
-        sampler.append(f"  steps: {r.steps}")
-    if r.cfg is not None:
-        sampler.append(f"  cfg: {float(r.cfg)!r}")
-    if r.cfg_norm is not None and sc.cfg_norm:
-        sampler += ["  guidance: cfg_norm  # ComfyUI CFGNorm node", f"  cfg_norm_strength: {float(r.cfg_norm)!r}"]
-    else:
-        sampler.append("  guidance: cfg  # ComfyUI KSampler: plain CFG")
-        if r.cfg_norm is not None:
-            comments.append(f"# CFGNorm strength {r.cfg_norm}: ComfyUI rescales the CFG result to the conditional "
-                            "norm (clamped <= 1); no schema key")
-            r.unmapped_keys.append(f"CFGNorm (strength {r.cfg_norm})")
-    if r.shift is not None:
-        sampler += ["  shift_mode: fixed", f"  shift: {float(r.shift)!r}  # ModelSamplingAuraFlow"]
-    body += ["", "sampler:", *sampler]
+    body += ["", "sampler:", *_sampler_lines(r)]
     if r.loras:
-        if sc.loras:
-            body += ["", "lora:", "  name: imported", "  items:"]
-            body += [f"    - {{file: {_yaml_value(x['file'])}, strength: {float(x['strength'])!r}}}" for x in r.loras]
+        body += ["", "lora:", "  name: imported", "  items:"]
+        body += [f"    - {{file: {_yaml_value(x['file'])}, strength: {float(x['strength'])!r}}}" for x in r.loras]
+    tail = ["", "# Not expressible in the config schema yet:", *comments] if comments else []
+    return "\n".join([_comment(x) for x in _header(r)] + [""] + body + [_comment(x) for x in tail]) + "\n"
+
+
+def _model_lines(r: Imported, comments: list[str]) -> list[str]:
+    """model.source=files and the three file keys; with a loader missing (an all-in-one checkpoint),
+    every file goes to a comment instead (a partial set of files would not load)."""
+    as_keys = all(role in r.models for role in MODEL_KEYS)
+    lines = ["  source: files  # look the files up under model.roots (see `workbench models`)"] if as_keys else []
+    for role, info in r.models.items():
+        extra = ", ".join(f"{k}={v}" for k, v in info.items() if k != "file" and v is not None)
+        if as_keys and role in MODEL_KEYS:
+            lines.append(f"  {MODEL_KEYS[role]}: {_yaml_value(info['file'])}"
+                         + (f"  {_comment('# ' + extra)}" if extra else ""))
         else:
-            comments += [f"# lora: {x['file']} strength {x['strength']}" for x in r.loras]
-            comments.append("#   (the schema refuses lora.items: LoRA loading is not available yet)")
-            r.unmapped_keys += [f"LoRA {x['file']} (strength {x['strength']})" for x in r.loras]
+            comments.append(f"# model {role}: {info['file']}" + (f"  ({extra})" if extra else ""))
+            r.unmapped_keys.append(f"model {role} file ({info['file']})")
+    return lines
+
+
+def _sampler_lines(r: Imported) -> list[str]:
+    lines = [f"  scheduler: {r.scheduler_kind}"]
+    if r.steps is not None:
+        lines.append(f"  steps: {r.steps}")
+    if r.cfg is not None:
+        lines.append(f"  cfg: {float(r.cfg)!r}")
+    if r.cfg_norm is not None:
+        lines += ["  guidance: cfg_norm  # ComfyUI CFGNorm node", f"  cfg_norm_strength: {float(r.cfg_norm)!r}"]
+    else:
+        lines.append("  guidance: cfg  # ComfyUI KSampler: plain CFG")
+    if r.shift is not None:
+        lines += ["  shift_mode: fixed", f"  shift: {float(r.shift)!r}  # ModelSamplingAuraFlow"]
+    return lines
+
+
+def _header(r: Imported) -> list[str]:
     head = ["# @package _global_", f"# Imported by `workbench import-comfy` from {r.source}.",
             "# Values follow the workflow's links (Primitive / switch nodes, subgraphs), not stale widgets."]
     if r.sampler_name is not None:
         head.append(f"# ComfyUI KSampler: {r.sampler_name} / {r.scheduler}")
     report = report_lines(r)
-    head += ["#", "# Import report:"] + [f"#   - {line}" for line in report] if report else []
-    tail = ["", "# Not expressible in the config schema yet:", *comments] if comments else []
-    return "\n".join([_comment(x) for x in head] + [""] + body + [_comment(x) for x in tail]) + "\n"
+    return head + (["#", "# Import report:"] + [f"#   - {line}" for line in report] if report else [])
 
 
 def report_lines(r: Imported) -> list[str]:

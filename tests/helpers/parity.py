@@ -1,0 +1,47 @@
+"""Parity with diffusers' own pipelines on the tiny model: the pipeline built from a workbench's
+resident components, and the text conditioning a run actually fed its transformer."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def diffusers_pipe(pipeline_class, bench, sampler, **extra):
+    """``pipeline_class`` (e.g. ``QwenImagePipeline``) on ``bench``'s modules and ``sampler``'s scheduler;
+    ``extra``: the class's other parts (the edit pipelines' VLM ``processor``)."""
+    from workbench.stages.schedule import make_scheduler
+
+    c = bench.components
+    pipe = pipeline_class(scheduler=make_scheduler(sampler), vae=c.vae, text_encoder=c.text_encoder,
+                          tokenizer=c.tokenizer, transformer=c.transformer, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextmanager
+def text_states(transformer) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(embeds (B, L, D), mask (B, L) bool) of every transformer forward inside the block, in call order:
+    what to inject as ``prompt_embeds`` / ``prompt_embeds_mask`` so both sides see the same text."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(_module, _args, kwargs):
+        embeds, mask = kwargs["encoder_hidden_states"], kwargs["encoder_hidden_states_mask"]
+        mask = torch.ones(embeds.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+        seen.append((embeds.detach().clone(), mask.clone()))
+
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def max_pixel_difference(a, b) -> int:
+    """Largest per-channel difference of two PIL images, in levels of 255 (shapes must agree)."""
+    x, y = np.asarray(a, dtype=np.int16), np.asarray(b, dtype=np.int16)
+    assert x.shape == y.shape, (x.shape, y.shape)
+    return int(np.abs(x - y).max())
