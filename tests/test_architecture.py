@@ -17,10 +17,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.skip(reason="enabled by the lead after the issue-14 merge")
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "workbench"
 MAX_MODULE_LINES = 400

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from workbench.comfy.cli import main
+from workbench.cli.import_comfy import main
 from workbench.comfy.graph import WorkflowError
 from workbench.comfy.mapping import import_workflow
 from workbench.comfy.writer import load_experiment
@@ -43,7 +43,7 @@ def subgraph_node(wf: dict, node_id: int) -> dict:
 
 def validate(cfg):
     """to_run_config, ignoring only "not found" for model / LoRA files that exist on the ComfyUI machine."""
-    from workbench.config.schema import ConfigError
+    from workbench.config import ConfigError
 
     try:
         return to_run_config(cfg)
@@ -329,6 +329,6 @@ def test_cli_prints_yaml_and_report(tmp_path):
 
 def test_comfy_sampler_names_map_onto_our_schedulers():
     from workbench.comfy.node_types import SCHEDULER_KINDS
-    from workbench.config.schema import SchedulerKind
+    from workbench.config import SchedulerKind
 
     assert set(SCHEDULER_KINDS.values()) <= {k.value for k in SchedulerKind}

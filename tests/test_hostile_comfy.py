@@ -23,7 +23,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from workbench.comfy import flatten, reader
-from workbench.comfy.cli import main
+from workbench.cli.import_comfy import main
 from workbench.comfy.flatten import flatten_api
 from workbench.comfy.graph import Link, WorkflowError
 from workbench.comfy.mapping import import_workflow

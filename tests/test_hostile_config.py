@@ -14,8 +14,7 @@ from PIL import Image
 
 from workbench.config import ConfigError, compose, to_run_config
 from workbench.config import limits
-from workbench.config.compose import ComposeError
-from workbench.errors import InputError
+from workbench.config.build import ComposeError
 from workbench.templates import TemplateError
 
 
@@ -54,7 +53,7 @@ def test_cfg_above_its_limit_is_refused():
 
 
 def test_runtime_non_finite_message_names_the_guidance_scale():
-    from workbench.precision import NonFiniteError, check_finite
+    from workbench.stages.numerics import NonFiniteError, check_finite
 
     latents, bad = torch.zeros(1, 4, 64), torch.full((1, 4, 64), math.inf)
     with pytest.raises(NonFiniteError, match=r"step 3 of 4 .*check the guidance scale sampler\.cfg=7\.5"):
@@ -315,7 +314,7 @@ def test_drop_until_inside_a_token_blames_the_template_at_config_time():
 
 
 def test_drop_until_merging_with_every_prompt_blames_the_template(tokenizer):
-    from workbench.config.schema import TemplateConfig
+    from workbench.config import TemplateConfig
     from workbench.templates import TemplateError, render, tokenize
 
     spaced = TemplateConfig(name="md", text="### Task: draw.\n### Prompt: {prompt}", drop_until="### Prompt: ")

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers.checkpoints import reference, write_dit, write_dit_gguf, write_pipeline_folder, write_te_comfy, write_vae
-from workbench.config.schema import LoraItem, ModelConfig, ModelSource
+from workbench.config import LoraItem, ModelConfig, ModelSource
 from workbench.loading import header as header_module
 from workbench.loading import load as load_module
 from workbench.loading.errors import LoadError
@@ -262,7 +262,7 @@ def test_broken_paths_as_a_lora(tmp_path, case, message):
 
 
 def test_broken_lora_path_is_refused_at_config_time(tmp_path, make_cfg):
-    from workbench.config.schema import ConfigError
+    from workbench.config import ConfigError
 
     link = _links(tmp_path)["dangling"]
     with pytest.raises(ConfigError, match=r"lora.items\[0\].file: LoRA file .*dangling.safetensors: dangling symbolic link") as err:

@@ -194,19 +194,21 @@ def test_record_write_failure_is_never_reported_ok(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- exit codes of every verb
 def test_cli_maps_errors_to_documented_exit_codes(monkeypatch, capsys):
+    import workbench.cli.tokens as cli_tokens
+
     def raiser(err):
         def verb(argv):
             raise err
         return verb
 
     for err, code in [(InputError("bad key x; use y"), 2), (RunFailure("write failed; wrote 0 of 1"), 3)]:
-        monkeypatch.setattr(cli, "_tokens", raiser(err))
+        monkeypatch.setattr(cli_tokens, "main", raiser(err))
         assert cli.main(["tokens", "x"]) == code
         assert capsys.readouterr().err == f"error: {err}\n"
-    monkeypatch.setattr(cli, "_tokens", raiser(KeyboardInterrupt()))
+    monkeypatch.setattr(cli_tokens, "main", raiser(KeyboardInterrupt()))
     assert cli.main(["tokens", "x"]) == 130
     assert capsys.readouterr().err.strip() == "workbench tokens: interrupted"
-    monkeypatch.setattr(cli, "_tokens", raiser(ZeroDivisionError("a bug")))
+    monkeypatch.setattr(cli_tokens, "main", raiser(ZeroDivisionError("a bug")))
     with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback (Python exits 1)
         cli.main(["tokens", "x"])
 
@@ -353,9 +355,11 @@ def test_run_help_says_what_run_does(tmp_path):
 
 
 def test_run_folder_template_is_checked_up_to_its_first_interpolation(tmp_path):
-    assert cli._static_prefix("outputs/${now:%Y-%m-%d}/${now:%H}") == Path("outputs")
-    assert cli._static_prefix("runs/fox_${now:%H}") == Path("runs")
-    assert cli._static_prefix(f"{tmp_path}/a/b") == tmp_path / "a" / "b"
+    import workbench.cli.run as cli_run
+
+    assert cli_run._static_prefix("outputs/${now:%Y-%m-%d}/${now:%H}") == Path("outputs")
+    assert cli_run._static_prefix("runs/fox_${now:%H}") == Path("runs")
+    assert cli_run._static_prefix(f"{tmp_path}/a/b") == tmp_path / "a" / "b"
     (tmp_path / "images").write_text("x")  # the parent of dated run folders may hold anything
     rec.check_output_dir(tmp_path, final=False)
     with pytest.raises(InputError, match="images exists as a file"):

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image, PngImagePlugin
 
 from workbench import record as rec
-from workbench.config.compose import compose
+from workbench.config.build import compose
 from workbench.errors import EXIT_INPUT, EXIT_RUNTIME, RunFailure
 from workbench.reproduce import _print, main, recorded_config
 
@@ -286,7 +286,7 @@ def test_png_whose_seed_is_not_in_its_config_is_refused(secret_run, tmp_path, ca
 def test_record_view_in_notebooks_reads_records_as_data(tmp_path, monkeypatch):
     """``%workbench record`` embeds a record's images in HTML and shows its settings: same rules."""
     from workbench.errors import InputError
-    from workbench.magics import RecordView
+    from workbench.cli.magics import RecordView
 
     monkeypatch.setenv("SECRET_TOKEN", SECRET)
     source = fake_run(tmp_path / "run")

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from helpers.checkpoints import reference, state, write_dit, write_te_comfy, write_vae
-from workbench.config.schema import ConfigError, ModelConfig, ModelSource
+from workbench.config import ConfigError, ModelConfig, ModelSource
 from workbench.loading.errors import LoadError
 from workbench.loading.load import load_all, load_component
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.config.schema import TinySpec
+from workbench.config import TinySpec
 from workbench.loading import infer
 from workbench.loading.errors import LoadError
 

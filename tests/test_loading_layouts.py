@@ -16,7 +16,7 @@ from helpers.checkpoints import (
     reference, state, write_dit, write_dit_gguf, write_hf_cache, write_pipeline_folder, write_te_comfy,
     write_te_hf_folder, write_vae,
 )
-from workbench.config.schema import ModelConfig, ModelSource
+from workbench.config import ModelConfig, ModelSource
 from workbench.loading.load import load_component
 
 F32 = torch.float32
@@ -229,7 +229,7 @@ def test_loaded_components_generate_the_tiny_models_image(root, make_cfg, names,
 
 def test_gguf_transformer_generates_close_to_the_tiny_model(root, make_cfg):
     from workbench.models.components import Components
-    from workbench.pipeline import cached_components
+    from workbench.models.build import cached_components
 
     tiny = cached_components(make_cfg().model, make_cfg().precision, "cpu")
     gguf = load(root, "transformer", "diffusion_models/qwen_image_tiny-Q8_0.gguf").module

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from workbench.config.schema import LoraAlpha, LoraItem, ModelConfig
+from workbench.config import LoraAlpha, LoraItem, ModelConfig
 from workbench.lora import LoraError, apply_loras, load_lora, lora_set
 from workbench.models.tiny import build_transformer
 
@@ -217,9 +217,10 @@ def test_name_under_models_loras_resolves(transformer, pairs, lora_dir, tmp_path
 
 def test_config_items_and_generate_swap_strengths_without_reloading(make_cfg, pairs, lora_dir, monkeypatch):
     """cfg.lora in from_config / generate; strength sweeps and swaps never build or load a model."""
+    import workbench.models.build as model_build
     import workbench.models.tiny as tiny
     import workbench.pipeline as pipeline
-    from workbench.config.schema import ConfigError
+    from workbench.config import ConfigError
     from workbench.lora import _RAW_CACHE
 
     a = _write(lora_dir, "cfg_a", pairs, "down_up")
@@ -235,7 +236,7 @@ def test_config_items_and_generate_swap_strengths_without_reloading(make_cfg, pa
         def no_build(*args, **kwargs):
             raise AssertionError("a model was built or loaded")
 
-        monkeypatch.setattr(pipeline, "build_components", no_build)
+        monkeypatch.setattr(model_build, "build_components", no_build)
         monkeypatch.setattr(tiny, "build_transformer", no_build)
         reads = len(_RAW_CACHE)
         lat_a = bench.generate(cfg_a, progress=False)[0].latents
@@ -280,7 +281,8 @@ def test_free_models_releases_a_transformer_that_had_loras(tmp_path, make_cfg):
     """The LoRA state (hooks, fused originals) must not keep a transformer alive after free_models()."""
     import weakref
 
-    from workbench.pipeline import Workbench, free_models
+    from workbench.models.build import free_models
+    from workbench.pipeline import Workbench
 
     cfg = make_cfg("model.seed=123", "sampler.steps=2", "height=64", "width=64")
     bench = Workbench.from_config(cfg)
@@ -338,7 +340,7 @@ def test_lora_on_a_compiled_transformer_is_fused_and_follows_strength_changes(tr
     added after compiling; with them, 60 differently hooked blocks exceed its recompile limit: H100 run14.)"""
     import copy
 
-    from workbench.config.schema import CompileMode, PerfConfig
+    from workbench.config import CompileMode, PerfConfig
     from workbench.lora import LoraError
     from workbench.perf import apply_perf
 
@@ -369,7 +371,7 @@ def test_lora_on_a_compiled_transformer_is_fused_and_follows_strength_changes(tr
 )
 def test_lora_combinations_that_cannot_run_fail_at_config_time(tmp_path, make_cfg, overrides, message):
     """Caught while composing, before 60 GB of models load, with the fix in the message."""
-    from workbench.config.schema import ConfigError
+    from workbench.config import ConfigError
 
     path = tmp_path / "one.safetensors"
     save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 64),

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from workbench.config.schema import ModelConfig, PerfConfig
+from workbench.config import ModelConfig, PerfConfig
 from workbench.models.tiny import build_transformer
 from workbench.perf import FastQwenAttnProcessor, RealRope, apply_perf, rope_real
 

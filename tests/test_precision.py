@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 
-from workbench.config.schema import ConfigError, MemoryMode, ModelConfig, PrecisionConfig
+from workbench.config import ConfigError, MemoryMode, ModelConfig, PrecisionConfig
 from workbench.models.tiny import build_transformer
 from workbench.precision import PrecisionError
 from workbench.stages.numerics import NonFiniteError
@@ -172,7 +172,7 @@ def test_fp8_compute_quantises_exactly_the_image_stream_block_linears():
     layers (M = prompt tokens / 1) stay in bf16; with fast attention the fused projection is included."""
     import copy
 
-    from workbench.config.schema import ModelConfig, PerfConfig
+    from workbench.config import ModelConfig, PerfConfig
     from workbench.models.tiny import build_transformer
     from workbench.perf import prepare_attention
     from workbench.precision import fp8_compute_filter

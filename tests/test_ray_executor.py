@@ -141,7 +141,7 @@ def test_executor_settings_are_checked_and_never_swept(tmp_path, monkeypatch):
 
 
 def test_ray_cluster_too_small_is_refused(ray_cluster):
-    from workbench.config.schema import ExecutorConfig, ExecutorName
+    from workbench.config import ExecutorConfig, ExecutorName
 
     with pytest.raises(ExecutorError, match="need 3 CPUs but the Ray cluster has 2"):
         RayExecutor(ExecutorConfig(name=ExecutorName.ray, num_actors=3, gpus_per_actor=0)).actors(3)
@@ -216,7 +216,7 @@ def test_a_client_without_the_token_is_refused(ray_cluster, tmp_path):
 
 
 def test_joining_a_remote_cluster_needs_its_address_and_says_what_it_exposes(monkeypatch, capsys):
-    from workbench.config.schema import ExecutorConfig, ExecutorName
+    from workbench.config import ExecutorConfig, ExecutorName
     from workbench.sweep import executors as sweep_executors
 
     calls = []

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from workbench.conditioning import Conditioning
-from workbench.config.schema import SamplerConfig, SchedulerKind, ShiftMode
+from workbench.config import SamplerConfig, SchedulerKind, ShiftMode
 from workbench.debug import X0Previews, compare, latent_stats
 from workbench.resolutions import PREFERRED, nearest_preferred, snap
 from workbench.stages.denoise import Interrupted, denoise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.config.schema import ConfigError, TemplateConfig
+from workbench.config import ConfigError, TemplateConfig
 from workbench.templates import TemplateError, render, tokenize
 from workbench.tokenizer import IM_START_ID, IMAGE_PAD_ID, VISION_START_ID
 
@@ -121,7 +121,7 @@ def test_docstring_example_drop_count(tokenizer):
 
 
 def test_load_template_from_yaml(tmp_path, tokenizer):
-    from workbench.templates import load_template
+    from workbench.config.build import load_template
 
     path = tmp_path / "markdown_t.yaml"
     path.write_text('text: "### Task: draw the picture.\\n### Prompt:\\n{prompt}\\n### End"\ndrop_until: "### Prompt:\\n"\n')
@@ -142,7 +142,7 @@ def test_load_template_from_yaml(tmp_path, tokenizer):
     ],
 )
 def test_load_template_errors(tmp_path, yaml, message):
-    from workbench.templates import load_template
+    from workbench.config.build import load_template
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml)

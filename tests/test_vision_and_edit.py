@@ -123,7 +123,7 @@ def test_batch_equals_one_by_one(bench, make_cfg):
 
 # ----------------------------------------------------------------------------- reference sizing policies
 def _ref(policy="diffusers", **kw):
-    from workbench.config.schema import ReferenceConfig
+    from workbench.config import ReferenceConfig
 
     return ReferenceConfig(name=f"t_{policy}", policy=policy, **kw)
 
@@ -168,7 +168,7 @@ def test_comfy_rounding_and_crop_rules():
 
 
 def test_reference_config_checks_multiple_of_per_policy():
-    from workbench.config.schema import ConfigError
+    from workbench.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"reference.multiple_of must be a multiple of 16 with reference.policy=diffusers"):
         _ref(multiple_of=8)

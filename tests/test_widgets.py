@@ -185,7 +185,8 @@ def test_model_panel_offers_discovered_models_and_loads_them(bench, make_cfg, tm
     from workbench.config import compose, to_run_config
     from workbench.loading.export import export_comfyui, export_diffusers
     from workbench.models.catalogue import catalogue
-    from workbench.pipeline import Workbench, resident_models
+    from workbench.models.build import resident_models
+    from workbench.pipeline import Workbench
 
     models = tmp_path / "models"
     names = export_comfyui(bench, models)

@@ -24,7 +24,7 @@ def __getattr__(name: str):
     if name in ("compose", "to_run_config"):
         import importlib
 
-        return getattr(importlib.import_module("workbench.config.compose"), name)
+        return getattr(importlib.import_module("workbench.config.build"), name)
     raise AttributeError(name)
 
 

@@ -18,7 +18,7 @@ from workbench.errors import InputError
 import torch
 from torch import nn
 
-from workbench.config.schema import CompileMode, InductorMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
+from workbench.config import CompileMode, InductorMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
 
 
 class PerfError(InputError):

@@ -17,9 +17,9 @@ from PIL import Image
 from workbench import vision
 from workbench.conditioning import Conditioning
 from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
-from workbench.config.schema import Config, ReferenceConfig, SamplerConfig, TemplateConfig
+from workbench.config import Config, ReferenceConfig, SamplerConfig, TemplateConfig
 from workbench.lora import apply_loras
-from workbench.models.build import cached_components, components_for, free_models, resident_models
+from workbench.models.build import components_for
 from workbench.models.components import Components
 from workbench.resolutions import snap
 from workbench.stages import decode as decode_stage
@@ -30,12 +30,7 @@ from workbench.stages.reference import References, prepare_references
 from workbench.stages.schedule import Schedule
 from workbench.values import plain
 
-# moved: see workbench/models/build.py; cached_components / free_models / resident_models / build_components
-# stay importable here for other branches (their tests import them, or patch pipeline.build_components)
-from workbench.models.components import build_components  # noqa: E402,F401
-
-__all__ = ["Workbench", "GeneratedImage", "References", "load_image", "timed",
-           "cached_components", "free_models", "resident_models"]
+__all__ = ["Workbench", "GeneratedImage", "References", "load_image", "timed"]
 
 
 @dataclass
@@ -53,7 +48,7 @@ def load_image(path: str, key: str = "images") -> Image.Image:
     workbench/assets. A missing, non-image, truncated or decompression-bomb file is a one-line
     ``ConfigError`` naming the file and the config ``key`` (checked at config time too)."""
     from workbench.config.limits import open_image
-    from workbench.config.schema import ConfigError
+    from workbench.config import ConfigError
 
     return open_image(path, key, decode=True, error=ConfigError)
 
@@ -213,7 +208,7 @@ class Workbench:
             width, height = refs.vae_sizes[-1]
         width, height, size_note = snap(width, height)
         if cfg.height is None:  # sized by the reference: estimate the memory now that the size is known
-            from workbench.config.schema import check_run_memory
+            from workbench.config.preflight import check_run_memory
 
             check_run_memory(cfg, height, width, str(self.device))
         notes = [size_note] if size_note else []

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.config.schema import MemoryMode, PrecisionConfig, Quantization, WeightStorage
+from workbench.config import MemoryMode, PrecisionConfig, Quantization, WeightStorage
 from workbench.errors import InputError
 from workbench.models.components import TORCH_DTYPES
 
@@ -113,7 +113,3 @@ def _quantize_fp8_torchao(transformer) -> None:
             f"pip install torchao ({err})"
         ) from None
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_compute_filter)
-
-
-# moved: see workbench/stages/numerics.py (the denoise side owns its guard); kept for other branches' tests
-from workbench.stages.numerics import NonFiniteError, check_finite  # noqa: E402,F401

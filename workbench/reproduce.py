@@ -71,34 +71,16 @@ def load_source(path: Path) -> tuple[dict, list[tuple[dict, Path]]]:
 
 
 # ----------------------------------------------------------------------------- the recorded config
-def _escape(text: str) -> str:
-    """``text`` as an OmegaConf literal: each ``${`` escaped (with the backslashes before it doubled)."""
-    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
-
-
-def literal(value: Any) -> Any:
-    """A record's values with every string escaped, so OmegaConf reads them as text and resolves nothing."""
-    if isinstance(value, str):
-        return _escape(value)
-    if isinstance(value, dict):
-        return {k: literal(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [literal(v) for v in value]
-    return value
-
-
 def recorded_config(record: dict, source: Path):
     """(OmegaConf config, typed ``Config``, [{key, default}] of nested keys the record lacks).
 
     A missing config group or top-level key is refused: filling it with the schema's defaults would
     re-run something else and call it a reproduction. A nested key the record lacks (a record of an
-    older schema) gets its default and is reported as "not recorded, default used".
+    older schema) gets its default and is reported as "not recorded, default used"; the merge itself is
+    the build door's (``workbench.config.build.record_config``: strings stay literal text).
     """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from workbench.config.compose import to_run_config
-    from workbench.config.schema import Config, ConfigError
+    from workbench.config import Config
+    from workbench.config.build import record_config
 
     recorded = record["config"]
     required = [f.name for f in dataclasses.fields(Config) if f.name != "executor"]  # executor: never recorded by cells
@@ -108,21 +90,7 @@ def recorded_config(record: dict, source: Path):
             f"{source}: the recorded config lacks {', '.join(missing)}; a record written by `workbench run` has "
             "every config group and key, and filling them with defaults would re-run something else"
         )
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), literal(recorded))
-        merged = OmegaConf.to_container(cfg, resolve=False)
-    except OmegaConfBaseException as err:
-        where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
-        raise ConfigError(f"{source}: the recorded config does not fit this version's schema{where}: "
-                          f"{str(err).splitlines()[0]}") from None
-    have = flatten(recorded)
-    defaults = [{"key": k, "default": v} for k, v in flatten(merged).items()
-                if k not in have and not k.startswith("executor.") and not any(h.startswith(k + ".") for h in have)]
-    try:
-        run_cfg = to_run_config(cfg)  # every check before anything is written or loaded
-    except ConfigError as err:
-        raise ConfigError(f"{source}: the recorded config is not valid here: {err}") from None
-    return cfg, run_cfg, defaults
+    return record_config(recorded, source)
 
 
 def job_index(run_cfg, entry: dict, source: Path) -> int:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from workbench import record as rec
-from workbench.config.compose import to_run_config
+from workbench.config import build
+from workbench.config.build import to_run_config
 from workbench.errors import RunFailure
 from workbench.pipeline import GeneratedImage, Workbench
 
@@ -46,7 +47,7 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True, job: Optional[
     run_cfg = to_run_config(cfg)  # typed + validated before anything heavy happens
     output_dir = Path(output_dir)
     rec.check_output_dir(output_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = build.resolved(cfg)
     started = time.perf_counter()
     import_model_libraries()
     imported = time.perf_counter()

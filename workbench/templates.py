@@ -21,16 +21,6 @@ from workbench.errors import InputError
 from workbench.tokenizer import IMAGE_PAD, IMAGE_PAD_ID, control_tokens
 
 
-def __getattr__(name: str):
-    # moved: see workbench.config.build.load_template (YAML is read by the build door only); lazy, as
-    # the build step imports this module for its prompt checks
-    if name == "load_template":
-        import importlib
-
-        return importlib.import_module("workbench.config.build").load_template
-    raise AttributeError(f"module 'workbench.templates' has no attribute {name!r}")
-
-
 class TemplateError(InputError):
     """A template or prompt cannot be rendered faithfully."""
 

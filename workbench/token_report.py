@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from workbench.config.schema import TemplateConfig
+from workbench.config import TemplateConfig
 
 SAMPLE_IMAGE = "asset:sample_reference.png"  # the panel's stand-in reference image
 
@@ -68,15 +68,13 @@ def inspect_template(template: TemplateConfig, prompt: str, num_images: int = 0)
 
 def template_names() -> list[str]:
     """The templates of ``conf/template/``."""
-    from workbench.config import config_dir
+    from workbench.config.build import options
 
-    return sorted(p.stem for p in (config_dir() / "template").glob("*.yaml"))
+    return options("template")
 
 
 def conf_template(name: str) -> TemplateConfig:
     """A template of ``conf/template/`` on its own (the full config would insist on reference images)."""
-    from omegaconf import OmegaConf
+    from workbench.config.build import group_config
 
-    from workbench.config import compose
-
-    return OmegaConf.to_object(compose([f"template={name}"]).template)
+    return group_config("template", name)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.config.schema import ModelConfig, Variant
+from workbench.config import ModelConfig, Variant
 from workbench.loading import export
 from workbench.loading.export import _is_matrix, state
 

@@ -11,11 +11,6 @@ import sys
 
 from workbench.cli.messages import one_line, print_error
 
-# moved: see workbench/cli/tokens.py and workbench/cli/run.py; kept for other branches' tests (they patch
-# and call these names on this package)
-from workbench.cli.run import _static_prefix  # noqa: F401
-from workbench.cli.tokens import main as _tokens  # noqa: F401
-
 __all__ = ["main", "one_line", "print_error"]
 
 USAGE = """usage: workbench <command> [args]
@@ -37,7 +32,7 @@ what was written), 4 reproduce: the re-run differs, 130 interrupted, 1 a bug (tr
 # verb -> "module:function(argv) -> exit code"; imported only when that verb runs
 VERBS = {
     "run": "workbench.cli.run:main",
-    "tokens": "workbench.cli:_tokens",  # through the package name while tests patch it there (shim above)
+    "tokens": "workbench.cli.tokens:main",
     "import-comfy": "workbench.cli.import_comfy:main",
     "reproduce": "workbench.reproduce:main",  # its argument parsing lives in workbench/reproduce.py
     "models": "workbench.cli.models:main",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from workbench.comfy.mapping import import_workflow
 from workbench.comfy.writer import check_output, report_lines, to_yaml, write_yaml
-from workbench.config.compose import config_dir
+from workbench.config.build import config_dir
 from workbench.errors import WorkbenchError
 
 

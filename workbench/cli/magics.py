@@ -209,7 +209,7 @@ class WorkbenchMagics(Magics):
         from omegaconf.errors import OmegaConfBaseException
 
         from workbench.errors import WorkbenchError
-        from workbench.sweep import _describe
+        from workbench.config.build import describe_error
 
         args = split_args(line, cell)
         if not args or args[0] not in VERBS:
@@ -217,7 +217,7 @@ class WorkbenchMagics(Magics):
         try:
             return VERBS[args[0]](args[1:])
         except (WorkbenchError, HydraException, OmegaConfBaseException) as err:  # every error that names its fix
-            raise UsageError(_describe(err)) from None  # one line, no traceback; Run All stops here
+            raise UsageError(describe_error(err)) from None  # one line, no traceback; Run All stops here
 
 
 def load_ipython_extension(ipython) -> None:

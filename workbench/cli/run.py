@@ -51,7 +51,7 @@ def _prevalidate(overrides: list[str], multirun: bool) -> Path | None:
     from hydra.errors import HydraException
 
     from workbench import record as rec
-    from workbench.config.compose import compose_many, to_run_config
+    from workbench.config.build import compose_many, to_run_config
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -88,7 +88,7 @@ def _hydra_value(overrides: list[str], key: str) -> str | None:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from workbench.config.compose import config_dir
+    from workbench.config.build import config_dir
 
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
@@ -126,8 +126,8 @@ def main(argv: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig
 
-    from workbench.config.compose import config_dir
-    from workbench.config.schema import register_configs
+    from workbench.config.build import config_dir
+    from workbench.config.build import register_configs
     from workbench.errors import EXIT_OK, WorkbenchError, exit_code
 
     register_configs()

@@ -11,7 +11,7 @@ def _template(args):
     import dataclasses
 
     from workbench.config import compose, to_run_config
-    from workbench.templates import load_template
+    from workbench.config.build import load_template
 
     if args.template_file:
         template = load_template(args.template_file)

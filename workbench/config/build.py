@@ -33,6 +33,7 @@ from workbench.config.preflight import check_run
 from workbench.config.run import Config
 from workbench.config.template import TemplateConfig
 from workbench.errors import ConfigError, WorkbenchError
+from workbench.values import flatten
 
 
 class ComposeError(ConfigError, ConfigCompositionException):
@@ -246,15 +247,6 @@ def load_template(path: str | Path) -> TemplateConfig:
     return _to_object(merged, f"template file {file}: ")
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": 1, "lora.items[0].file": ...}``: the leaves of a nested dict (lists of dicts indexed)."""
-    if isinstance(obj, dict):
-        return {k: v for key, child in obj.items() for k, v in _flat(child, f"{prefix}.{key}" if prefix else str(key)).items()}
-    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        return {k: v for i, child in enumerate(obj) for k, v in _flat(child, f"{prefix}[{i}]").items()}
-    return {prefix: obj}
-
-
 def record_config(recorded: dict, source: str | Path) -> tuple[DictConfig, Config, list[dict]]:
     """A record's resolved config back into (the OmegaConf tree, the typed ``Config``, [{key, default}]
     of nested keys the record lacks, filled with this version's defaults).
@@ -270,8 +262,8 @@ def record_config(recorded: dict, source: str | Path) -> tuple[DictConfig, Confi
         where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
         raise ConfigError(f"{source}: the recorded config does not fit this version's schema{where}: "
                           f"{str(err).splitlines()[0]}") from None
-    have = _flat(recorded)
-    defaults = [{"key": k, "default": v} for k, v in _flat(merged).items()
+    have = flatten(recorded)
+    defaults = [{"key": k, "default": v} for k, v in flatten(merged).items()
                 if k not in have and not k.startswith("executor.") and not any(h.startswith(k + ".") for h in have)]
     try:
         run_cfg = to_run_config(cfg)  # every check before anything is written or loaded

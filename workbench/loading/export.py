@@ -172,7 +172,7 @@ def write_vae(module, path: Path, layout: str = "wan", style: str = "fp32") -> d
 def _parts(model: Any) -> tuple[Any, Any, Any, Any]:
     """(text encoder, transformer, VAE, tokenizer) from a Workbench, Components, Config, ModelConfig or a
     (text encoder, transformer, VAE) tuple; configs are built on the CPU in fp32 (the tiny one in seconds)."""
-    from workbench.config.schema import Config, ModelConfig, PrecisionConfig
+    from workbench.config import Config, ModelConfig, PrecisionConfig
     from workbench.models.components import Components, build_components
 
     if isinstance(model, tuple):

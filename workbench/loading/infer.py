@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 
-from workbench.config.schema import TinySpec
+from workbench.config import TinySpec
 from workbench.loading.errors import LoadError, few
 from workbench.models import arch
 

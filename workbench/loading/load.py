@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from workbench.config.schema import ModelConfig, Variant
+from workbench.config import ModelConfig, Variant
 from workbench.loading import infer
 from workbench.loading.detect import KINDS, weight_files
 from workbench.loading.discover import Entry, resolve

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from workbench.config.schema import Config, ModelConfig, PerfConfig, PrecisionConfig
+from workbench.config import Config, ModelConfig, PerfConfig, PrecisionConfig
 from workbench.lora import apply_loras
 from workbench.models.components import Components, build_components, resolve_device
 from workbench.perf import check_perf, compile_transformer, prepare_attention
@@ -23,9 +23,10 @@ _CACHE: dict[tuple, Components] = {}
 SLOTS = ("text_encoder", "transformer", "vae")
 
 
-def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig(),
+def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: Optional[PerfConfig] = None,
           loras: Sequence = ()) -> Components:
     """Build one component set in the order the levers need, every setting checked before any load."""
+    perf = perf or PerfConfig()
     check_device(precision, resolve_device(device))  # an impossible precision fails before any load
     check_perf(perf, precision)
     components = build_components(model, precision, device, loras=loras)
@@ -36,12 +37,13 @@ def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: Per
 
 
 def cached_components(
-    model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig = PerfConfig(), loras=()
+    model: ModelConfig, precision: PrecisionConfig, device: str, perf: Optional[PerfConfig] = None, loras=()
 ) -> Components:
     """``build`` each (model, precision, device, perf) once per process.
 
     ``loras`` (the run's ``LoraItem``s) are not part of the key: when the models are built, their files
     are checked with the model files before any weight loads (``loading.load.preflight``)."""
+    perf = perf or PerfConfig()
     key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
     if key not in _CACHE:
         _CACHE[key] = build(model, precision, device, perf, loras)

@@ -8,21 +8,17 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from workbench.config import config_dir
+from workbench.config.overrides import override_value
 
 SLOTS = ("text_encoder", "transformer", "vae")
 
 
 def configured_models() -> dict[str, list[str]]:
     """The embedded tiny models of ``conf/model/``, name -> ``[model=<name>]``."""
-    from omegaconf import OmegaConf
+    from workbench.config.build import option_data, options
 
-    return {path.stem: [f"model={path.stem}"] for path in sorted((config_dir() / "model").glob("*.yaml"))
-            if OmegaConf.load(path).get("source", "tiny") == "tiny"}
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "\\'") + "'"  # Hydra: quoted, so '/', ':', spaces and ',' stay literal
+    return {name: [f"model={name}"] for name in options("model")
+            if option_data("model", name).get("source", "tiny") == "tiny"}
 
 
 def arch_rules(transformer) -> str:
@@ -41,7 +37,7 @@ def _diffusers_folder(dit, entries, base: list[str], variant: list[str]) -> Opti
     folder = dit.name.removesuffix("/transformer")
     if not {f"{folder}/text_encoder", f"{folder}/vae"} <= {e.name for e in entries}:
         return None
-    parts = (f"model.{s}={_quote(folder)}" for s in ("transformer", "text_encoder", "vae"))
+    parts = (f"model.{s}={override_value(folder)}" for s in ("transformer", "text_encoder", "vae"))
     return f"files:{folder}", ["model=files_diffusers", *base, *variant, *parts]
 
 
@@ -55,8 +51,8 @@ def _paired_files(dit, by_kind: dict, base: list[str], variant: list[str]) -> Op
     if te is None or vae is None:  # not a complete model: nothing to load it with
         return None
     return f"files:{dit.name}", ["model=files_comfyui", *base, *variant, f"model.arch_rules={arch_rules(dit)}",
-                                 f"model.transformer={_quote(dit.name)}", f"model.text_encoder={_quote(te.name)}",
-                                 f"model.vae={_quote(vae.name)}"]
+                                 f"model.transformer={override_value(dit.name)}", f"model.text_encoder={override_value(te.name)}",
+                                 f"model.vae={override_value(vae.name)}"]
 
 
 def discovered_models(roots: Optional[list[str]] = None, hf_cache: bool = True) -> dict[str, list[str]]:
@@ -67,12 +63,12 @@ def discovered_models(roots: Optional[list[str]] = None, hf_cache: bool = True) 
     encoder and the VAE nearest to it on disk (same ComfyUI tree first), since ComfyUI keeps them in
     sibling folders; other pairings are a ``model.text_encoder=`` / ``model.vae=`` override away.
     """
-    from workbench.config.schema import Variant
+    from workbench.config import Variant
     from workbench.loading.discover import scan
 
     entries = scan(roots, hf_cache=hf_cache)
     by_kind = {k: [e for e in entries if e.kind == k] for k in SLOTS}
-    base = [f"model.roots=[{', '.join(_quote(str(r)) for r in roots)}]"] if roots else []
+    base = [f"model.roots=[{', '.join(override_value(str(r)) for r in roots)}]"] if roots else []
     out: dict[str, list[str]] = {}
     for dit in by_kind["transformer"]:
         variant = [f"model.variant={dit.variant}"] if dit.variant in {v.value for v in Variant} else []
@@ -98,11 +94,13 @@ def available_models(roots: Optional[list[str]] = None, hf_cache: bool = True) -
 
 
 def available_precisions() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "precision").glob("*.yaml"))
+    from workbench.config.build import options
+
+    return options("precision")
 
 
 def available_memory_modes() -> list[str]:
-    from workbench.config.schema import MemoryMode
+    from workbench.config import MemoryMode
 
     return [m.value for m in MemoryMode]
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import torch
 
-from workbench.config.schema import DType, MemoryMode, ModelConfig, ModelSource, PrecisionConfig
+from workbench.config import DType, MemoryMode, ModelConfig, ModelSource, PrecisionConfig
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from workbench.config.schema import ModelConfig, TinySpec, Variant
+from workbench.config import ModelConfig, TinySpec, Variant
 from workbench.models import arch
 from workbench.models.arch import VOCAB_SIZE
 
@@ -172,16 +172,16 @@ def build_vae(cfg: ModelConfig, stats: Optional[dict] = None):
     ).eval()
 
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 WEIGHT_FILES = ("transformer.safetensors", "vae.safetensors", "trained.json")
 
 
 def weights_dir(cfg: ModelConfig) -> Path:
     """The folder of ``model.weights`` ("asset:NAME" = workbench/assets/NAME), checked to hold the files."""
+    from workbench.config.limits import resolve_asset
     from workbench.loading.errors import LoadError
 
     name = cfg.weights or ""
-    folder = ASSETS / name.removeprefix("asset:") if name.startswith("asset:") else Path(name).expanduser()
+    folder = resolve_asset(name)
     missing = [f for f in WEIGHT_FILES if not (folder / f).is_file()]
     if missing:
         raise LoadError(

@@ -10,7 +10,8 @@ so a test that replaces ``rec.save_png`` (a full disk) reaches every writer.
 """
 
 from workbench.record.build import RECORD_ONLY, finish, image_entry, image_file, png_chunk, record_head, slug
-from workbench.record.files import atomic_write_bytes, atomic_write_json, check_output_dir, dumps, flatten, json_safe
+from workbench.record.files import atomic_write_bytes, atomic_write_json, check_output_dir, dumps, json_safe
+from workbench.values import flatten
 from workbench.record.png import (
     PNG_KEY,
     check_png,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.record.provenance import peak_memory, provenance
 
 if TYPE_CHECKING:
-    from workbench.config.schema import Config
+    from workbench.config import Config
     from workbench.pipeline import GeneratedImage
 
 # keys of record.json that its PNG chunks leave out: known once every image is written

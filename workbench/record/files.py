@@ -76,19 +76,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested config or record (``sampler.steps``, ``lora.items[0].file``), to compare two."""
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: obj}
 
 
 def _folder_error(path: Path, why: str, setting: str) -> InputError:

@@ -177,11 +177,11 @@ def model_file_hashes(config: dict) -> dict[str, dict]:
 def reference_image_hashes(images: list[str]) -> list[dict]:
     """sha256 of each reference image file, so a reproduction can tell when an input image changed;
     ``asset:`` names are resolved as the pipeline opens them."""
-    from workbench.config.limits import image_path
+    from workbench.config.limits import resolve_asset
 
     out = []
     for name in images:
-        path = image_path(name)
+        path = resolve_asset(name)
         data = path.read_bytes() if path.is_file() else None
         out.append({"path": name, "sha256": hashlib.sha256(data).hexdigest() if data is not None else None})
     return out

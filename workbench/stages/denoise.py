@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.conditioning import Conditioning, concat
-from workbench.config.schema import CfgBatching, SamplerConfig, SchedulerKind
+from workbench.config import CfgBatching, SamplerConfig, SchedulerKind
 from workbench.stages.guidance import guide
 from workbench.stages.numerics import check_finite
 from workbench.stages.schedule import Schedule

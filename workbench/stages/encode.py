@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from workbench.conditioning import Conditioning, pad_stack
-from workbench.config.schema import TemplateConfig
+from workbench.config import TemplateConfig
 from workbench.templates import render, tokenize
 from workbench.tokenizer import IMAGE_PAD_ID
 from workbench.vision import VisionInput, preprocess

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.config.schema import Guidance, SamplerConfig
+from workbench.config import Guidance, SamplerConfig
 
 
 def true_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from workbench.config.schema import SamplerConfig, SchedulerKind, ShiftMode
+from workbench.config import SamplerConfig, SchedulerKind, ShiftMode
 
 
 def calculate_mu(image_tokens: int, s: SamplerConfig) -> float:

@@ -43,7 +43,6 @@ from workbench.sweep.cache import CorruptCellWarning
 from workbench.sweep.execute import Sweep, SweepWriteError
 from workbench.sweep.grid import FAILED, make_grid  # FAILED: the tile colour tests look for
 from workbench.sweep.plan import Cell, SweepPlan
-from workbench.sweep.plan import _describe as _describe  # workbench.magics' one-line errors
 from workbench.sweep.result import CellResult, Comparison, SweepResult
 from workbench.sweep.runner import CellOutput, CellRunner
 

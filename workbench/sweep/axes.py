@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from workbench.errors import InputError
+from workbench.config.overrides import override_value
 
 AXIS_NAMES = ("x", "y", "z")
 MAX_VALUES = 256  # per axis: a typo such as 1-10000 should fail, not queue ten thousand cells
@@ -49,21 +50,12 @@ class Axis:
     def override(self, value: Value) -> str:
         """The Hydra override that sets this axis to ``value``."""
         if self.key in LIST_KEYS:
-            return f"{self.key}=[{_quote(value)}]"
-        return f"{self.key}={_quote(value)}"
+            return f"{self.key}=[{override_value(value)}]"
+        return f"{self.key}={override_value(value)}"
 
     def label(self, value: Value) -> str:
         """Short legend text for one value (grid headers, table columns)."""
         return f"{self.key.rsplit('.', 1)[-1]}={value}"
-
-
-def _quote(value: Value) -> str:
-    """Hydra override syntax for one value: numbers bare, plain words bare, anything else quoted."""
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if re.fullmatch(r"[A-Za-z0-9_./:+-]+", value) and value.lower() not in ("null", "true", "false"):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _number(text: str) -> int | float:

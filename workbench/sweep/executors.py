@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
-from workbench.config.schema import ExecutorConfig, ExecutorName
+from workbench.config import ExecutorConfig, ExecutorName
 from workbench.errors import RunFailure
 from workbench.sweep.keys import model_group_key
 from workbench.sweep.runner import CellOutput, CellRunner

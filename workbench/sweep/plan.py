@@ -18,18 +18,6 @@ from workbench.sweep.keys import conditioning_key, config_hash, is_executor_key,
 from workbench.sweep.scoring import check_metrics
 
 
-def _describe(err: BaseException) -> str:
-    """One readable line from Hydra / OmegaConf / ConfigError exceptions (their cause holds the key)."""
-    head = str(err).strip().split("\n")[0]
-    cause = err.__cause__
-    if cause is not None and str(cause).strip():
-        head = f"{head} ({str(cause).strip().splitlines()[0]})"
-    if "Available options" in str(err):  # unknown group option: keep Hydra's list of choices
-        options = str(err).split("Available options", 1)[1].split("Config search path")[0]
-        head += " available:" + ",".join(" " + o.strip() for o in options.splitlines()[1:] if o.strip())
-    return head
-
-
 @dataclass
 class Cell:
     """One grid position: its axis values, overrides and validated config (or the reason it has none)."""
@@ -38,7 +26,7 @@ class Cell:
     pos: tuple[int, int, int]  # (ix, iy, iz)
     values: tuple  # one value per axis
     overrides: list[str]  # the axis overrides (the base overrides come first)
-    config: Any = None  # workbench.config.schema.Config, None when invalid
+    config: Any = None  # workbench.config.Config, None when invalid
     resolved: Optional[dict] = None
     key: Optional[str] = None  # config_hash(resolved)
     error: Optional[str] = None  # why this combination cannot run
@@ -158,10 +146,7 @@ def _grid(axes: list[Axis]) -> list[Cell]:
 
 def _compose(cells: list[Cell], base: list[str]) -> None:
     """Each cell's typed config, resolved dict and cache key, or the reason it has none."""
-    from omegaconf import OmegaConf
-
-    from workbench.config import to_run_config
-    from workbench.config.compose import compose_many
+    from workbench.config.build import compose_many, describe_error, resolved, to_run_config
 
     # Hydra composes once per distinct set of group overrides, not once per cell
     for cell, dcfg in zip(cells, compose_many([base + c.overrides for c in cells])):
@@ -169,11 +154,11 @@ def _compose(cells: list[Cell], base: list[str]) -> None:
             if isinstance(dcfg, Exception):
                 raise dcfg
             cell.config = to_run_config(dcfg)
-            cell.resolved = OmegaConf.to_container(dcfg, resolve=True)
+            cell.resolved = resolved(dcfg)
             cell.resolved.pop("executor", None)  # where a cell runs is not what it is: same key on every executor
             cell.key = config_hash(cell.resolved)
         except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
-            cell.error = _describe(err)
+            cell.error = describe_error(err)
 
 
 def _refuse_values_that_never_work(axes: list[Axis], cells: list[Cell]) -> None:

@@ -62,7 +62,7 @@ class CellRunner:
         model = model_group_key(cell.resolved)
         switch = self.model is not None and model != self.model
         if switch and not self.keep_models:
-            from workbench.pipeline import free_models
+            from workbench.models.build import free_models
 
             free_models()
         self.model = model

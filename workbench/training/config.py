@@ -55,7 +55,7 @@ class TrainConfig:
 
 def run_configs(cfg: TrainConfig):
     """The inference configs the training must match: model sizes, t2i / edit templates, sampler, reference."""
-    from workbench.config.compose import compose, to_run_config
+    from workbench.config.build import compose, to_run_config
 
     run = to_run_config(compose(cfg.run_overrides))
     edit = to_run_config(compose(cfg.edit_overrides))

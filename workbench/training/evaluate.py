@@ -48,8 +48,8 @@ def eval_edits(n_trained: int = 48, n_held_out: int = 16, seed: int = EVAL_SEED 
 
 def generate(bench, overrides: list[str], prompts: list[str], seeds: list[int]) -> list:
     """One image per (prompt, seed) pair, prompts[i] with seeds[i]."""
-    from workbench.config.compose import compose, to_run_config
-    from workbench.templates import load_template
+    from workbench.config.build import compose, to_run_config
+    from workbench.config.build import load_template
 
     out = []
     template = None
@@ -97,7 +97,7 @@ def score_set(images, captions: list[str], held: list[bool], name: str = "") -> 
 def evaluate(weights: Optional[str] = None, device: str = "auto", n: int = 64, seeds_per_prompt: int = 1,
              templates: tuple[str, ...] = ("qwen_t2i", "chat", "raw", "custom_system"), edits: bool = True,
              extra: list[str] = (), steps: Optional[int] = None) -> dict:
-    from workbench.config.compose import compose, to_run_config
+    from workbench.config.build import compose, to_run_config
     from workbench.pipeline import Workbench
 
     base = ["model=tiny", f"device={device}", *extra] + ([f"model.weights={weights}"] if weights else [])
@@ -134,7 +134,7 @@ def evaluate(weights: Optional[str] = None, device: str = "auto", n: int = 64, s
 
 
 def evaluate_edits(bench, base: list[str], n: int = 64) -> dict:
-    from workbench.config.compose import compose, to_run_config
+    from workbench.config.build import compose, to_run_config
 
     n_held = n // 4
     pairs = eval_edits(n - n_held, n_held)

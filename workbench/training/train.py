@@ -80,12 +80,12 @@ def train(cfg: TrainConfig) -> Path:
 def load_config(overrides: list[str] = ()) -> TrainConfig:
     """conf/train_tiny.yaml with Hydra overrides (``key=value``), typed by ``TrainConfig``.
 
-    Composed by the workbench's one door (``workbench.config.compose``); the values are then merged
+    Composed by the workbench's one door (``workbench.config.build``); the values are then merged
     onto ``TrainConfig`` (a key it lacks or a value of the wrong type is refused, naming the key)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from workbench.config.compose import compose
+    from workbench.config.build import compose
     from workbench.errors import InputError
 
     composed = compose(list(overrides), config_name="train_tiny")

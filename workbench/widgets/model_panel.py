@@ -13,16 +13,14 @@ from typing import Optional
 
 import ipywidgets as W
 
-from workbench.models.catalogue import (  # noqa: F401 - discovered_models / tiny_models: kept importable here
+from workbench.models.catalogue import (
     available_devices,
     available_memory_modes,
-    available_models,
     available_precisions,
     catalogue,
-    discovered_models,
+    configured_models,
     memory_report,
 )
-from workbench.models.catalogue import configured_models
 
 
 def tiny_models() -> list[str]:

@@ -12,16 +12,9 @@ from typing import Optional
 
 import ipywidgets as W
 
-from workbench.config.schema import ConfigError, TemplateConfig
+from workbench.config import ConfigError, TemplateConfig
 
-# the library side, importable from here as before (notebook 02)
-from workbench.token_report import (  # noqa: E402,F401
-    SAMPLE_IMAGE,
-    TokenReport,
-    inspect_template,
-    template_names,
-)
-from workbench.token_report import conf_template as load_template  # noqa: E402
+from workbench.token_report import TokenReport, conf_template, inspect_template, template_names
 
 
 def tokens_html(report: TokenReport) -> str:
@@ -53,7 +46,7 @@ class TemplatePanel(W.VBox):
     """Pick a template, edit its text / drop marker / prompt / image count; tokens update as you type."""
 
     def __init__(self, template: str = "qwen_t2i", prompt: str = "a red fox in the snow", images: int = 0):
-        self.base_template = load_template(template)
+        self.base_template = conf_template(template)
         self.choose = W.Dropdown(options=template_names(), value=template, description="template")
         self.text = W.Textarea(value=self.base_template.text, description="text", continuous_update=True,
                                layout=W.Layout(width="720px", height="120px"))
@@ -88,7 +81,7 @@ class TemplatePanel(W.VBox):
         )
 
     def _on_choose(self, change) -> None:
-        self.base_template = load_template(change["new"])
+        self.base_template = conf_template(change["new"])
         self._switching = True  # one update after all fields changed, not one per field
         try:
             self.text.value = self.base_template.text
