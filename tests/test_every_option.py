@@ -7,8 +7,8 @@ calls, the template's dropped prefix, the precision's dtypes, the reference poli
 Options a CPU cannot run are refused with their one-line message, asserted:
 
 - ``model=files_*``: the named files are not under the (empty) model root;
-- ``model=random_full``: 28 B weights drawn on the CPU would not fit its memory (not refused yet: a
-  strict xfail in KNOWN_GAPS, run under a memory limit so that it cannot exhaust the machine);
+- ``model=random_full``: 28 B weights drawn on the CPU would not fit its memory: refused from its sizes
+  before a weight is drawn (run under a memory limit, so a missing refusal cannot exhaust the machine);
 - ``precision=fp8_torchao``: fp8 matrix multiplies need a CUDA GPU.
 
 ``hydra/`` holds Hydra's own logging group (every CLI test runs it), not a workbench option.
@@ -208,7 +208,7 @@ def _executor(option, generate, baseline, tmp_path):
 
 # Not refused on this branch yet (it starts drawing 28 B weights, stopped here by the memory limit): the
 # refusal belongs to the models' build (issue 14); strict, so the mark must go once the refusal exists.
-KNOWN_GAPS = {("model", "random_full"): "model=random_full on a CPU is not refused before the weights are drawn"}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}  # (group, option) -> why it cannot pass yet (a strict xfail)
 RUNNERS = {"model": _model, "template": _template, "sampler": _sampler, "lora": _lora, "precision": _precision,
            "reference": _reference, "perf": _perf, "executor": _executor}
 

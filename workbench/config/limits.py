@@ -33,7 +33,7 @@ DEVICES = "auto, cpu, cuda, cuda:N, mps"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # files shipped with the package, named asset:NAME
 
 
-def _fmt_bytes(n: float) -> str:
+def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -150,8 +150,8 @@ def check_memory(estimate: int, device: str, what: str, error=ConfigError) -> No
     """Refuse a size whose activations alone cannot fit the free memory of the run's device."""
     free, where = available_memory(device)
     if estimate > free:
-        raise error(f"{what} needs about {_fmt_bytes(estimate)} for latents and activations (VAE decode at full "
-                    f"resolution) besides the weights, more than the {_fmt_bytes(free)} free on {where}; "
+        raise error(f"{what} needs about {fmt_bytes(estimate)} for latents and activations (VAE decode at full "
+                    f"resolution) besides the weights, more than the {fmt_bytes(free)} free on {where}; "
                     "lower height/width or batch_size")
 
 

@@ -28,6 +28,7 @@ def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
     for i, path in enumerate(cfg.images):
         limits.open_image(path, f"images[{i}]", decode=False, error=ConfigError)
     check_lora_files(cfg)
+    check_weights_memory(cfg)
     if cfg.height is not None:  # else sized by the reference images: the pipeline checks once known
         check_run_memory(cfg, cfg.height, cfg.width, cfg.device)
     check_control_tokens(cfg)
@@ -94,6 +95,37 @@ def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:
         cfg_batch=2 if cfg.sampler.cfg > 1 else 1,
     )
     limits.check_memory(estimate, device, f"height={height} width={width} batch_size={batch}", ConfigError)
+
+
+def seeded_parameters(spec) -> int:
+    """Parameters of a seeded model (``source: tiny``) from its sizes (the real DiT: 20.38 B for 20.43 B): per DiT block two streams
+    of attention (8 h^2), MLPs (16 h^2) and modulation (12 h^2); the language model's embedding and head,
+    attention and gated MLP per layer; the vision tower's blocks (the VAE is small beside them)."""
+    t, te, v = spec.transformer, spec.text_encoder, spec.vision
+    h = t.num_heads * t.head_dim
+    dit = 36 * h * h * t.num_layers
+    head_dim = te.hidden_size // te.num_heads
+    layer = 2 * te.hidden_size**2 + 2 * te.hidden_size * te.num_kv_heads * head_dim + 3 * te.hidden_size * te.intermediate_size
+    language = 2 * 152064 * te.hidden_size + layer * te.num_layers
+    vision = v.depth * (4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size)
+    return dit + language + vision
+
+
+def check_weights_memory(cfg: Config) -> None:
+    """A seeded model whose weights alone exceed the device's free memory (``model=random_full``, 28 B
+    parameters, on a CPU) is refused before a single weight is drawn."""
+    if cfg.model.source != ModelSource.tiny:
+        return  # files: their sizes are read from the headers when they load
+    bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
+    width = max(bytes_of.get(DType(cfg.precision.transformer), 1), bytes_of.get(DType(cfg.precision.text_encoder), 1))
+    need = seeded_parameters(cfg.model.tiny) * width
+    free, where = limits.available_memory(cfg.device)
+    if need > free:
+        raise ConfigError(
+            f"model={cfg.model.name}: its weights need about {limits.fmt_bytes(need)} "
+            f"({cfg.precision.transformer} / {cfg.precision.text_encoder}), more than the {limits.fmt_bytes(free)} free on "
+            f"{where}; it is meant for a CUDA GPU with room for them (device=cuda precision=bf16), or use model=tiny"
+        )
 
 
 def check_control_tokens(cfg: Config) -> None:
