@@ -8,19 +8,7 @@ import torch
 from workbench.config import ConfigError, compose, to_run_config
 from workbench.pipeline import load_image
 from workbench.stages.schedule import img2img_start, make_scheduler
-
-
-@pytest.fixture(scope="module")
-def make_cfg(make_cfg):
-    """These tests compare against exact references: the seeded random model (model=tiny_random)."""
-    return lambda *overrides: make_cfg("model=tiny_random", *overrides)
-
-
-@pytest.fixture(scope="module")
-def bench(make_cfg):
-    from workbench.pipeline import Workbench
-
-    return Workbench.from_config(make_cfg())
+from helpers.random_model import bench, make_cfg  # noqa: F401 - fixtures: model=tiny_random in this module
 
 
 @pytest.mark.parametrize(("steps", "strength"), [(5, 0.6), (4, 1.0), (6, 0.34)])

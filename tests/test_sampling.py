@@ -16,19 +16,7 @@ from workbench.resolutions import PREFERRED, nearest_preferred, snap
 from workbench.stages.denoise import Interrupted, denoise
 from workbench.stages.guidance import cfg_norm, plain_cfg, true_cfg
 from workbench.stages.schedule import make_scheduler
-
-
-@pytest.fixture(scope="module")
-def make_cfg(make_cfg):
-    """These tests compare against exact references: the seeded random model (model=tiny_random)."""
-    return lambda *overrides: make_cfg("model=tiny_random", *overrides)
-
-
-@pytest.fixture(scope="module")
-def bench(make_cfg):
-    from workbench.pipeline import Workbench
-
-    return Workbench.from_config(make_cfg())
+from helpers.random_model import bench, make_cfg  # noqa: F401 - fixtures: model=tiny_random in this module
 
 
 def test_unipc_equals_diffusers_pipeline_and_shows_its_mu_trap(bench, make_cfg):
