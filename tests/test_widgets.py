@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.widgets import ModelPanel, SweepPanel, TemplatePanel, available_models
+from workbench.models.catalogue import available_models
+from workbench.widgets import ModelPanel, SweepPanel, TemplatePanel
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ("height=32", "width=32")
