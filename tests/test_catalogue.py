@@ -43,7 +43,7 @@ def exported(tmp_path_factory):
 
 
 def test_catalogue_lists_discovered_models_with_the_overrides_that_load_them(exported, monkeypatch):
-    from workbench.config import compose, to_run_config
+    from workbench.config import compose, override_value, to_run_config
     from workbench.models.catalogue import available_models, catalogue, configured_models, discovered_models
 
     tmp, models, names = exported
@@ -54,13 +54,14 @@ def test_catalogue_lists_discovered_models_with_the_overrides_that_load_them(exp
     assert list(found) == list(configured_models()) + [folder, comfy] == available_models()
     assert found[comfy] == [  # the file beside it, not the diffusers folder's parts; head size 16: tiny rules
         "model=files_comfyui", "model.variant=t2i", "model.arch_rules=tiny",
-        f"model.transformer='{names['transformer']}'", f"model.text_encoder='{names['text_encoder']}'",
-        f"model.vae='{names['vae']}'",
+        f"model.transformer={override_value(names['transformer'])}",
+        f"model.text_encoder={override_value(names['text_encoder'])}", f"model.vae={override_value(names['vae'])}",
     ]
-    assert found[folder] == ["model=files_diffusers", "model.variant=t2i", "model.transformer='Qwen-Image-tiny'",
-                             "model.text_encoder='Qwen-Image-tiny'", "model.vae='Qwen-Image-tiny'"]
+    assert to_run_config(compose(found[comfy] + [f"model.roots=[{models}]"])).model.transformer == names["transformer"]
+    assert found[folder] == ["model=files_diffusers", "model.variant=t2i", "model.transformer=Qwen-Image-tiny",
+                             "model.text_encoder=Qwen-Image-tiny", "model.vae=Qwen-Image-tiny"]
     explicit = discovered_models([str(models)], hf_cache=False)[folder]  # roots given: carried in the overrides
-    assert explicit[1] == f"model.roots=['{models}']"
+    assert explicit[1] == f"model.roots=[{override_value(str(models))}]"
     assert to_run_config(compose(explicit)).model.roots == [str(models)]
     assert discovered_models([str(tmp / "lonely")], hf_cache=False) == {}  # incomplete: not offered
 

@@ -75,13 +75,22 @@ def test_one_step_without_terminal_stretch_is_allowed():
 
 
 def test_every_config_group_option_composes():
+    """Every option validates; one whose weights cannot fit this host (random_full's 28 B parameters on
+    a machine without that much free memory) is refused by the preflight, naming the model."""
     from workbench.config import config_dir
+    from workbench.config.limits import available_memory
+    from workbench.config.preflight import seeded_parameters
 
     root = config_dir()
     for group in ("model", "template", "sampler", "lora", "precision", "reference"):
         for file in sorted((root / group).glob("*.yaml")):
             extra = ["images=[asset:sample_reference.png]", "height=64", "width=64"] if "edit" in file.stem and group == "template" else []
-            cfg = to_run_config(compose([f"{group}={file.stem}", *extra]))
+            composed = compose([f"{group}={file.stem}", *extra])
+            if file.stem == "random_full" and seeded_parameters(composed.model.tiny) * 4 > available_memory("auto")[0]:
+                with pytest.raises(ConfigError, match=r"model=random_full: its weights need about .* GiB \(float32 / float32\)"):
+                    to_run_config(composed)
+                continue
+            cfg = to_run_config(composed)
             assert getattr(cfg, group).name == file.stem, file
 
 

@@ -123,7 +123,7 @@ def check_weights_memory(cfg: Config) -> None:
     if need > free:
         raise ConfigError(
             f"model={cfg.model.name}: its weights need about {limits.fmt_bytes(need)} "
-            f"({cfg.precision.transformer} / {cfg.precision.text_encoder}), more than the {limits.fmt_bytes(free)} free on "
+            f"({DType(cfg.precision.transformer).value} / {DType(cfg.precision.text_encoder).value}), more than the {limits.fmt_bytes(free)} free on "
             f"{where}; it is meant for a CUDA GPU with room for them (device=cuda precision=bf16), or use model=tiny"
         )
 
