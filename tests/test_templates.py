@@ -156,7 +156,7 @@ def test_load_template_errors(tmp_path, yaml, message):
 def test_cli_tokens_template_file(tmp_path, capsys):
     import json
 
-    from workbench.cli import _tokens
+    from workbench.cli.tokens import main as _tokens
 
     path = tmp_path / "md.yaml"
     path.write_text('name: md\ntext: "### Task: draw the picture.\\n### Prompt:\\n{prompt}\\n### End"\ndrop_until: "### Prompt:\\n"\n')
