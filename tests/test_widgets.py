@@ -95,6 +95,27 @@ def test_template_panel_tokens_live():
     assert "control token" in panel.error and "control token" in panel.summary.value
 
 
+@pytest.mark.parametrize("marker", ["<|im_start|>user\n", "### Prompt:\r\n", "tab\there", "a\\nb", "ends\\", "\\\n", ""])
+def test_drop_marker_shown_on_one_line_reads_back_exactly(marker):
+    from workbench.token_report import read_marker, show_marker
+
+    shown = show_marker(marker)
+    assert "\n" not in shown and "\r" not in shown and read_marker(shown) == marker
+
+
+def test_template_panel_drop_marker_keeps_its_newline():
+    """A browser's text field drops newlines: the field shows the marker escaped, so typing it again (or just
+    clicking in) keeps 34 dropped; a marker typed without its newline visibly changes the count."""
+    panel = TemplatePanel("qwen_t2i", prompt="a red fox")
+    assert panel.drop_until.value == "<|im_start|>user\\n" and panel.report.drop == 34
+    panel.drop_until.value = "<|im_start|>user\\n"  # what the browser sends back after an edit
+    assert panel.template.drop_until == "<|im_start|>user\n" and panel.report.drop == 34
+    panel.drop_until.value = "<|im_start|>user"
+    assert panel.report.drop == 33 and "<b>33</b> dropped" in panel.summary.value
+    panel.choose.value = "chat"
+    assert panel.drop_until.value == "<|im_start|>user\\n" and panel.report.drop == 14
+
+
 def test_template_panel_edit_template_shows_vision_tokens():
     panel = TemplatePanel("qwen_t2i", prompt="make it blue")
     panel.choose.value = "qwen_edit_plus"

@@ -78,3 +78,23 @@ def conf_template(name: str) -> TemplateConfig:
     from workbench.config.build import group_config
 
     return group_config("template", name)
+
+
+# A browser's one-line text field drops newlines as soon as it is edited, and every shipped drop marker
+# ends in one ("<|im_start|>user\n"): clicking into the field used to change what the encoder sees
+# (34 dropped -> 33). The panel shows the marker with its control characters written as escapes, and
+# reads them back, so the field holds exactly the marker.
+_SHOWN = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_READ = {v[1]: k for k, v in _SHOWN.items()}
+
+
+def show_marker(marker: str) -> str:
+    """``"<|im_start|>user\\n"`` (a real newline) -> the one-line text ``<|im_start|>user\\n`` (backslash, n)."""
+    return "".join(_SHOWN.get(c, c) for c in marker)
+
+
+def read_marker(shown: str) -> str:
+    """The inverse of ``show_marker``; a backslash before any other character stays as typed."""
+    import re
+
+    return re.sub(r"\\(.)", lambda m: _READ.get(m.group(1), m.group(0)), shown, flags=re.S)

@@ -14,7 +14,7 @@ import ipywidgets as W
 
 from workbench.config import ConfigError, TemplateConfig
 
-from workbench.token_report import TokenReport, conf_template, inspect_template, template_names
+from workbench.token_report import TokenReport, conf_template, inspect_template, read_marker, show_marker, template_names
 
 
 def tokens_html(report: TokenReport) -> str:
@@ -50,8 +50,10 @@ class TemplatePanel(W.VBox):
         self.choose = W.Dropdown(options=template_names(), value=template, description="template")
         self.text = W.Textarea(value=self.base_template.text, description="text", continuous_update=True,
                                layout=W.Layout(width="720px", height="120px"))
-        self.drop_until = W.Text(value=self.base_template.drop_until or "", description="drop until",
-                                 placeholder="empty: keep every token", continuous_update=True)
+        # shown with escapes (\n for the newline every shipped marker ends in): a text field drops newlines
+        self.drop_until = W.Text(value=show_marker(self.base_template.drop_until or ""), description="drop until",
+                                 placeholder="empty: keep every token; \\n = newline", continuous_update=True,
+                                 layout=W.Layout(width="420px"))
         self.prompt = W.Text(value=prompt, description="prompt", continuous_update=True, layout=W.Layout(width="720px"))
         self.images = W.BoundedIntText(value=images, min=0, max=8, description="images")
         self.summary = W.HTML()
@@ -75,7 +77,7 @@ class TemplatePanel(W.VBox):
             self.base_template,
             name=self.base_template.name + ("" if text == self.base_template.text else "*"),
             text=text,
-            drop_until=self.drop_until.value or None,
+            drop_until=read_marker(self.drop_until.value) or None,
             min_images=0,
             max_images=max_images,
         )
@@ -85,7 +87,7 @@ class TemplatePanel(W.VBox):
         self._switching = True  # one update after all fields changed, not one per field
         try:
             self.text.value = self.base_template.text
-            self.drop_until.value = self.base_template.drop_until or ""
+            self.drop_until.value = show_marker(self.base_template.drop_until or "")
             if self.base_template.max_images == 0:
                 self.images.value = 0
             elif self.images.value == 0:
