@@ -93,6 +93,19 @@ def test_base_key_on_an_axis_is_refused(tmp_path):
         Sweep.plan(["sampler.steps=2,3"], base=["sampler.steps=4"], out_dir=tmp_path)
 
 
+@pytest.mark.parametrize("base, message", [
+    (["widht=64"], r"base overrides \['widht=64'\]: unknown key widht; did you mean width\?"),
+    (["height=64", "sampler.cfg=0.5"], r"base overrides .*: sampler.cfg must be >= 1"),
+])
+def test_a_failing_base_override_is_blamed_not_the_first_axis_value(tmp_path, base, message):
+    with pytest.raises(SweepError, match=message) as err:
+        Sweep.plan(["sampler.steps=2,4", "template=qwen_t2i,chat"], base=base, out_dir=tmp_path)
+    assert "axis X" not in str(err.value)
+    # a base that works alone but fails with every value of an axis still names that axis
+    with pytest.raises(SweepError, match=r"axis Y \(sampler.cfg\) value 0.5"):
+        Sweep.plan(["sampler.steps=2,4", "sampler.cfg=0.5"], base=["height=64"], out_dir=tmp_path)
+
+
 # ----------------------------------------------------------------------------- running
 def test_sweep_groups_models_shares_conditioning_and_caches(tmp_path):
     # precision on X (fastest in display order): execution must still group by precision

@@ -85,6 +85,8 @@ class SweepPlan:
         _check_axes(parsed, base)
         cells = _grid(parsed)
         _compose(cells, base)
+        if all(c.error for c in cells):
+            _refuse_a_failing_base(base)
         _refuse_values_that_never_work(parsed, cells)
         out_dir = _default_out_dir(parsed, base) if out_dir is None else Path(out_dir)
         executor = next((c.config.executor for c in cells if c.config is not None), None)
@@ -159,6 +161,20 @@ def _compose(cells: list[Cell], base: list[str]) -> None:
             cell.key = config_hash(cell.resolved)
         except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
             cell.error = describe_error(err)
+
+
+def _refuse_a_failing_base(base: list[str]) -> None:
+    """Every cell failed: when the base overrides fail on their own (a typo such as ``widht=64``), the
+    error is theirs, not the first axis value's."""
+    from workbench.config.build import compose_many, describe_error, to_run_config
+
+    (composed,) = compose_many([base])
+    try:
+        if isinstance(composed, Exception):
+            raise composed
+        to_run_config(composed)
+    except Exception as err:  # Hydra composition, OmegaConf types, ConfigError
+        raise SweepError(f"base overrides {base}: {describe_error(err)}") from None
 
 
 def _refuse_values_that_never_work(axes: list[Axis], cells: list[Cell]) -> None:
