@@ -44,6 +44,22 @@ def test_sweep_panel_plans_runs_fills_grid_and_compares(tmp_path):
     assert repr(panel) == "SweepPanel(axes=['sampler.steps=2,3', 'template=qwen_t2i,chat'], base=['height=32', 'width=32'])"
 
 
+def test_sweep_panel_hides_empty_and_stale_results_and_blanks_pending_rows(tmp_path):
+    """No broken-image icon before the first run, no old grid under new axes, no 'None' in pending rows."""
+    panel = SweepPanel(axes=[("sampler.steps", "2,3")], base=SMALL, out_dir=tmp_path)
+    assert panel.grid.layout.display == "none" and panel.compare_image.layout.display == "none"
+    shown = []
+    panel.table.observe(lambda change: shown.append(change["new"]), names="value")
+    panel.run()
+    assert panel.grid.layout.display is None and panel.compare_image.layout.display is None
+    first = next(t for t in shown if t)  # the first redraw: one cell ran, one pending
+    assert ">None<" not in first and "pending" in first
+    panel.set_axis(0, "sampler.steps", "2,4")
+    assert panel.grid.layout.display == "none" and panel.table.value == "" and panel.compare_info.value == ""
+    panel.run()
+    assert panel.grid.layout.display is None and "<table" in panel.table.value
+
+
 def test_sweep_panel_failed_cell_is_shown(tmp_path):
     panel = SweepPanel(axes=[("sampler", "flow_euler,lightning"), ("sampler.steps", "1,2")], base=SMALL, out_dir=tmp_path)
     assert "1 invalid combination(s) will be blank tiles" in panel.plan_info.value

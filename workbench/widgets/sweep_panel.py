@@ -22,6 +22,8 @@ TABLE_COLUMNS_HIDDEN = ("error",)  # shown in the tiles; the table keeps its wid
 
 def table_html(df) -> str:
     """The timing table as HTML (floats rounded for reading; the DataFrame keeps full precision)."""
+    # pending cells hold None in object columns (to_html writes "None" there; na_rep covers floats only)
+    df = df.astype(object).where(df.notna(), "")
     table = df.to_html(float_format=lambda v: f"{v:.3f}".rstrip("0").rstrip("."), na_rep="",
                        classes="workbench-sweep-table", border=0)
     return f"<div style='overflow-x:auto'>{table}</div>"
@@ -67,12 +69,14 @@ class SweepPanel(W.VBox):
         self.run_button = W.Button(description="Run sweep", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="cells", bar_style="")
         self.status = W.HTML()
-        natural = W.Layout(max_width="100%", align_self="flex-start")  # natural size, not stretched to the row
+        # natural size, not stretched to the row; hidden until there is a picture (an empty image is a broken icon)
+        natural = W.Layout(max_width="100%", align_self="flex-start", display="none")
         self.grid = W.Image(format="png", layout=natural)
         self.table = W.HTML()
         self.compare_a = W.Dropdown(description="A", options=[], layout=W.Layout(width="300px"))
         self.compare_b = W.Dropdown(description="B", options=[], layout=W.Layout(width="300px"))
-        self.compare_image = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start"))
+        self.compare_image = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start",
+                                                                   display="none"))
         self.compare_info = W.HTML()
 
         for w in self.axis_keys + self.axis_values + [self.base, self.metrics]:
@@ -104,6 +108,11 @@ class SweepPanel(W.VBox):
             self._holding = False
         self._replan()
 
+    def _clear_results(self) -> None:
+        """The shown grid, table and A/B belong to another plan (or to the run being replaced): hide them."""
+        self.grid.layout.display = self.compare_image.layout.display = "none"
+        self.table.value = self.compare_info.value = ""
+
     def _replan(self, change=None) -> Optional[Sweep]:
         if self._holding:
             return self.sweep
@@ -114,7 +123,10 @@ class SweepPanel(W.VBox):
             self.sweep = None
             self.plan_info.value = f"<span style='color:#a00'>{html.escape(str(err))}</span>"
             self.run_button.disabled = True
+            self._clear_results()
             return None
+        if self.result is not None and self.sweep.describe() != self.result.sweep.describe():
+            self._clear_results()  # the shown results are of another plan
         bad = sum(c.error is not None for c in self.sweep.cells)
         shape = " x ".join(map(str, self.sweep.shape))
         note = f", {bad} invalid combination(s) will be blank tiles" if bad else ""
@@ -129,6 +141,7 @@ class SweepPanel(W.VBox):
         if sweep is None:
             return None
         self.run_button.disabled = True
+        self._clear_results()  # the new run's grid appears with its first cell
         self.progress.max, self.progress.value, self.progress.bar_style = len(sweep.cells), 0, "info"
         self.status.value = "running..."
         try:
@@ -156,6 +169,7 @@ class SweepPanel(W.VBox):
 
     def _show(self, result: SweepResult) -> None:
         self.grid.value = png_bytes(result.grid)
+        self.grid.layout.display = None
         df = result.table.drop(columns=[c for c in TABLE_COLUMNS_HIDDEN if c in result.table])
         self.table.value = table_html(df)
 
@@ -168,6 +182,7 @@ class SweepPanel(W.VBox):
             self.compare_info.value = html.escape(str(err))
             return
         self.compare_image.value = png_bytes(cmp.image)
+        self.compare_image.layout.display = None
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td></tr>"
             for k, (a, b) in cmp.diff.items()
