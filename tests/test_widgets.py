@@ -66,6 +66,10 @@ def test_sweep_panel_failed_cell_is_shown(tmp_path):
     panel.run()
     assert panel.status.value == "3 ran, 0 cached, 1 failed" and panel.progress.bar_style == "danger"
     assert "failed" in panel.table.value
+    failed = next(i for i, c in enumerate(panel.result.cells) if not c.images)
+    choices = [i for _, i in panel.compare_a.options]  # a failed cell has nothing to compare: not offered
+    assert failed not in choices and len(choices) == 3
+    assert "PSNR" in panel.compare_info.value and "SSIM" in panel.compare_info.value
 
 
 def test_sweep_panel_metric_columns(tmp_path):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+import numpy as np
 from PIL import Image
 
 from workbench import record as rec
@@ -55,6 +56,9 @@ class Comparison:
     image: Image.Image
     diff: dict[str, tuple[Any, Any]]  # flattened config key -> (value in a, value in b)
     mean_abs_diff: Optional[float]  # mean |a - b| over pixels (0..255), None when sizes differ / failed
+    psnr: Optional[float] = None  # dB (inf when equal), workbench.metrics; None when sizes differ / failed
+    ssim: Optional[float] = None  # 1 = same structure
+    difference: Optional[Image.Image] = None  # |A - B| x4 at the cells' own resolution (1:1)
 
     def __repr__(self) -> str:
         keys = ", ".join(self.diff) or "none"
@@ -166,18 +170,22 @@ class SweepResult:
         fa = rec.flatten(ra.cell.resolved or {})
         fb = rec.flatten(rb.cell.resolved or {})
         diff = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
-        mad = None
-        if ra.tile is not None and rb.tile is not None and ra.tile.size == rb.tile.size:
-            import numpy as np
-
-            pa = np.asarray(ra.tile.convert("RGB"), dtype=np.float32)
-            pb = np.asarray(rb.tile.convert("RGB"), dtype=np.float32)
-            mad = float(np.abs(pa - pb).mean())
         axes = self.axes
         tiles = [tile_or_blank(r, cell_size([ra, rb])) for r in (ra, rb)]
         labels = [f"A: {ra.cell.label(axes)}", f"B: {rb.cell.label(axes)}"]
-        image = side_by_side(tiles, labels)
-        return Comparison(ra, rb, image, diff, mad)
+        if ra.tile is None or rb.tile is None or ra.tile.size != rb.tile.size:
+            return Comparison(ra, rb, side_by_side(tiles, labels), diff, None)
+        from workbench import metrics
+
+        pa = np.asarray(ra.tile.convert("RGB"), dtype=np.float32)
+        pb = np.asarray(rb.tile.convert("RGB"), dtype=np.float32)
+        delta = np.abs(pa - pb)
+        # the difference map, amplified 4x so that a change of a few levels is visible
+        diff_map = Image.fromarray(np.clip(delta * 4, 0, 255).astype(np.uint8))
+        shown = diff_map.resize(tiles[0].size, Image.Resampling.NEAREST)  # at the size the A and B tiles are shown
+        image = side_by_side(tiles + [shown], labels + ["|A - B| x4"])
+        return Comparison(ra, rb, image, diff, float(delta.mean()), metrics.psnr(ra.tile, rb.tile),
+                          metrics.ssim(ra.tile, rb.tile), diff_map)
 
     @property
     def complete(self) -> bool:

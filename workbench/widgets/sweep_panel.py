@@ -157,10 +157,12 @@ class SweepPanel(W.VBox):
         self.progress.value = self.progress.max
         self.progress.bar_style = "danger" if s["failed"] else "success"
         self.status.value = f"{s['ran']} ran, {s['cached']} cached, {s['failed']} failed"
-        labels = [(f"{i}: {c.label(sweep.axes)}", i) for i, c in enumerate(sweep.cells)]
+        # only cells with images can be compared (a failed or invalid cell has nothing to show)
+        labels = [(f"{i}: {c.label(sweep.axes)}", i) for i, c in enumerate(sweep.cells)
+                  if self.result.cells[i] is not None and self.result.cells[i].images]
         self.compare_a.options, self.compare_b.options = labels, labels
         if len(labels) > 1:
-            self.compare_a.value, self.compare_b.value = 0, 1
+            self.compare_a.value, self.compare_b.value = labels[0][1], labels[1][1]
         return self.result
 
     def _on_cell(self, cell_result, result: SweepResult) -> None:
@@ -188,8 +190,11 @@ class SweepPanel(W.VBox):
             for k, (a, b) in cmp.diff.items()
         )
         mad = "n/a" if cmp.mean_abs_diff is None else f"{cmp.mean_abs_diff:.2f}"
+        psnr = "n/a" if cmp.psnr is None else f"{cmp.psnr:.2f} dB"
+        ssim = "n/a" if cmp.ssim is None else f"{cmp.ssim:.4f}"
         self.compare_info.value = (
-            f"mean |A-B| per pixel: {mad} (0-255)<table><tr><th>key</th><th>A</th><th>B</th></tr>{rows}</table>"
+            f"mean |A-B| per pixel: {mad} (0-255), PSNR {psnr}, SSIM {ssim}"
+            f"<table><tr><th>key</th><th>A</th><th>B</th></tr>{rows}</table>"
         )
 
     def __repr__(self) -> str:  # the text form notebooks store (stable: no ids, no timings)
