@@ -29,6 +29,20 @@ def table_html(df) -> str:
     return f"<div style='overflow-x:auto'>{table}</div>"
 
 
+def group_options_html(axes) -> str:
+    """For an axis over a config group (sampler, precision, template, model...), the options conf/ offers."""
+    from workbench.config import ConfigError
+    from workbench.config.build import options
+
+    lines = []
+    for a in axes:
+        try:
+            lines.append(f"{html.escape(a.key)} options: {html.escape(', '.join(options(a.key)))}")
+        except ConfigError:  # a plain key (sampler.steps, prompts): no options to list
+            continue
+    return "".join(f"<br><span style='color:#555'>{line}</span>" for line in lines)
+
+
 class SweepPanel(W.VBox):
     """Choose up to three axes and base overrides, run, watch the grid fill; compare two cells.
 
@@ -130,7 +144,7 @@ class SweepPanel(W.VBox):
         bad = sum(c.error is not None for c in self.sweep.cells)
         shape = " x ".join(map(str, self.sweep.shape))
         note = f", {bad} invalid combination(s) will be blank tiles" if bad else ""
-        self.plan_info.value = f"{len(self.sweep.cells)} cells ({shape}){note}"
+        self.plan_info.value = f"{len(self.sweep.cells)} cells ({shape}){note}{group_options_html(self.sweep.axes)}"
         self.run_button.disabled = False
         return self.sweep
 
