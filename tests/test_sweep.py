@@ -123,6 +123,7 @@ def test_sweep_groups_models_shares_conditioning_and_caches(tmp_path):
     assert list(table["sampler.steps"]) == [2, 2, 3, 3] and list(table["status"]) == ["ok"] * 4
     assert list(table["cond_cached"]) == [False, False, True, True]
     assert (table[["denoise_s", "decode_s", "total_s", "peak_mem_mb"]] > 0).all().all()
+    assert set(table["peak_mem_kind"]) == {"process rss"}  # a CPU run: the process's peak, labelled as such
     assert table.loc[0, "size"] == "32x32" and table.loc[3, "steps"] == 3
 
     # each cell: image + record (PNG chunk and record.json) under the hash of its resolved config

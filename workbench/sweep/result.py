@@ -140,6 +140,8 @@ class SweepResult:
             row["cond_cached"] = res.conditioning_cached if res else None
             mem = res.record.get("peak_memory", {}) if res else {}
             row["peak_mem_mb"] = round(max(mem.values()) / 2**20, 1) if mem else None
+            # what the number is: CUDA allocations of the cell, or the process's lifetime peak RSS on a CPU
+            row["peak_mem_kind"] = ("cuda" if "cuda_max_allocated_bytes" in mem else "process rss") if mem else None
             c = cell.config
             if c is not None:
                 row.update(
