@@ -138,6 +138,33 @@ def test_template_panel_drop_marker_keeps_its_newline():
     assert panel.drop_until.value == "<|im_start|>user\\n" and panel.report.drop == 14
 
 
+def test_template_panel_keeps_edits_per_template_and_resets():
+    """Choosing another template does not lose an edit silently: coming back restores it (and says so),
+    Reset returns to the conf/ text."""
+    panel = TemplatePanel("qwen_t2i", prompt="a red fox")
+    edited = panel.text.value.replace("Describe the image", "Depict the image")
+    assert edited != panel.text.value
+    panel.text.value = edited
+    assert "your edits of qwen_t2i" in panel.summary.value and panel.template.name == "qwen_t2i*"
+    panel.choose.value = "chat"
+    assert "your edits" not in panel.summary.value and panel.report.drop == 14
+    panel.choose.value = "qwen_t2i"
+    assert panel.text.value == edited and "your edits of qwen_t2i" in panel.summary.value
+    panel.reset()
+    assert panel.text.value == conf_text("qwen_t2i") and panel.template.name == "qwen_t2i"
+    assert "your edits" not in panel.summary.value and panel.report.drop == 34
+    panel.choose.value = "chat"
+    panel.choose.value = "qwen_t2i"  # nothing kept after a reset
+    assert panel.text.value == conf_text("qwen_t2i")
+    assert "white-space:normal" in panel.tokens.value  # chips wrap inside the panel
+
+
+def conf_text(name: str) -> str:
+    from workbench.token_report import conf_template
+
+    return conf_template(name).text
+
+
 def test_template_panel_edit_template_shows_vision_tokens():
     panel = TemplatePanel("qwen_t2i", prompt="make it blue")
     panel.choose.value = "qwen_edit_plus"

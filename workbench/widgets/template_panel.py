@@ -39,11 +39,17 @@ def tokens_html(report: TokenReport) -> str:
         chips.append(f"<span class='tok-{kind}' title='{report.ids[i]}' style='{style};margin:1px;padding:0 2px;"
                      f"border-radius:3px;font-family:monospace'>{html.escape(text)}</span>")
         i = j + 1
-    return "<div style='line-height:1.9'>" + "".join(chips) + "</div>"
+    # white-space normal: ipywidgets' HTML widget does not wrap by default, and a long template is one line
+    return ("<div style='line-height:1.9;white-space:normal;overflow-wrap:anywhere;max-width:100%'>"
+            + "".join(chips) + "</div>")
 
 
 class TemplatePanel(W.VBox):
-    """Pick a template, edit its text / drop marker / prompt / image count; tokens update as you type."""
+    """Pick a template, edit its text / drop marker / prompt / image count; tokens update as you type.
+
+    Edits are kept per template: choosing another template and coming back restores them (the summary
+    says so), and Reset returns the chosen template to its conf/ text.
+    """
 
     def __init__(self, template: str = "qwen_t2i", prompt: str = "a red fox in the snow", images: int = 0):
         self.base_template = conf_template(template)
@@ -56,15 +62,18 @@ class TemplatePanel(W.VBox):
                                  layout=W.Layout(width="420px"))
         self.prompt = W.Text(value=prompt, description="prompt", continuous_update=True, layout=W.Layout(width="720px"))
         self.images = W.BoundedIntText(value=images, min=0, max=8, description="images")
+        self.reset_button = W.Button(description="Reset", icon="undo", tooltip="back to the template's conf/ text")
         self.summary = W.HTML()
-        self.tokens = W.HTML()
+        self.tokens = W.HTML(layout=W.Layout(width="100%"))
+        self._edits: dict[str, tuple[str, str]] = {}  # template -> (text, drop marker) the user left it with
         self.report: Optional[TokenReport] = None
         self.error: Optional[str] = None
         self._switching = False
         self.choose.observe(self._on_choose, names="value")
+        self.reset_button.on_click(lambda _: self.reset())
         for w in (self.text, self.drop_until, self.prompt, self.images):
             w.observe(self.update, names="value")
-        super().__init__([self.choose, self.text, self.drop_until, self.prompt, self.images, self.summary, self.tokens])
+        super().__init__([W.HBox([self.choose, self.reset_button]), self.text, self.drop_until, self.prompt, self.images, self.summary, self.tokens])
         self.update()
 
     @property
@@ -82,12 +91,27 @@ class TemplatePanel(W.VBox):
             max_images=max_images,
         )
 
+    def _edited(self) -> bool:
+        return (self.text.value, self.drop_until.value) != (self.base_template.text,
+                                                            show_marker(self.base_template.drop_until or ""))
+
     def _on_choose(self, change) -> None:
-        self.base_template = conf_template(change["new"])
+        if change["old"] is not None and self._edited():
+            self._edits[change["old"]] = (self.text.value, self.drop_until.value)
+        self._load(change["new"], self._edits.get(change["new"]))
+
+    def reset(self) -> None:
+        """The chosen template's conf/ text and marker again (its kept edits are forgotten)."""
+        self._edits.pop(self.choose.value, None)
+        self._load(self.choose.value, None)
+
+    def _load(self, name: str, edits: Optional[tuple[str, str]]) -> None:
+        self.base_template = conf_template(name)
+        text, marker = edits or (self.base_template.text, show_marker(self.base_template.drop_until or ""))
         self._switching = True  # one update after all fields changed, not one per field
         try:
-            self.text.value = self.base_template.text
-            self.drop_until.value = show_marker(self.base_template.drop_until or "")
+            self.text.value = text
+            self.drop_until.value = marker
             if self.base_template.max_images == 0:
                 self.images.value = 0
             elif self.images.value == 0:
@@ -111,8 +135,10 @@ class TemplatePanel(W.VBox):
             return
         r = self.report
         vision = f", vision tokens per image {r.vision_tokens}" if r.vision_tokens else ""
+        edited = (f" <i>(your edits of {html.escape(self.choose.value)}; Reset for its conf/ text)</i>"
+                  if self._edited() else "")
         self.summary.value = (
-            f"<b>{len(r.ids)}</b> tokens: <b>{r.drop}</b> dropped (system prefix), <b>{r.kept}</b> kept{vision}"
+            f"<b>{len(r.ids)}</b> tokens: <b>{r.drop}</b> dropped (system prefix), <b>{r.kept}</b> kept{vision}{edited}"
         )
         self.tokens.value = tokens_html(r)
 
