@@ -30,8 +30,9 @@ The modules, in the order a sweep uses them (each imports only those above it; `
     keys       pure keys of a resolved config: the cache hash, the model group, the conditioning
     scoring    the metric columns (checked when planned)
     plan       the plan as data: cells and their validated configs, the execution order (``SweepPlan``)
-    grid       the grid image with legends
+    grid       the grid image with legends, and its tile boxes (``grid_layout``)
     result     ``SweepResult``: table, A/B compare, save
+    report     views for reading and sharing: styled table, timing / memory charts, export
     cache      cell folders (the run layout: record.json + images/): store, read back
     runner     one cell on resident models (``CellRunner``) -> ``CellOutput`` with the run record
     executors  where cells run: this process or Ray actors
@@ -41,10 +42,11 @@ The modules, in the order a sweep uses them (each imports only those above it; `
 from workbench.sweep.axes import SweepError
 from workbench.sweep.cache import CorruptCellWarning
 from workbench.sweep.execute import Sweep, SweepWriteError
-from workbench.sweep.grid import FAILED, make_grid  # FAILED: the tile colour tests look for
+from workbench.sweep.grid import FAILED, GridLayout, grid_layout, make_grid  # FAILED: the tile colour tests look for
 from workbench.sweep.plan import Cell, SweepPlan
 from workbench.sweep.result import CellResult, Comparison, SweepResult
 from workbench.sweep.runner import CellOutput, CellRunner
 
 __all__ = ["Sweep", "SweepPlan", "SweepResult", "CellResult", "CellOutput", "CellRunner", "Cell", "Comparison",
-           "SweepError", "SweepWriteError", "CorruptCellWarning", "FAILED", "make_grid"]
+           "SweepError", "SweepWriteError", "CorruptCellWarning", "FAILED", "make_grid",
+           "GridLayout", "grid_layout"]

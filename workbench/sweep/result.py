@@ -17,7 +17,7 @@ from PIL import Image
 
 from workbench import record as rec
 from workbench.sweep.axes import Axis
-from workbench.sweep.grid import cell_size, in_a_row, make_grid, side_by_side, tile_or_blank
+from workbench.sweep.grid import GridLayout, cell_size, grid_layout, in_a_row, make_grid, side_by_side, tile_or_blank
 from workbench.sweep.scoring import cell_scores
 
 if TYPE_CHECKING:
@@ -123,6 +123,11 @@ class SweepResult:
         return make_grid(self.sweep, self.cells)
 
     @property
+    def grid_layout(self) -> GridLayout:
+        """Where each cell's tile is in ``grid`` (``cell_at(x, y)`` maps a click in grid pixels to a cell)."""
+        return grid_layout(self.sweep, self.cells)
+
+    @property
     def table(self):
         """pandas DataFrame, one row per cell (display order): axis values, status, timings, memory, settings,
         and the sweep's metric columns (``workbench.sweep.scoring``) when it asked for any."""
@@ -140,7 +145,8 @@ class SweepResult:
             row["cond_cached"] = res.conditioning_cached if res else None
             mem = res.record.get("peak_memory", {}) if res else {}
             row["peak_mem_mb"] = round(max(mem.values()) / 2**20, 1) if mem else None
-            # what the number is: CUDA allocations of the cell, or the process's lifetime peak RSS on a CPU
+            # what the number is: CUDA allocations of the cell, or on a CPU the process's lifetime peak RSS
+            # (getrusage cannot be reset; report.py labels it 'lifetime peak')
             row["peak_mem_kind"] = ("cuda" if "cuda_max_allocated_bytes" in mem else "process rss") if mem else None
             c = cell.config
             if c is not None:
