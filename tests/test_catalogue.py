@@ -66,6 +66,71 @@ def test_catalogue_lists_discovered_models_with_the_overrides_that_load_them(exp
     assert discovered_models([str(tmp / "lonely")], hf_cache=False) == {}  # incomplete: not offered
 
 
+def test_catalogue_entries_read_their_descriptions_from_conf(exported, monkeypatch):
+    """Labels come from conf/model/*.yaml (model.description) and the discovered files' path and variant;
+    the dropdown's value stays the catalogue key."""
+    from workbench.config import compose, to_run_config
+    from workbench.config.build import option_data
+    from workbench.models.catalogue import catalogue, catalogue_entries, model_labels
+
+    tmp, models, names = exported
+    monkeypatch.setenv("WORKBENCH_MODELS", str(models))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp / "empty-hub"))
+    entries = catalogue_entries()
+    assert {k: e.overrides for k, e in entries.items()} == catalogue()
+    assert entries["random_full"].description == option_data("model", "random_full")["description"]
+    assert to_run_config(compose(["model=tiny", "device=cpu"])).model.description == entries["tiny"].description
+    assert entries["random_full"].parameters > 28e9 and entries["tiny"].parameters < 1e8
+    comfy = f"files:{names['transformer']}"
+    assert entries[comfy].description == f"{names['transformer']} (ComfyUI files, text-to-image)"
+    assert entries["files:Qwen-Image-tiny"].description == "Qwen-Image-tiny (diffusers folder, text-to-image)"
+    labels = dict((key, label) for label, key in model_labels(entries, "bf16", "cpu"))
+    assert set(labels) == set(entries)
+    assert labels["random_full"].startswith("random_full — full-size 20B DiT") and "GiB at bf16)" in labels["random_full"]
+    assert labels["tiny"].startswith("tiny — trained tiny Qwen-Image") and "does not fit" not in labels["tiny"]
+
+
+def test_fit_report_names_the_numbers_preflight_refuses_with(monkeypatch):
+    """random_full on a device with 8 GiB free: the panel's warning and the load's refusal agree."""
+    from workbench.config import compose, limits, to_run_config
+    from workbench.errors import ConfigError
+    from workbench.models.catalogue import catalogue_entries, fit_report, model_labels, weights_bytes
+
+    monkeypatch.setattr(limits, "available_memory", lambda device: (8 * 2**30, "CPU RAM"))
+    monkeypatch.setenv("WORKBENCH_MODELS", "/nonexistent")
+    entries = catalogue_entries(hf_cache=False)
+    warning = fit_report(entries["random_full"], "bf16", "cpu")
+    need = limits.fmt_bytes(weights_bytes(entries["random_full"], "bf16"))
+    assert warning is not None and f"about {need} (bfloat16 / bfloat16)" in warning and "8.0 GiB free on CPU RAM" in warning
+    assert "pick model=tiny" in warning and float(need.split()[0]) > 50
+    with pytest.raises(ConfigError) as refused:
+        to_run_config(compose(["model=random_full", "precision=bf16", "device=cpu"]))
+    assert str(refused.value).split(";")[0] == warning.split(";")[0]  # the same numbers, the same words
+    assert fit_report(entries["tiny"], "bf16", "cpu") is None
+    fp32 = fit_report(entries["random_full"], "fp32", "cpu")
+    assert f"about {limits.fmt_bytes(2 * weights_bytes(entries['random_full'], 'bf16'))} (float32 / float32)" in fp32
+    labels = dict((key, label) for label, key in model_labels(entries, "bf16", "cpu"))
+    assert labels["random_full"].endswith(" — does not fit CPU RAM") and not labels["tiny"].endswith("CPU RAM")
+
+
+@pytest.mark.parametrize("base, new, keys, want", [
+    (["height=64", "model=tiny", "width=64"], ["model=tiny_random", "device=cpu"], None,
+     ["height=64", "width=64", "model=tiny_random", "device=cpu"]),
+    (["", "  model.name=x ", "modelx=1", "+model.weights=asset:a", "~precision", "precision.memory=model_offload",
+      "prompts=['model=tiny, device=cpu']", "devices=2", "  "],
+     ["model=files_comfyui", "model.transformer='a b.safetensors'", "precision=bf16"], ("model", "precision", "device"),
+     ["modelx=1", "prompts=['model=tiny, device=cpu']", "devices=2", "model=files_comfyui",
+      "model.transformer='a b.safetensors'", "precision=bf16"]),
+    (["# a note", "model@other=tiny", "sampler.steps=4"], ["model=tiny"], None, ["# a note", "sampler.steps=4", "model=tiny"]),
+    ([], [" device=cpu ", ""], ("device",), ["device=cpu"]),
+])
+def test_merge_overrides_replaces_only_the_named_keys(base, new, keys, want):
+    from workbench.config.overrides import merge_overrides, override_key
+
+    assert merge_overrides(base, new, keys) == want
+    assert [override_key(x) for x in ("++a.b=1", "~c", "d@e=f", " g = 'h=i'", "", "# j=k")] == ["a.b", "c", "d", "g", "", ""]
+
+
 def test_arch_rules_follow_the_families_head_size():
     from workbench.loading.infer import arch_rules_for
     from workbench.models import arch

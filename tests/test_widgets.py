@@ -235,7 +235,7 @@ def test_model_panel_lists_tiny_models_loads_and_frees():
     bench = panel.load()
     assert bench is panel.bench and panel.progress.value == 1 and panel.progress.bar_style == "success"
     assert panel.status.value.startswith("ready on cpu") and panel.resident >= 1
-    assert "tiny:transformer:" in panel.info.value and "process RSS" in panel.info.value
+    assert "tiny — trained tiny Qwen-Image" in panel.resident_text() and "process RSS" in panel.info.value
 
     panel.precision.value = "fp8_torchao"  # needs a CUDA GPU: the panel says so and loads nothing
     assert panel.load() is None and panel.progress.bar_style == "danger"
@@ -268,11 +268,12 @@ def test_model_panel_offers_discovered_models_and_loads_them(bench, make_cfg, tm
     offered = catalogue()
 
     panel = ModelPanel(model=comfy, device="cpu")
-    assert list(panel.model.options) == list(offered) and comfy in offered and folder in offered
+    assert [key for _, key in panel.model.options] == list(offered) and comfy in offered and folder in offered
+    assert panel.model.label.startswith(f"{names['transformer']} (ComfyUI files, text-to-image) (≈ ")
     assert panel.overrides() == offered[comfy] + ["precision=fp32", "device=cpu", "precision.memory=all_on_device"]
     loaded = panel.load()
     assert loaded is not None and panel.progress.bar_style == "success", panel.status.value
-    assert names["transformer"] in panel.info.value and "float32" in panel.info.value
+    assert f"{names['transformer']} (ComfyUI files), fp32" in panel.resident_text() and "float32" in panel.resident_text()
     resident = {r["identity"]["transformer"].split("|")[0]: r for r in resident_models()}
     Workbench.from_config(make_cfg())  # resident again even if a test before freed it
     tiny = next(r for r in resident_models() if r["identity"] == bench.components.identity)
@@ -287,3 +288,54 @@ def test_model_panel_offers_discovered_models_and_loads_them(bench, make_cfg, tm
     assert panel.overrides()[:len(offered[folder])] == offered[folder]
     assert isinstance(panel.load(), Workbench), panel.status.value
     assert panel.free() >= 2 and resident_models() == []
+
+
+def test_model_panel_frees_one_resident_set_per_row():
+    from workbench.models.build import free_models, resident_models
+
+    free_models()
+    panel = ModelPanel(model="tiny", device="cpu")
+    assert panel.load() is not None
+    panel.model.value = "tiny_random"
+    assert panel.load() is panel.bench and panel.resident == 2 and len(panel.row_free_buttons) == 2
+    rows = {r["model"]: r for r in resident_models()}
+    panel.row_free_buttons[rows["tiny"]["key"]].click()
+    assert [r["model"] for r in resident_models()] == ["tiny_random"] and panel.resident == 1
+    assert panel.status.value.startswith("freed tiny — trained tiny Qwen-Image") and panel.bench is not None
+    assert list(panel.row_free_buttons) == [rows["tiny_random"]["key"]]
+    assert "tiny_random — tiny random Qwen-Image" in panel.resident_text() and "trained" not in panel.resident_text()
+    panel.row_free_buttons[rows["tiny_random"]["key"]].click()
+    assert resident_models() == [] and panel.bench is None and "no models resident" in panel.info.value
+
+
+def test_model_panel_warns_what_cannot_fit_and_the_load_is_refused_alike(monkeypatch):
+    from workbench.config import limits
+
+    monkeypatch.setattr(limits, "available_memory", lambda device: (8 * 2**30, "CPU RAM"))
+    panel = ModelPanel(device="cpu", precision="bf16", hf_cache=False)
+    assert panel.fit.value == ""
+    panel.model.value = "random_full"  # the warning shows as soon as the model changes
+    assert "model=random_full: its weights need about" in panel.fit.value and "8.0 GiB free on CPU RAM" in panel.fit.value
+    assert panel.model.label.endswith("does not fit CPU RAM") and not panel.load_button.disabled
+    warned = panel.fit.value.split("&#9888; ")[1].split(";")[0]
+    assert panel.load() is None and "ConfigError" in panel.status.value
+    assert warned in panel.status.value  # the refusal names the same numbers
+    panel.precision.value = "fp32"  # relabelled for the new precision; the chosen model stays
+    assert panel.model.value == "random_full" and "(float32 / float32)" in panel.fit.value
+    panel.model.value = "tiny"
+    assert panel.fit.value == ""
+
+
+def test_model_panel_writes_its_settings_into_a_sweep_base():
+    sweep = SweepPanel(base=("height=32", "model=tiny", "width=32", "precision=fp32"))
+    panel = ModelPanel(model="tiny_random", device="cpu", sweep=sweep)
+    assert panel.sweep_button.layout.display == ""
+    panel.sweep_button.click()
+    assert sweep.base_overrides() == ["height=32", "width=32", *panel.overrides()]
+    assert {c.config.model.name for c in sweep.sweep.cells} == {"tiny_random"} and sweep.sweep.cells[0].config.device == "cpu"
+    assert sweep.plan_info.value.startswith("2 cells")
+    other = SweepPanel(base=("width=32",))
+    assert ModelPanel(model="tiny").use_as_sweep_base(other) == ["width=32", "model=tiny", "precision=fp32", "device=auto",
+                                                                  "precision.memory=all_on_device"]
+    with pytest.raises(ValueError, match="no SweepPanel"):
+        ModelPanel().use_as_sweep_base()

@@ -71,6 +71,8 @@ class TinySpec:
 @dataclass
 class ModelConfig:
     name: str = "tiny"
+    # one line a researcher reads (the model panel's dropdown label); not used to build anything
+    description: str = ""
     source: ModelSource = ModelSource.tiny
     variant: Variant = Variant.t2i
     seed: int = 0  # weight-init seed of the embedded tiny model

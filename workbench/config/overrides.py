@@ -2,13 +2,14 @@
 
 Pure string work (no Hydra import): the sweep axes, the model panel, the CLI and the ComfyUI importer
 write overrides with ``override_value``; records are read back with ``literal`` so that a recorded
-``${...}`` stays text and is never resolved.
+``${...}`` stays text and is never resolved. ``merge_overrides`` swaps the lines of some keys in a
+list of overrides (the model panel's "use as sweep base").
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterable, Optional
 
 _BARE = re.compile(r"[A-Za-z0-9_./:+-]+")  # Hydra reads these unquoted as the same string
 
@@ -68,3 +69,31 @@ def override_value(value: Any) -> str:
         return text
     text = _double_backslashes_before(escape_interpolation(text), "'").replace("'", "\\'")
     return "'" + _double_backslashes_before(text, "") + "'"
+
+
+def override_key(line: str) -> str:
+    """The config key one override line sets, without Hydra's prefixes and package: ``+model.x=1`` ->
+    ``model.x``, ``~precision`` -> ``precision``, ``model@foo=tiny`` -> ``model``; '' for a blank line
+    or a ``#`` comment. Keys hold no quotes, so everything after the first ``=`` (quoted or not) is the value."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return ""
+    return text.lstrip("+~").split("=", 1)[0].split("@", 1)[0].strip()
+
+
+def sets_key(line: str, keys: Iterable[str]) -> bool:
+    """Does ``line`` set one of ``keys`` or something under it (``model`` covers ``model.vae``, not ``modelx``)?"""
+    found = override_key(line)
+    return bool(found) and any(found == k or found.startswith(k + ".") for k in keys)
+
+
+def merge_overrides(base_lines: Iterable[str], new_lines: Iterable[str],
+                    replace_keys: Optional[Iterable[str]] = None) -> list[str]:
+    """``base_lines`` without the lines setting ``replace_keys`` (default: the top-level keys of
+    ``new_lines``), then ``new_lines``: a sweep base takes another model's settings while its other
+    lines (sizes, prompts) stay, in order. Blank lines are dropped; comments stay."""
+    new_lines = [line.strip() for line in new_lines if line.strip()]
+    keys = list(replace_keys) if replace_keys is not None else [
+        override_key(line).split(".", 1)[0] for line in new_lines if override_key(line)]
+    kept = [line.strip() for line in base_lines if line.strip() and not sets_key(line, keys)]
+    return kept + new_lines

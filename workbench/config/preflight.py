@@ -111,20 +111,32 @@ def seeded_parameters(spec) -> int:
     return dit + language + vision
 
 
+def weight_width(precision) -> int:
+    """Bytes per weight a build holds, the wider of the transformer's and the text encoder's dtypes
+    (both hold almost every parameter); the model panel's fit warning uses the same width."""
+    bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
+    return max(bytes_of.get(DType(precision.transformer), 1), bytes_of.get(DType(precision.text_encoder), 1))
+
+
+def weights_message(what: str, need: int, precision, free: int, where: str) -> str:
+    """The one wording of "these weights do not fit", shared by the refusal below and the model
+    panel's warning (``models.catalogue.fit_report``), so both name the same numbers."""
+    return (f"{what}: its weights need about {limits.fmt_bytes(need)} "
+            f"({DType(precision.transformer).value} / {DType(precision.text_encoder).value}), more than the "
+            f"{limits.fmt_bytes(free)} free on {where}")
+
+
 def check_weights_memory(cfg: Config) -> None:
     """A seeded model whose weights alone exceed the device's free memory (``model=random_full``, 28 B
     parameters, on a CPU) is refused before a single weight is drawn."""
     if cfg.model.source != ModelSource.tiny:
         return  # files: their sizes are read from the headers when they load
-    bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
-    width = max(bytes_of.get(DType(cfg.precision.transformer), 1), bytes_of.get(DType(cfg.precision.text_encoder), 1))
-    need = seeded_parameters(cfg.model.tiny) * width
+    need = seeded_parameters(cfg.model.tiny) * weight_width(cfg.precision)
     free, where = limits.available_memory(cfg.device)
     if need > free:
         raise ConfigError(
-            f"model={cfg.model.name}: its weights need about {limits.fmt_bytes(need)} "
-            f"({DType(cfg.precision.transformer).value} / {DType(cfg.precision.text_encoder).value}), more than the {limits.fmt_bytes(free)} free on "
-            f"{where}; it is meant for a CUDA GPU with room for them (device=cuda precision=bf16), or use model=tiny"
+            f"{weights_message(f'model={cfg.model.name}', need, cfg.precision, free, where)}; it is meant for a CUDA GPU "
+            "with room for them (device=cuda precision=bf16), or use model=tiny"
         )
 
 

@@ -1,6 +1,7 @@
 """The model cache and the build order: load -> attention prep -> precision -> compile -> LoRA.
 
-Each (model, precision, device, perf) is built once per process; ``free_models()`` releases them.
+Each (model, precision, device, perf) is built once per process; ``free_models()`` releases them,
+``free_model(key)`` one of them (``resident_models()`` names the keys).
 LoRAs are not part of that key: they go on the built transformer through hooks (or fused), so a
 LoRA swap never rebuilds or reloads a model (``components_for``).
 """
@@ -8,6 +9,7 @@ LoRA swap never rebuilds or reloads a model (``components_for``).
 from __future__ import annotations
 
 import gc
+import hashlib
 import sys
 from typing import Optional, Sequence
 
@@ -20,6 +22,7 @@ from workbench.perf import check_perf, compile_transformer, prepare_attention
 from workbench.precision import apply_precision, check_device
 
 _CACHE: dict[tuple, Components] = {}
+_ABOUT: dict[tuple, dict[str, str]] = {}  # cache key -> the names a memory view shows (model, precision, perf)
 SLOTS = ("text_encoder", "transformer", "vae")
 
 
@@ -47,6 +50,8 @@ def cached_components(
     key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
     if key not in _CACHE:
         _CACHE[key] = build(model, precision, device, perf, loras)
+        _ABOUT[key] = {"model": model.name, "description": model.description, "precision": precision.name,
+                       "perf": perf.name}
     return _CACHE[key]
 
 
@@ -61,14 +66,37 @@ def free_models() -> int:
     """Drop every resident model; returns how many component sets were released."""
     n = len(_CACHE)
     _CACHE.clear()
+    _ABOUT.clear()
+    _release()
+    return n
+
+
+def free_model(key: str) -> bool:
+    """Drop one resident component set, named by its ``resident_models()`` ``key``; the others stay.
+    False when no set has that key (already freed, or freed by ``free_models``)."""
+    found = [k for k in _CACHE if _key_id(k) == key]
+    for k in found:
+        del _CACHE[k]
+        _ABOUT.pop(k, None)
+    if found:
+        _release()
+    return bool(found)
+
+
+def _release() -> None:
+    """Give the memory of dropped component sets back now, not whenever Python's GC runs."""
     # LoRA hooks (and compiled graphs) hold modules in reference cycles: without a collection the
     # weights stay allocated until Python's GC happens to run (an out-of-memory on the H100, run7)
     gc.collect()
-    if "torch._dynamo" in sys.modules:  # compiled graphs of the released models (and their recompile counts)
+    if "torch._dynamo" in sys.modules:  # compiled graphs of the released models (the others recompile once)
         torch._dynamo.reset()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return n
+
+
+def _key_id(key: tuple) -> str:
+    """A short stable name of one cache key (the key itself is the settings' full reprs)."""
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:12]
 
 
 def _nbytes(module: torch.nn.Module) -> int:
@@ -80,10 +108,11 @@ def _dtype(module: torch.nn.Module) -> str:
 
 
 def resident_models() -> list[dict]:
-    """One entry per cached component set (identity, device, dtypes, weight bytes), for memory views
-    (the model panel) without reaching into the cache; bytes count parameters and buffers."""
+    """One entry per cached component set (key for ``free_model``, model / precision / perf names, identity,
+    device, dtypes, weight bytes), for memory views (the model panel) without reaching into the cache;
+    bytes count parameters and buffers."""
     return [
-        {"identity": dict(c.identity), "device": str(c.device),
+        {"key": _key_id(k), **_ABOUT.get(k, {}), "identity": dict(c.identity), "device": str(c.device),
          "dtypes": {s: _dtype(getattr(c, s)) for s in SLOTS}, "bytes": {s: _nbytes(getattr(c, s)) for s in SLOTS}}
-        for c in list(_CACHE.values())
+        for k, c in list(_CACHE.items())
     ]
