@@ -208,3 +208,20 @@ def test_a_failing_on_progress_warns_once_and_the_sweep_goes_on(tmp_path):
     assert len(mine) == 1
     with pytest.raises(ValueError, match="preview_every_s"):
         SweepControl(preview_every_s=-1)
+
+
+def test_the_watch_stays_in_this_process():
+    """RunOptions travels to Ray actors pickled: the watch (a callback, a threading.Event) is left behind."""
+    import pickle
+
+    from workbench.sweep.control import RunWatch
+    from workbench.sweep.executors import RunOptions
+
+    control = SweepControl(on_progress=lambda p: None)
+    options = RunOptions(keep_models=False, conditioning_cache_size=3, watch=RunWatch(control, 4))
+    assert not options.stopped
+    control.stop()
+    assert options.stopped
+    shipped = pickle.loads(pickle.dumps(options))
+    assert shipped == RunOptions(keep_models=False, conditioning_cache_size=3) and shipped.watch is None
+    assert not shipped.stopped and options.watch is not None
