@@ -44,7 +44,7 @@ class Progress:
     """
 
     cells_done: int  # cells finished in this run (ran, read back from cache, failed)
-    cells_total: int
+    cells_total: int  # the cells this run runs or reads back (the valid ones; invalid cells fail when planned)
     cell_index: Optional[int]  # the cell running now (display index, as in result.table); None between cells
     cell_label: str  # its label (Cell.label(axes)), "" when none
     phase: str
