@@ -240,3 +240,28 @@ def test_joining_a_remote_cluster_needs_its_address_and_says_what_it_exposes(mon
     assert "anyone who can reach that cluster's ports can run code on its nodes unless it uses Ray token authentication" in err
     assert "RAY_AUTH_MODE=token is not set here, so this connection sends no token" in err
     assert "RAY_AUTH_MODE" not in os.environ  # never switched off (or on) behind the user's back
+
+
+def test_ray_stop_takes_effect_between_cells(ray_cluster, tmp_path):
+    """The control stays in the driver: a stop hands out no new cell and discards the cells in flight."""
+    from workbench.sweep import SweepControl
+
+    sweep = Sweep.plan(["sampler.steps=2,3,4,5"], base=SMALL + RAY, out_dir=tmp_path)
+    seen = []
+
+    def watch(p):
+        seen.append(p)
+        if p.phase == "done" and p.cells_done == 1:
+            control.stop()
+
+    control = SweepControl(on_progress=watch)
+    result = sweep.run(progress=False, control=control)
+    assert result.stopped and result.cut is None and result.stats["ran"] == 1 and result.done == 1
+    assert all(p.step == 0 and p.steps == 0 for p in seen)  # per cell only: steps do not cross into actors
+    assert [p.phase for p in seen] == ["done", "stopped"] and seen[0].eta_s > 0
+    stored = [c for c in sweep.cells if (sweep.cell_dir(c) / "record.json").is_file()]
+    assert [c.index for c in stored] == [i for i, r in enumerate(result.cells) if r is not None]
+    assert list(result.table["status"]).count("pending") == 3
+
+    resumed = Sweep.plan(["sampler.steps=2,3,4,5"], base=SMALL, out_dir=tmp_path).run(progress=False)
+    assert resumed.stats["cached"] == 1 and resumed.stats["ran"] == 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -172,13 +173,21 @@ def run_magic(args: list[str]) -> RunResult:
 
 
 def sweep_magic(args: list[str]):
-    from workbench.sweep import Sweep
+    """Plan and run a sweep; an interrupt (the notebook's stop button, Ctrl-C) returns the partial result
+    after one line on stderr saying what is stored and how to resume, without a traceback."""
+    from workbench.sweep import Sweep, SweepInterrupted
+    from workbench.sweep.control import stop_message
 
     ns = _sweep_parser().parse_args(args)
     axes = [a for a in (ns.x, ns.y, ns.z) if a]
     if not axes:
         raise MagicError("%workbench sweep needs an axis: -x key=values (e.g. -x sampler.steps=2,4,8)")
-    return Sweep.plan(axes, ns.overrides, ns.out, metrics=ns.metric).run(progress=not ns.no_progress)
+    sweep = Sweep.plan(axes, ns.overrides, ns.out, metrics=ns.metric)
+    try:
+        return sweep.run(progress=not ns.no_progress)
+    except SweepInterrupted as stop:
+        print(stop_message(stop.result), file=sys.stderr, flush=True)
+        return stop.result
 
 
 def panel_magic(args: list[str]):

@@ -31,6 +31,7 @@ class StepInfo:
     sigma: float
     latents: torch.Tensor  # (B, tokens, 64) after the step
     x0: torch.Tensor  # (B, tokens, 64) predicted clean latents at this step
+    size: Optional[tuple[int, int]] = None  # (height, width) in pixels of the target: what unpacks x0 for a preview
 
 
 def _mask_or_none(mask: torch.Tensor) -> Optional[torch.Tensor]:
@@ -113,6 +114,7 @@ def denoise(
         return guide(sampler, v_cond, v_uncond, x, sigma)
 
     sigmas = schedule.sigmas
+    size = (img_shapes[0][1] * 16, img_shapes[0][2] * 16)  # (frames, h/16, w/16) of the target
     for i, t in tqdm(schedule.remaining(), desc="denoise", disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         v = velocity(latents, t, sigma)
@@ -122,6 +124,6 @@ def denoise(
         else:
             latents = schedule.scheduler.step(v, t, latents, return_dict=False)[0]
         check_finite(latents, v, i, schedule.steps, sampler.cfg)  # stops fp16 overflow at its first step, naming the fix
-        if callback is not None and callback(StepInfo(i, float(t), sigma, latents, x0)):
+        if callback is not None and callback(StepInfo(i, float(t), sigma, latents, x0, size)):
             raise Interrupted(f"interrupted by the step callback after step {i + 1} of {schedule.steps}")
     return latents

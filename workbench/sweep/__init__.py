@@ -5,6 +5,7 @@
     result = sweep.run()            # every cell's config was validated before this line
     result.grid                     # PIL image with axis legends; failed cells are labelled blank tiles
     result.table                    # pandas: per-cell timings (encode / denoise / decode), peak memory, settings
+    control = SweepControl(on_progress=print)   # sweep.run(control=control) in a thread; control.stop() stops it
 
 Why it is built this way:
 - every cell is a full Hydra composition (base overrides + one override per axis), validated with
@@ -34,6 +35,7 @@ The modules, in the order a sweep uses them (each imports only those above it; `
     result     ``SweepResult``: table, A/B compare, save
     report     views for reading and sharing: styled table, timing / memory charts, export
     cache      cell folders (the run layout: record.json + images/): store, read back
+    control    ``SweepControl`` (stop, progress feed), ``Progress``, ``SweepInterrupted``; the run's ``RunWatch``
     runner     one cell on resident models (``CellRunner``) -> ``CellOutput`` with the run record
     executors  where cells run: this process or Ray actors
     execute    ``Sweep`` (the plan + ``run``): read back finished cells, hand the rest to an executor, store
@@ -41,6 +43,7 @@ The modules, in the order a sweep uses them (each imports only those above it; `
 
 from workbench.sweep.axes import SweepError
 from workbench.sweep.cache import CorruptCellWarning
+from workbench.sweep.control import Progress, SweepControl, SweepInterrupted
 from workbench.sweep.execute import Sweep, SweepWriteError
 from workbench.sweep.grid import FAILED, GridLayout, grid_layout, make_grid  # FAILED: the tile colour tests look for
 from workbench.sweep.plan import Cell, SweepPlan
@@ -49,4 +52,4 @@ from workbench.sweep.runner import CellOutput, CellRunner
 
 __all__ = ["Sweep", "SweepPlan", "SweepResult", "CellResult", "CellOutput", "CellRunner", "Cell", "Comparison",
            "SweepError", "SweepWriteError", "CorruptCellWarning", "FAILED", "make_grid",
-           "GridLayout", "grid_layout"]
+           "GridLayout", "grid_layout", "SweepControl", "Progress", "SweepInterrupted"]

@@ -10,6 +10,13 @@ failed write (disk full) is never reported as ok: its cell is marked failed, the
 new cells and raises ``SweepWriteError`` (a ``RunFailure``) saying how many cells are stored; the cells
 not stored run again next time. The summary files are replaced only by a complete sweep
 (``SweepResult.save``).
+
+Stopping: ``control.stop()`` (``workbench.sweep.control.SweepControl``, from any thread) or Ctrl-C. A stop
+cuts the running cell after its current denoise step (local executor; on Ray, between cells): the cut
+cell is not a failure, it is not stored and ``result.cut`` names it; the cells not started are not run;
+the finished ones are written (the writer finishes them) and the partial summary saved. Ctrl-C does the
+same and then raises ``SweepInterrupted`` (a ``KeyboardInterrupt``) carrying the partial result. Running
+the same plan again resumes: finished cells are read back, the cut one and the rest run.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any, Callable, Optional
 from workbench.errors import RunFailure
 from workbench.sweep.axes import SweepError
 from workbench.sweep.cache import cell_result, read_back, write_output
+from workbench.sweep.control import RunWatch, SweepControl, SweepInterrupted, stop_message
 from workbench.sweep.executors import Executor, RunOptions, make_executor
 from workbench.sweep.plan import Cell, SweepPlan
 from workbench.sweep.result import CellResult, SweepResult
@@ -39,8 +47,9 @@ class Sweep(SweepPlan):
         keep_models: bool = True,
         conditioning_cache_size: int = 16,
         executor: Any = None,
+        control: Optional[SweepControl] = None,
     ) -> SweepResult:
-        """Run (or read back) every cell; returns when all are done.
+        """Run (or read back) every cell; returns when all are done, or stopped.
 
         ``on_cell(cell_result, sweep_result)`` is called after each cell (panels redraw the grid there);
         returning True stops the sweep early (finished cells stay cached). ``keep_models=False`` frees
@@ -49,8 +58,16 @@ class Sweep(SweepPlan):
         ``executor`` section (e.g. the base override ``executor=ray``), or pass ``"local"``, ``"ray"``,
         an ``ExecutorConfig`` or an executor object (``workbench.sweep.executors``). Finished cells are
         read back here, whatever the executor; only the others are handed to it.
+
+        ``control`` (``SweepControl``): ``control.stop()`` from any thread (a panel's button) stops the
+        sweep after the running cell's current denoise step (on Ray: between cells); that cell is cut, not
+        stored (``result.cut``), the cells not started stay pending, ``result.stopped`` is True and the
+        partial summary is saved. ``control.on_progress`` gets a ``Progress`` after every step and cell
+        (with previews when ``preview_every_s`` is set). Ctrl-C does the same stop, then raises
+        ``SweepInterrupted`` (a ``KeyboardInterrupt``) whose ``result`` is the partial result. Calling
+        ``run`` again resumes: finished cells are read back, the rest run.
         """
-        return run_sweep(self, progress, on_cell, keep_models, conditioning_cache_size, executor)
+        return run_sweep(self, progress, on_cell, keep_models, conditioning_cache_size, executor, control)
 
 
 class SweepWriteError(RunFailure):
@@ -82,6 +99,7 @@ def run_sweep(
     keep_models: bool,
     conditioning_cache_size: int,
     executor: Any,
+    control: Optional[SweepControl] = None,
 ) -> SweepResult:
     """The body of ``Sweep.run`` (its docstring has the arguments)."""
     from tqdm.auto import tqdm
@@ -94,18 +112,32 @@ def run_sweep(
             result.cells[cell.index] = CellResult(cell, "failed", error=cell.error)
             result.stats["failed"] += 1
     order = sweep.execution_order()
-    tally = _Tally(result, on_cell, tqdm(total=len(order), desc="sweep", disable=not progress, leave=False))
+    watch = RunWatch(control, len(order), sweep.axes)
+    bar = tqdm(total=len(order), desc="sweep", disable=not progress, leave=False)
+    tally = _Tally(result, on_cell, bar, watch)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")  # one thread: writes in order
     writes: list[tuple[Cell, Future]] = []
+    interrupted = False
     try:
         todo = _read_back_finished(sweep, order, tally)
-        if todo:
-            _run_cells(sweep, todo, runner, RunOptions(keep_models, conditioning_cache_size), tally, writer, writes)
+        if todo and not tally.halted:
+            options = RunOptions(keep_models, conditioning_cache_size, watch)
+            _run_cells(sweep, todo, runner, options, tally, writer, writes)
+    except KeyboardInterrupt:  # Ctrl-C / a notebook's interrupt: store what finished, then SweepInterrupted
+        interrupted = True
+        running = watch.running
+        if running is not None and result.cells[running.index] is None:
+            result.cut = running.index
     finally:
         writer.shutdown(wait=True)  # what ran lands on disk, even when the sweep is interrupted
         tally.bar.close()
         first_error = _mark_unstored(result, writes, on_cell)
+        halted = tally.halted or watch.stopped
+        result.stopped = interrupted or (halted and any(r is None for r in result.cells))
         save_error = _save_summary(result)  # never masks the exception that may be on its way out
+    watch.end(result.stopped)
+    if interrupted:
+        raise SweepInterrupted(stop_message(result), result) from None
     if result.unstored:
         raise SweepWriteError(_unstored_message(result, first_error), result)
     if save_error is not None:
@@ -120,27 +152,40 @@ def run_sweep(
 class _Tally:
     """Puts each finished cell in the result, counts it, advances the bar, tells ``on_cell``."""
 
-    def __init__(self, result: SweepResult, on_cell: Optional[OnCell], bar):
-        self.result, self.on_cell, self.bar = result, on_cell, bar
+    def __init__(self, result: SweepResult, on_cell: Optional[OnCell], bar, watch: RunWatch):
+        self.result, self.on_cell, self.bar, self.watch = result, on_cell, bar, watch
+        self.halted = False  # a stop (control, on_cell, a cut cell) ended the run early
 
     def finish(self, res: CellResult) -> bool:
-        """Record ``res``; True when ``on_cell`` asks the sweep to stop."""
+        """Record ``res``; True when the sweep is to stop (``on_cell`` asked, or the control was stopped)."""
         result = self.result
         result.cells[res.cell.index] = res
         result.run_order.append(res.cell.index)
         result.stats[{"ok": "ran", "cached": "cached", "failed": "failed"}[res.status]] += 1
         self.bar.update(1)
-        return bool(self.on_cell is not None and self.on_cell(res, result))
+        self.watch.finish(ran=res.status != "cached")
+        if self.on_cell is not None and self.on_cell(res, result):
+            self.halted = True
+        return self.halt_if_stopped()
+
+    def halt_if_stopped(self) -> bool:
+        """True (and the run halted) when the run is to stop."""
+        self.halted = self.halted or self.watch.stopped
+        return self.halted
 
 
 def _read_back_finished(sweep: SweepPlan, order: list[Cell], tally: _Tally) -> list[Cell]:
-    """Read the cached cells back (in run order); the cells left to run, none when ``on_cell`` stopped the sweep."""
+    """Read the cached cells back (in run order); the cells left to run, none when the sweep was stopped."""
     todo = []
     for cell in order:
+        if tally.halt_if_stopped():
+            return []
         res = read_back(sweep, cell)
         if res is None:
             todo.append(cell)
-        elif tally.finish(res):
+            continue
+        tally.watch.start(cell, "read back")
+        if tally.finish(res):
             return []
     return todo
 
@@ -148,11 +193,16 @@ def _read_back_finished(sweep: SweepPlan, order: list[Cell], tally: _Tally) -> l
 def _run_cells(sweep: SweepPlan, todo: list[Cell], runner: Executor, options: RunOptions, tally: _Tally,
                writer: ThreadPoolExecutor, writes: list[tuple[Cell, Future]]) -> None:
     """Hand ``todo`` to the executor; queue each output's write and count it as it comes back. Stops at
-    ``on_cell``'s request or at the first failed write (the disk is full: more cells would be lost too)."""
+    ``on_cell``'s request, at a stop (the cut cell is not stored) or at the first failed write (the disk is
+    full: more cells would be lost too)."""
     stats = tally.result.stats
     outputs = runner.run(sweep, todo, options)
     try:
         for cell, out in outputs:
+            if out.status == "cut":  # stopped mid-cell: nothing to store, it runs again next time
+                tally.result.cut = cell.index
+                tally.halted = True
+                break
             stats["encodes"] += out.encodes
             stats["conditioning_hits"] += out.conditioning_hits
             stats["model_switches"] += int(out.model_switch)

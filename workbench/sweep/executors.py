@@ -13,6 +13,12 @@ group nobody holds, or helps with one that has many cells left. Only ``CellOutpu
 nodes need the package and the model files, not the driver's disk. Inside an actor, ``device=auto`` /
 ``cuda`` is the GPU Ray gave it.
 
+Stopping (``Sweep.run(control=...)``, ``workbench.sweep.control``): the local executor hands the sweep's
+``RunWatch`` to its runner, so a stop cuts the running cell after its current denoise step and progress
+comes per step. The watch cannot cross into Ray actors (it is dropped when ``RunOptions`` is pickled):
+there a stop takes effect between cells (no new cell is handed out; the cells in flight are cancelled
+or, when already running, finish unseen and count as not run) and progress comes per cell.
+
 Security: a Ray cluster runs whatever code a client sends it. The cluster the workbench starts itself
 (``executor.address: null``) is private to this machine: every Ray server (GCS, raylet, object manager,
 workers, agents) listens on 127.0.0.1 only, the dashboard is off, and Ray's token authentication is on
@@ -30,7 +36,7 @@ import shutil
 import sys
 import tempfile
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
@@ -40,6 +46,7 @@ from workbench.sweep.keys import model_group_key
 from workbench.sweep.runner import CellOutput, CellRunner
 
 if TYPE_CHECKING:
+    from workbench.sweep.control import RunWatch
     from workbench.sweep.plan import Cell, SweepPlan
 
 __all__ = ["Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RunOptions", "make_executor", "shutdown",
@@ -56,6 +63,15 @@ class ExecutorError(RunFailure):
 class RunOptions:
     keep_models: bool = True  # False: free the resident models when a runner moves to another model group
     conditioning_cache_size: int = 16
+    # the sweep's progress and stop flag; this process only: never pickled (a Ray actor gets None)
+    watch: Optional["RunWatch"] = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "watch": None}
+
+    @property
+    def stopped(self) -> bool:
+        return self.watch is not None and self.watch.stopped
 
 
 class Executor(Protocol):
@@ -95,7 +111,9 @@ class LocalExecutor:
     def run(self, sweep: "SweepPlan", cells: list["Cell"], options: RunOptions) -> Iterator[tuple["Cell", CellOutput]]:
         runner = CellRunner(options.keep_models, options.conditioning_cache_size)
         for cell in cells:
-            yield cell, runner.run(sweep, cell)
+            if options.stopped:  # stopped between cells: the rest is not started
+                return
+            yield cell, runner.run(sweep, cell, options.watch)
 
 
 # ----------------------------------------------------------------------------- ray
@@ -314,6 +332,8 @@ class RayExecutor:
             holds; else it helps the busiest group, when it holds no model yet or when that group has more
             than two pending cells per actor on it (switching models costs a few cells); else it idles."""
             me = actors[i]
+            if options.stopped:  # a stopped sweep hands out no new cell
+                return
             pending = [k for k, q in groups.items() if q]
             if me.holds not in pending:
                 on = {k: sum(a.holds == k for a in actors) for k in pending}
@@ -330,7 +350,12 @@ class RayExecutor:
             for i in range(len(actors)):
                 submit(i)
             while running:
-                ready, _ = ray.wait(list(running), num_returns=1)
+                # with a watch, wake up now and then: a stop must not wait for the slowest cell in flight
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=None if options.watch is None else 0.2)
+                if options.stopped:  # the cells in flight are cancelled below; their outputs are discarded
+                    return
+                if not ready:
+                    continue
                 i, cell = running.pop(ready[0])
                 try:
                     out = ray.get(ready[0])
@@ -341,7 +366,7 @@ class RayExecutor:
                 submit(i)  # keep the actor busy before the caller stores and draws this cell
                 yield cell, out
         finally:
-            for ref in running:  # a stopped sweep: drop what has not started (running cells finish unseen)
+            for ref in running:  # a stopped sweep: drop what has not started (running cells finish unseen, not run)
                 ray.cancel(ref)
 
 

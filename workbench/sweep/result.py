@@ -99,6 +99,8 @@ class SweepResult:
         self.stats = {"ran": 0, "cached": 0, "failed": 0, "encodes": 0, "conditioning_hits": 0, "model_switches": 0}
         self.run_order: list[int] = []  # cell indices in the order they were executed
         self.unstored: list[int] = []  # cells that ran but whose write failed (marked failed; run again next time)
+        self.stopped = False  # the run ended before every cell had a result (a stop, Ctrl-C, on_cell)
+        self.cut: Optional[int] = None  # the cell a stop cut mid-run (not stored; runs again next time)
 
     @property
     def axes(self) -> list[Axis]:
@@ -137,7 +139,8 @@ class SweepResult:
         for cell in self.sweep.cells:
             res = self.cells[cell.index]
             row: dict[str, Any] = {a.key: v for a, v in zip(self.axes, cell.values)}
-            row["status"] = res.status if res else ("invalid" if cell.error else "pending")
+            row["status"] = res.status if res else (
+                "invalid" if cell.error else "stopped" if cell.index == self.cut else "pending")
             t = res.timings if res else {}
             for stage in ("encode", "denoise", "decode"):
                 row[f"{stage}_s"] = t.get(stage)
@@ -213,6 +216,8 @@ class SweepResult:
         out = self.sweep.out_dir
         names = SUMMARY if complete else PARTIAL_SUMMARY
         summary = self.sweep.describe() | {"complete": complete, "stats": self.stats}
+        if self.stopped:
+            summary |= {"stopped": True, "cut": self.cut}
         # the grid is a large view of the cells (which keep default compression): fastest zlib level,
         # since its encoding is the one write that cannot overlap compute (it happens after the last cell)
         data = [
@@ -234,5 +239,7 @@ class SweepResult:
         shape = "x".join(map(str, self.sweep.shape))
         return (
             f"SweepResult({len(self.cells)} cells, grid {shape}: {s['ran']} ran, {s['cached']} cached, "
-            f"{s['failed']} failed; {s['encodes']} encodes, {s['model_switches']} model switches)"
+            f"{s['failed']} failed; {s['encodes']} encodes, {s['model_switches']} model switches"
+            + (f"; stopped, {self.done} of {len(self.cells)} done" if self.stopped else "")
+            + (f", cell {self.cut} cut" if self.cut is not None else "") + ")"
         )

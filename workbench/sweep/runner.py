@@ -1,7 +1,9 @@
 """Running one cell where the models live (this process or a Ray actor); storing it is ``workbench.sweep.cache``.
 
 Both executors run cells through this one ``CellRunner``, so the cell logic exists once, and get back
-a picklable ``CellOutput``.
+a picklable ``CellOutput``. Given a ``RunWatch`` (the local executor passes the sweep's), the runner reports
+each denoise step (and, when asked, a decoded preview) and cuts the cell when the sweep is stopped: the
+denoise loop raises ``Interrupted`` between steps and the cell comes back as ``status="cut"``, never stored.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from PIL import Image
 
 from workbench.sweep.keys import model_group_key
 
 if TYPE_CHECKING:
+    from workbench.config import Config
+    from workbench.pipeline import Workbench
+    from workbench.sweep.control import RunWatch
     from workbench.sweep.plan import Cell, SweepPlan
 
 
@@ -24,7 +29,7 @@ if TYPE_CHECKING:
 class CellOutput:
     """What running one cell produced, before it is stored: picklable, so a Ray actor can send it back."""
 
-    status: str  # ok | failed
+    status: str  # ok | failed | cut (stopped mid-cell: nothing to store, runs again next time)
     images: list[Image.Image] = field(default_factory=list)
     record: dict = field(default_factory=dict)  # record.json (workbench.record.build): one "images" entry per image
     error: Optional[str] = None
@@ -58,7 +63,12 @@ class CellRunner:
         self.conditioning = ConditioningCache(max_entries=cache_size)
         self.model: Optional[str] = None  # model_group_key of the last cell
 
-    def run(self, sweep: SweepPlan, cell: Cell) -> CellOutput:
+    def run(self, sweep: SweepPlan, cell: Cell, watch: Optional[RunWatch] = None) -> CellOutput:
+        """Run ``cell``; with a ``watch``, report its steps and cut it when the sweep is stopped."""
+        from workbench.stages.denoise import Interrupted
+
+        if watch is not None:
+            watch.start(cell, "load")
         model = model_group_key(cell.resolved)
         switch = self.model is not None and model != self.model
         if switch and not self.keep_models:
@@ -67,7 +77,10 @@ class CellRunner:
             free_models()
         self.model = model
         try:
-            out = self._generate(sweep, cell)
+            out = self._generate(sweep, cell, watch)
+        except Interrupted:  # the sweep was stopped: not a failure, the cell runs again next time
+            _release_cuda()
+            out = CellOutput("cut", record={"config": cell.resolved})
         except Exception as err:  # one bad cell (OOM, a combination the models refuse) must not end the sweep
             _release_cuda()
             message = f"{type(err).__name__}: {err}"
@@ -76,7 +89,7 @@ class CellRunner:
         out.worker = f"{socket.gethostname()}:{os.getpid()}"
         return out
 
-    def _generate(self, sweep: SweepPlan, cell: Cell) -> CellOutput:
+    def _generate(self, sweep: SweepPlan, cell: Cell, watch: Optional[RunWatch] = None) -> CellOutput:
         import torch
 
         from workbench import record as rec
@@ -92,7 +105,8 @@ class CellRunner:
         if bench.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(bench.device)
         hits, misses = self.conditioning.hits, self.conditioning.misses
-        generated = bench.generate(cfg, progress=False)  # the pipeline's own chain
+        callback = None if watch is None else _step_callback(watch, bench, cfg)
+        generated = bench.generate(cfg, callback=callback, progress=False)  # the pipeline's own chain
         hits, misses = self.conditioning.hits - hits, self.conditioning.misses - misses
         hit = misses == 0
 
@@ -117,6 +131,38 @@ class CellRunner:
         record = rec.finish(head, [rec.image_entry(i, g, cfg, head) for i, g in enumerate(generated)])
         images = [g.image for g in generated]
         return CellOutput("ok", images, record, encodes=misses, conditioning_hits=hits)
+
+
+def _step_callback(watch: RunWatch, bench: Workbench, cfg: Config) -> Callable:
+    """The denoise loop's callback for one cell: counts its steps over all its forward batches, reports
+    them (with a preview when due), says "decode" after a batch's last step; True (stop) once the sweep
+    is stopped."""
+    batches = -(-len(cfg.prompts) * len(cfg.seeds) // cfg.batch_size)
+    state = {"done": 0, "per_batch": 0}
+
+    def callback(info) -> bool:
+        if not state["per_batch"]:  # image-to-image starts later in the schedule: the first step says where
+            state["per_batch"] = cfg.sampler.steps - info.step
+        state["done"] += 1
+        total = state["per_batch"] * batches
+        preview = _preview(bench, info) if watch.preview_due() else None
+        watch.step(state["done"], total, preview)
+        if state["done"] % state["per_batch"] == 0:  # this batch is denoised: its VAE decode comes next
+            watch.phase("decode")
+        return watch.stopped
+
+    return callback
+
+
+def _preview(bench: Workbench, info) -> Optional[Image.Image]:
+    """The step's predicted clean image (first of the batch), decoded on a copy: the cell's result is untouched."""
+    import torch
+
+    if info.size is None:
+        return None
+    height, width = info.size
+    with torch.inference_mode():
+        return bench.decode(info.x0[:1].detach().clone(), height, width)[0]
 
 
 def _release_cuda() -> None:
