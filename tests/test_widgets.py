@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from workbench.models.catalogue import available_models
 from workbench.widgets import ModelPanel, SweepPanel, TemplatePanel
@@ -25,41 +29,73 @@ def test_sweep_panel_plans_runs_fills_grid_and_compares(tmp_path):
     assert "sampler.steps options" not in panel.plan_info.value
 
     grids = []
-    panel.grid.observe(lambda change: grids.append(bytes(change["new"])), names="value")
+    panel.grid.observe(lambda change: grids.append(bytes(change["new"])), names="png")
     result = panel.run()
     assert result is panel.result and result.stats["ran"] == 4
     assert len(grids) >= 4 and all(g.startswith(PNG) for g in grids)  # redrawn after every cell
     assert len(set(grids)) >= 4  # ...and each redraw shows more of the grid
     assert panel.progress.value == panel.progress.max == 4 and panel.progress.bar_style == "success"
     assert panel.status.value == "4 ran, 0 cached, 0 failed"
-    for text in ("<table", "sampler.steps", "template", "denoise_s", "chat"):
-        assert text in panel.table.value
+    for text in ('id="workbench-sweep-table"', ">sampler.steps</th>", ">template</th>", ">denoise (s)</th>", "chat"):
+        assert text in panel.table.html
+    # the clickable grid: one box per cell, where the grid image has that cell's tile
+    layout = result.grid_layout
+    assert panel.grid.tiles == [[i, *layout.tiles[i]] for i in range(4)] and panel.grid.size == list(layout.size)
+    assert panel.grid.labels["2"] == "cell 2: steps=2, template=chat"
 
     assert [label for label, _ in panel.compare_a.options][:2] == ["0: steps=2, template=qwen_t2i", "1: steps=3, template=qwen_t2i"]
     assert bytes(panel.compare_image.value).startswith(PNG)
     assert "<td>sampler.steps</td><td>2</td><td>3</td>" in panel.compare_info.value
     panel.compare_b.value = 2  # A/B across the template axis
     assert "<td>template.name</td><td>qwen_t2i</td><td>chat</td>" in panel.compare_info.value
+    panel.compare_zoom.value = False  # 1:1
+    assert panel.compare_image.layout.max_width == "none"
+
+    charts = Image.open(io.BytesIO(bytes(panel.charts.value)))
+    assert charts.size == (800, 300) and panel.charts.layout.display is None
 
     panel.run()  # the same sweep again: every cell comes from the cache
     assert panel.status.value == "0 ran, 4 cached, 0 failed"
     assert repr(panel) == "SweepPanel(axes=['sampler.steps=2,3', 'template=qwen_t2i,chat'], base=['height=32', 'width=32'])"
 
 
+def test_sweep_panel_tile_click_shows_the_cell_and_its_overrides(tmp_path):
+    panel = SweepPanel(axes=[("sampler.steps", "2,3")], base=SMALL, out_dir=tmp_path)
+    result = panel.run()
+    panel.grid.click(1)  # what the browser sends when tile 1 is clicked
+    assert panel.grid.selected == 1
+    assert panel.detail_overrides.value == "height=32 width=32 sampler.steps=3" == panel.copy_button.text
+    record = result.sweep.cell_dir(result.sweep.cells[1]) / "record.json"
+    assert str(record) in panel.detail_info.value and record.is_file()
+    assert "denoise (s)" in panel.detail_info.value
+    shown = Image.open(io.BytesIO(bytes(panel.detail_image.value)))
+    assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(result.cells[1].tile))  # full size, 1:1
+    panel.grid._message(panel.grid, {"event": "click", "cell": 99}, [])  # a forged message: not a tile shown
+    panel.grid._message(panel.grid, {"event": "click", "cell": "0"}, [])
+    assert panel.grid.selected == 1
+
+    paths = panel.save()  # the Save button: grid PNG and table CSV / Parquet, paths shown
+    assert set(paths) == {"png", "csv", "parquet"} and all(p.is_file() for p in paths.values())
+    assert all(str(p) in panel.saved.value for p in paths.values())
+    assert Image.open(paths["png"]).size == result.grid.size
+
+
 def test_sweep_panel_hides_empty_and_stale_results_and_blanks_pending_rows(tmp_path):
     """No broken-image icon before the first run, no old grid under new axes, no 'None' in pending rows."""
     panel = SweepPanel(axes=[("sampler.steps", "2,3")], base=SMALL, out_dir=tmp_path)
-    assert panel.grid.layout.display == "none" and panel.compare_image.layout.display == "none"
+    assert panel.grid.png == b"" and panel.compare_image.layout.display == "none"
+    assert panel.charts.layout.display == "none" and panel.detail_image.layout.display == "none"
     shown = []
-    panel.table.observe(lambda change: shown.append(change["new"]), names="value")
+    panel.table.observe(lambda change: shown.append(change["new"]), names="html")
     panel.run()
-    assert panel.grid.layout.display is None and panel.compare_image.layout.display is None
+    assert panel.grid.png.startswith(PNG) and panel.compare_image.layout.display is None
     first = next(t for t in shown if t)  # the first redraw: one cell ran, one pending
-    assert ">None<" not in first and "pending" in first
+    assert ">None<" not in first and ">nan<" not in first and "pending" in first
     panel.set_axis(0, "sampler.steps", "2,4")
-    assert panel.grid.layout.display == "none" and panel.table.value == "" and panel.compare_info.value == ""
+    assert panel.grid.png == b"" and panel.table.html == "" and panel.compare_info.value == ""
+    assert panel.compare_a.options == () and panel.save_button.disabled
     panel.run()
-    assert panel.grid.layout.display is None and "<table" in panel.table.value
+    assert panel.grid.png.startswith(PNG) and "<table" in panel.table.html
 
 
 def test_sweep_panel_failed_cell_is_shown(tmp_path):
@@ -67,11 +103,60 @@ def test_sweep_panel_failed_cell_is_shown(tmp_path):
     assert "1 invalid combination(s) will be blank tiles" in panel.plan_info.value
     panel.run()
     assert panel.status.value == "3 ran, 0 cached, 1 failed" and panel.progress.bar_style == "danger"
-    assert "failed" in panel.table.value
+    assert ">failed</td>" in panel.table.html
     failed = next(i for i, c in enumerate(panel.result.cells) if not c.images)
     choices = [i for _, i in panel.compare_a.options]  # a failed cell has nothing to compare: not offered
     assert failed not in choices and len(choices) == 3
     assert "PSNR" in panel.compare_info.value and "SSIM" in panel.compare_info.value
+    panel.grid.click(failed)  # its tile still opens: the reason, no image
+    assert "error" in panel.detail_info.value and panel.detail_image.layout.display == "none"
+
+
+def test_sweep_panel_runs_in_the_background_stops_and_resumes(tmp_path):
+    """The Run button starts a thread; Stop cuts the running cell between steps; Run again resumes from the
+    cache. Progress, ETA and the x0 preview are shown while it runs."""
+    panel = SweepPanel(axes=[("sampler.steps", "30,31,32")], base=SMALL, out_dir=tmp_path)
+    seen = []
+    panel.cell_text.observe(lambda change: seen.append(change["new"]), names="value")
+
+    def stop_in_the_second_cell(change):
+        if "cell 1:" in change["new"] and "denoise 3/" in change["new"]:
+            panel.stop()
+
+    panel.cell_text.observe(stop_in_the_second_cell, names="value")
+    import workbench.widgets.sweep_panel as sp
+
+    sp.PROGRESS_EVERY_S = 0.0  # every step redraws, so the stop lands at step 3
+    try:
+        assert panel.start() and panel.running and panel.run_button.disabled and not panel.stop_button.disabled
+        result = panel.wait(120)
+    finally:
+        sp.PROGRESS_EVERY_S = 0.1
+    assert result is not None and result.stopped and result.cut == 1, panel.status.value
+    assert panel.status.value.startswith("stopped: 1 ran, 0 cached, 0 failed; cell 1 was cut")
+    assert panel.progress.bar_style == "warning" and not panel.run_button.disabled and panel.stop_button.disabled
+    assert any(t.startswith("cell 0: steps=30 (denoise ") for t in seen)
+    assert panel.preview.layout.display is None and bytes(panel.preview.value).startswith(PNG)
+    assert "cells" in panel.progress_text.value and "left" in panel.progress_text.value  # an ETA after a cell ran
+    assert "stopped" in panel.table.html
+
+    panel.cell_text.unobserve(stop_in_the_second_cell, names="value")
+    assert panel.start()
+    result = panel.wait(120)
+    assert panel.status.value == "2 ran, 1 cached, 0 failed" and result.complete
+
+
+def test_sweep_panel_shows_warnings_of_its_run(tmp_path):
+    """A warning raised while the panel's sweep runs is listed in the panel (not only in Lab's log)."""
+    panel = SweepPanel(axes=[("sampler.steps", "2,3")], base=SMALL, out_dir=tmp_path)
+    panel.run()
+    record = panel.result.sweep.cell_dir(panel.result.sweep.cells[0]) / "record.json"
+    record.write_text("{ truncated")  # a damaged cache cell: computed again, with a CorruptCellWarning
+    panel.set_axis(0, "sampler.steps", "2,3")
+    with pytest.warns(UserWarning):
+        panel.run()
+    assert "CorruptCellWarning" in panel.warnings.value and "computing the cell again" in panel.warnings.value
+    assert panel.status.value == "1 ran, 1 cached, 0 failed"
 
 
 def test_sweep_panel_metric_columns(tmp_path):
@@ -83,8 +168,8 @@ def test_sweep_panel_metric_columns(tmp_path):
     result = panel.run()
     table = result.table
     assert {"adherence", "shape_ok", "ssim_vs_0"} <= set(table.columns) and "psnr_vs_0" not in table.columns
-    assert "<th>adherence</th>" in panel.table.value and "<th>ssim_vs_0</th>" in panel.table.value
-    assert f"<td>{table.loc[1, 'adherence']:.3f}".rstrip("0").rstrip(".") in panel.table.value
+    assert ">adherence</th>" in panel.table.html and ">ssim_vs_0</th>" in panel.table.html
+    assert f">{table.loc[1, 'adherence']:.3f}</td>" in panel.table.html
     assert repr(panel).endswith("metrics=['adherence', 'ssim'])")
     panel.base.value = "prompts=['not a caption']"  # adherence cannot score this: said before running
     assert "not in the world&#x27;s grammar" in panel.plan_info.value and panel.run_button.disabled
