@@ -122,6 +122,16 @@ def lab(tmp_path):
         log.close()
 
 
+def _failure(page, tmp: Path, err: Exception) -> AssertionError:
+    """The error with what the browser showed (failure.png) and what Lab logged, for the report."""
+    try:
+        page.screenshot(path=str(tmp / "failure.png"))
+    except Exception:
+        pass
+    log = (tmp / "lab.log").read_text(errors="replace")[-4000:]
+    return AssertionError(f"{err}\n--- screenshot: {tmp / 'failure.png'}\n--- lab.log (tail):\n{log}")
+
+
 def test_quickstart_and_sweep_panel_in_chromium(lab):
     from playwright.sync_api import expect, sync_playwright
 
@@ -168,12 +178,7 @@ def test_quickstart_and_sweep_panel_in_chromium(lab):
             panel.screenshot(path=str(tmp / "sweep_panel.png"))
             page.screenshot(path=str(tmp / "lab.png"))
         except Exception as err:  # keep what the browser showed and what Lab logged, for the report
-            try:
-                page.screenshot(path=str(tmp / "failure.png"))
-            except Exception:
-                pass
-            log = (tmp / "lab.log").read_text(errors="replace")[-4000:]
-            raise AssertionError(f"{err}\n--- screenshot: {tmp / 'failure.png'}\n--- lab.log (tail):\n{log}") from err
+            raise _failure(page, tmp, err) from err
         finally:
             browser.close()
     assert (tmp / "sweep_panel.png").stat().st_size > 10_000
@@ -315,12 +320,7 @@ def test_panels_in_chromium_stop_resume_tiles_table_compare_template_reopen(lab)
             expect(copy.locator("table")).to_contain_text("sampler.steps")
             _shot(page, tmp, "10-reopened")
         except Exception as err:
-            try:
-                page.screenshot(path=str(tmp / "failure.png"))
-            except Exception:
-                pass
-            log = (tmp / "lab.log").read_text(errors="replace")[-4000:]
-            raise AssertionError(f"{err}\n--- screenshot: {tmp / 'failure.png'}\n--- lab.log (tail):\n{log}") from err
+            raise _failure(page, tmp, err) from err
         finally:
             browser.close()
     for name in ("1-run", "3-stopped", "5-tile", "6-table", "10-reopened"):
