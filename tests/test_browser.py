@@ -279,12 +279,13 @@ def test_panels_in_chromium_stop_resume_tiles_table_compare_template_reopen(lab)
             totals = [float(t) for t in table.locator("tbody tr").evaluate_all(
                 f"rows => rows.map(r => r.children[{col}].textContent.trim())") if t]
             assert len(totals) == 6 and totals == sorted(totals, reverse=True), totals
-            expect(panel.locator("img.widget-image").last).to_be_visible()  # the charts
+            expect(panel.locator("img.wb-charts")).to_be_visible()
             _shot(page, tmp, "6-table", panel)
 
             # 5. A/B with a difference map and its numbers
             panel.locator(".lm-TabBar-tab", has_text="A/B compare").click()
             expect(panel.locator(".widget-html-content", has_text="PSNR")).to_be_visible()
+            expect(panel.locator("img.wb-compare")).to_be_visible()  # the difference map
             _shot(page, tmp, "7-compare", panel)
 
             # 6. a typo in the base overrides is blamed on the base, not on an axis value
@@ -307,7 +308,7 @@ def test_panels_in_chromium_stop_resume_tiles_table_compare_template_reopen(lab)
             _shot(page, tmp, "9-template", template)
 
             # 8. save, shut the kernel down, reopen: the static copy of the last grid and table is still there
-            page.keyboard.press("Control+s")
+            page.locator("jp-button[data-command='docmanager:save']").click()  # a focused widget input eats Ctrl+S
             expect(page.locator(".jp-mod-dirty")).to_have_count(0, timeout=30_000)
             page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Kernel$")).click()
             page.locator("[data-command='kernelmenu:shutdown']").click()

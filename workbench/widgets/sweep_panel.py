@@ -102,6 +102,7 @@ class SweepPanel(W.VBox):
         self._holding = False
         self._control: Optional[SweepControl] = None
         self._thread: Optional[threading.Thread] = None
+        self._busy = False  # from Run until the result is fully shown (the thread lives a little longer)
         self._static: Optional[StaticCopy] = None
         self._last_redraw = 0.0
         self._warned: list[str] = []
@@ -144,12 +145,12 @@ class SweepPanel(W.VBox):
                                         style=W.ToggleButtonsStyle(button_width="80px"))
         self.save_button = W.Button(description="Save grid + table", icon="save", disabled=True)
         self.saved = W.HTML()
-        self.detail_image = W.Image(format="png", layout=W.Layout(max_width="100%", display="none"))
+        self.detail_image = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start", display="none"))
         self.detail_info = W.HTML()
         self.detail_overrides = W.Text(description="overrides", layout=W.Layout(width="640px", display="none"))
         self.copy_button = CopyButton(label="copy overrides", layout=W.Layout(display="none"))
         self.table = SortableTable()
-        self.charts = W.Image(format="png", layout=W.Layout(max_width="100%", display="none"))
+        self.charts = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start", display="none"))
         self.compare_a = W.Dropdown(description="A", options=[], layout=W.Layout(width="300px"))
         self.compare_b = W.Dropdown(description="B", options=[], layout=W.Layout(width="300px"))
         self.compare_zoom = W.ToggleButtons(options=[("fit width", True), ("1:1", False)], value=True,
@@ -157,6 +158,8 @@ class SweepPanel(W.VBox):
         self.compare_image = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start",
                                                                    display="none"))
         self.compare_info = W.HTML()
+        self.charts.add_class("wb-charts")
+        self.compare_image.add_class("wb-compare")
 
         for w in self.axis_keys + self.axis_values + [self.base, self.metrics]:
             w.observe(self._replan, names="value")
@@ -234,7 +237,7 @@ class SweepPanel(W.VBox):
     # ----------------------------------------------------------------- run / stop
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._busy
 
     def run(self) -> Optional[SweepResult]:
         """Run the planned sweep in this thread (a notebook cell, a script) and return its result.
@@ -275,6 +278,7 @@ class SweepPanel(W.VBox):
             return None
         self._control = SweepControl(on_progress=self._on_progress,
                                      preview_every_s=PREVIEW_EVERY_S if self.preview_toggle.value else None)
+        self._busy = True
         self.run_button.disabled, self.stop_button.disabled = True, False
         self._clear_results()  # the new run's grid appears with its first cell
         self.result = self._live = None
@@ -296,35 +300,32 @@ class SweepPanel(W.VBox):
         except SweepInterrupted as err:  # the notebook's interrupt: show the partial result, then re-raise
             result, interrupted = err.result, err
         except Exception as err:  # shown in the panel; a background run has nowhere else to raise to
-            self.status.value = _error_html(err)
             self.progress.bar_style = "danger"
-            self.run_button.disabled, self.stop_button.disabled = self.sweep is None, True
-            self._control = None
+            self._ready(_error_html(err))
             if raise_errors:
                 raise
             return None
-        self._control = None
         self._finish(result)
         if interrupted is not None and raise_errors:
             raise interrupted
         return result
 
     def _finish(self, result: SweepResult) -> None:
+        """Show everything the run produced; the status line and the buttons change last, so "N ran" means
+        the grid, table, charts and static copy are all in place."""
         self.result = result
         self._show(result)
         s = result.stats
         counts = f"{s['ran']} ran, {s['cached']} cached, {s['failed']} failed"
         if result.stopped:
             cut = "" if result.cut is None else f"; cell {result.cut} was cut and runs again"
-            self.status.value = f"stopped: {counts}{cut}. Run resumes."
+            status = f"stopped: {counts}{cut}. Run resumes."
             self.progress.bar_style = "warning"
         else:
-            self.status.value = counts
+            status = counts
             self.progress.value = self.progress.max
             self.progress.bar_style = "danger" if s["failed"] else "success"
         self.cell_text.value = ""
-        self.run_button.disabled, self.stop_button.disabled = self.sweep is None, True
-        self.save_button.disabled = False
         self.charts.value = report.charts_png(result) or b""
         self.charts.layout.display = None if self.charts.value else "none"
         # only cells with images can be compared (a failed, cut or invalid cell has nothing to show)
@@ -335,8 +336,17 @@ class SweepPanel(W.VBox):
             self.compare_a.value, self.compare_b.value = labels[0][1], labels[1][1]
         if self._static is not None:
             shape = "x".join(map(str, result.sweep.shape))
-            self._static.update(f"sweep {', '.join(self.axis_specs())} ({shape}): {self.status.value}",
-                                png_bytes(result.grid), report.table_html(result))
+            axes = ", ".join(f"{a.key}={','.join(map(str, a.values))}" for a in result.sweep.axes)
+            self._static.update(f"sweep {axes} ({shape}): {status}", png_bytes(result.grid), report.table_html(result))
+        self.save_button.disabled = False
+        self._ready(status)
+
+    def _ready(self, status: str) -> None:
+        """The run is over (finished, stopped or failed): say so and give the buttons back."""
+        self._control = None
+        self._busy = False
+        self.status.value = status
+        self.run_button.disabled, self.stop_button.disabled = self.sweep is None, True
 
     # ----------------------------------------------------------------- live views
     def _on_progress(self, p: Progress) -> None:
