@@ -29,7 +29,7 @@ def test_sweep_panel_plans_runs_fills_grid_and_compares(tmp_path):
     assert "sampler.steps options" not in panel.plan_info.value
 
     grids = []
-    panel.grid.observe(lambda change: grids.append(bytes(change["new"])), names="png")
+    panel.results.grid.observe(lambda change: grids.append(bytes(change["new"])), names="png")
     result = panel.run()
     assert result is panel.result and result.stats["ran"] == 4
     assert len(grids) >= 4 and all(g.startswith(PNG) for g in grids)  # redrawn after every cell
@@ -37,22 +37,22 @@ def test_sweep_panel_plans_runs_fills_grid_and_compares(tmp_path):
     assert panel.progress.value == panel.progress.max == 4 and panel.progress.bar_style == "success"
     assert panel.status.value == "4 ran, 0 cached, 0 failed"
     for text in ('id="workbench-sweep-table"', ">sampler.steps</th>", ">template</th>", ">denoise (s)</th>", "chat"):
-        assert text in panel.table.html
+        assert text in panel.results.table.html
     # the clickable grid: one box per cell, where the grid image has that cell's tile
     layout = result.grid_layout
-    assert panel.grid.tiles == [[i, *layout.tiles[i]] for i in range(4)] and panel.grid.size == list(layout.size)
-    assert panel.grid.labels["2"] == "cell 2: steps=2, template=chat"
+    assert panel.results.grid.tiles == [[i, *layout.tiles[i]] for i in range(4)] and panel.results.grid.size == list(layout.size)
+    assert panel.results.grid.labels["2"] == "cell 2: steps=2, template=chat"
 
-    assert [label for label, _ in panel.compare_a.options][:2] == ["0: steps=2, template=qwen_t2i", "1: steps=3, template=qwen_t2i"]
-    assert bytes(panel.compare_image.value).startswith(PNG)
-    assert "<td>sampler.steps</td><td>2</td><td>3</td>" in panel.compare_info.value
-    panel.compare_b.value = 2  # A/B across the template axis
-    assert "<td>template.name</td><td>qwen_t2i</td><td>chat</td>" in panel.compare_info.value
-    panel.compare_zoom.value = False  # 1:1
-    assert panel.compare_image.layout.max_width == "none"
+    assert [label for label, _ in panel.results.compare_a.options][:2] == ["0: steps=2, template=qwen_t2i", "1: steps=3, template=qwen_t2i"]
+    assert bytes(panel.results.compare_image.value).startswith(PNG)
+    assert "<td>sampler.steps</td><td>2</td><td>3</td>" in panel.results.compare_info.value
+    panel.results.compare_b.value = 2  # A/B across the template axis
+    assert "<td>template.name</td><td>qwen_t2i</td><td>chat</td>" in panel.results.compare_info.value
+    panel.results.compare_zoom.value = False  # 1:1
+    assert panel.results.compare_image.layout.max_width == "none"
 
-    charts = Image.open(io.BytesIO(bytes(panel.charts.value)))
-    assert charts.size == (800, 300) and panel.charts.layout.display is None
+    charts = Image.open(io.BytesIO(bytes(panel.results.charts.value)))
+    assert charts.size == (800, 300) and panel.results.charts.layout.display is None
 
     panel.run()  # the same sweep again: every cell comes from the cache
     assert panel.status.value == "0 ran, 4 cached, 0 failed"
@@ -62,40 +62,40 @@ def test_sweep_panel_plans_runs_fills_grid_and_compares(tmp_path):
 def test_sweep_panel_tile_click_shows_the_cell_and_its_overrides(tmp_path):
     panel = SweepPanel(axes=[("sampler.steps", "2,3")], base=SMALL, out_dir=tmp_path)
     result = panel.run()
-    panel.grid.click(1)  # what the browser sends when tile 1 is clicked
-    assert panel.grid.selected == 1
-    assert panel.detail_overrides.value == "height=32 width=32 sampler.steps=3" == panel.copy_button.text
+    panel.results.grid.click(1)  # what the browser sends when tile 1 is clicked
+    assert panel.results.grid.selected == 1
+    assert panel.results.detail_overrides.value == "height=32 width=32 sampler.steps=3" == panel.results.copy_button.text
     record = result.sweep.cell_dir(result.sweep.cells[1]) / "record.json"
-    assert str(record) in panel.detail_info.value and record.is_file()
-    assert "denoise (s)" in panel.detail_info.value
-    shown = Image.open(io.BytesIO(bytes(panel.detail_image.value)))
+    assert str(record) in panel.results.detail_info.value and record.is_file()
+    assert "denoise (s)" in panel.results.detail_info.value
+    shown = Image.open(io.BytesIO(bytes(panel.results.detail_image.value)))
     assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(result.cells[1].tile))  # full size, 1:1
-    panel.grid._message(panel.grid, {"event": "click", "cell": 99}, [])  # a forged message: not a tile shown
-    panel.grid._message(panel.grid, {"event": "click", "cell": "0"}, [])
-    assert panel.grid.selected == 1
+    panel.results.grid._message(panel.results.grid, {"event": "click", "cell": 99}, [])  # a forged message: not a tile shown
+    panel.results.grid._message(panel.results.grid, {"event": "click", "cell": "0"}, [])
+    assert panel.results.grid.selected == 1
 
-    paths = panel.save()  # the Save button: grid PNG and table CSV / Parquet, paths shown
+    paths = panel.results.save()  # the Save button: grid PNG and table CSV / Parquet, paths shown
     assert set(paths) == {"png", "csv", "parquet"} and all(p.is_file() for p in paths.values())
-    assert all(str(p) in panel.saved.value for p in paths.values())
+    assert all(str(p) in panel.results.saved.value for p in paths.values())
     assert Image.open(paths["png"]).size == result.grid.size
 
 
 def test_sweep_panel_hides_empty_and_stale_results_and_blanks_pending_rows(tmp_path):
     """No broken-image icon before the first run, no old grid under new axes, no 'None' in pending rows."""
     panel = SweepPanel(axes=[("sampler.steps", "2,3")], base=SMALL, out_dir=tmp_path)
-    assert panel.grid.png == b"" and panel.compare_image.layout.display == "none"
-    assert panel.charts.layout.display == "none" and panel.detail_image.layout.display == "none"
+    assert panel.results.grid.png == b"" and panel.results.compare_image.layout.display == "none"
+    assert panel.results.charts.layout.display == "none" and panel.results.detail_image.layout.display == "none"
     shown = []
-    panel.table.observe(lambda change: shown.append(change["new"]), names="html")
+    panel.results.table.observe(lambda change: shown.append(change["new"]), names="html")
     panel.run()
-    assert panel.grid.png.startswith(PNG) and panel.compare_image.layout.display is None
+    assert panel.results.grid.png.startswith(PNG) and panel.results.compare_image.layout.display is None
     first = next(t for t in shown if t)  # the first redraw: one cell ran, one pending
     assert ">None<" not in first and ">nan<" not in first and "pending" in first
     panel.set_axis(0, "sampler.steps", "2,4")
-    assert panel.grid.png == b"" and panel.table.html == "" and panel.compare_info.value == ""
-    assert panel.compare_a.options == () and panel.save_button.disabled
+    assert panel.results.grid.png == b"" and panel.results.table.html == "" and panel.results.compare_info.value == ""
+    assert panel.results.compare_a.options == () and panel.results.save_button.disabled
     panel.run()
-    assert panel.grid.png.startswith(PNG) and "<table" in panel.table.html
+    assert panel.results.grid.png.startswith(PNG) and "<table" in panel.results.table.html
 
 
 def test_sweep_panel_failed_cell_is_shown(tmp_path):
@@ -103,13 +103,13 @@ def test_sweep_panel_failed_cell_is_shown(tmp_path):
     assert "1 invalid combination(s) will be blank tiles" in panel.plan_info.value
     panel.run()
     assert panel.status.value == "3 ran, 0 cached, 1 failed" and panel.progress.bar_style == "danger"
-    assert ">failed</td>" in panel.table.html
+    assert ">failed</td>" in panel.results.table.html
     failed = next(i for i, c in enumerate(panel.result.cells) if not c.images)
-    choices = [i for _, i in panel.compare_a.options]  # a failed cell has nothing to compare: not offered
+    choices = [i for _, i in panel.results.compare_a.options]  # a failed cell has nothing to compare: not offered
     assert failed not in choices and len(choices) == 3
-    assert "PSNR" in panel.compare_info.value and "SSIM" in panel.compare_info.value
-    panel.grid.click(failed)  # its tile still opens: the reason, no image
-    assert "error" in panel.detail_info.value and panel.detail_image.layout.display == "none"
+    assert "PSNR" in panel.results.compare_info.value and "SSIM" in panel.results.compare_info.value
+    panel.results.grid.click(failed)  # its tile still opens: the reason, no image
+    assert "error" in panel.results.detail_info.value and panel.results.detail_image.layout.display == "none"
 
 
 def test_sweep_panel_runs_in_the_background_stops_and_resumes(tmp_path):
@@ -138,7 +138,7 @@ def test_sweep_panel_runs_in_the_background_stops_and_resumes(tmp_path):
     assert any(t.startswith("cell 0: steps=30 (denoise ") for t in seen)
     assert panel.preview.layout.display is None and bytes(panel.preview.value).startswith(PNG)
     assert "cells" in panel.progress_text.value and "left" in panel.progress_text.value  # an ETA after a cell ran
-    assert "stopped" in panel.table.html
+    assert "stopped" in panel.results.table.html
 
     panel.cell_text.unobserve(stop_in_the_second_cell, names="value")
     assert panel.start()
@@ -168,8 +168,8 @@ def test_sweep_panel_metric_columns(tmp_path):
     result = panel.run()
     table = result.table
     assert {"adherence", "shape_ok", "ssim_vs_0"} <= set(table.columns) and "psnr_vs_0" not in table.columns
-    assert ">adherence</th>" in panel.table.html and ">ssim_vs_0</th>" in panel.table.html
-    assert f">{table.loc[1, 'adherence']:.3f}</td>" in panel.table.html
+    assert ">adherence</th>" in panel.results.table.html and ">ssim_vs_0</th>" in panel.results.table.html
+    assert f">{table.loc[1, 'adherence']:.3f}</td>" in panel.results.table.html
     assert repr(panel).endswith("metrics=['adherence', 'ssim'])")
     panel.base.value = "prompts=['not a caption']"  # adherence cannot score this: said before running
     assert "not in the world&#x27;s grammar" in panel.plan_info.value and panel.run_button.disabled

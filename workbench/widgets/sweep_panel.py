@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import shlex
 import threading
 import time
 import warnings
@@ -25,7 +24,7 @@ from workbench.sweep import Progress, Sweep, SweepControl, SweepError, SweepInte
 from workbench.sweep import report
 from workbench.sweep.scoring import METRICS
 from workbench.widgets.snapshot import StaticCopy
-from workbench.widgets.views import CopyButton, GridView, SortableTable, tile_boxes
+from workbench.widgets.sweep_results import SweepResults, error_html
 
 # suggestions for the key fields; any config key works
 AXIS_KEYS = [
@@ -54,10 +53,6 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
-def _error_html(err: BaseException) -> str:
-    return f"<span style='color:#a00'>{html.escape(type(err).__name__)}: {html.escape(str(err))}</span>"
-
-
 @contextlib.contextmanager
 def _warnings_of_this_thread(show: Callable[[str], None]):
     """Warnings raised in this thread go to ``show`` (the panel) as well as to the usual place; other
@@ -75,6 +70,18 @@ def _warnings_of_this_thread(show: Callable[[str], None]):
     finally:
         if warnings.showwarning is showwarning:
             warnings.showwarning = original
+
+
+def _axis_fields(axes: Sequence[tuple[str, str]]) -> tuple[list[W.Combobox], list[W.Text]]:
+    """The X / Y / Z key and values fields, filled from ``axes``."""
+    keys, values = [], []
+    for i, name in enumerate("XYZ"):
+        key, value = axes[i] if i < len(axes) else ("", "")
+        keys.append(W.Combobox(value=key, options=AXIS_KEYS, placeholder="config key", description=f"{name} axis",
+                               ensure_option=False, layout=W.Layout(width="280px")))
+        values.append(W.Text(value=value, placeholder="e.g. 2,4,8 or 1-8 (+2)", continuous_update=False,
+                             layout=W.Layout(width="320px")))
+    return keys, values
 
 
 class SweepPanel(W.VBox):
@@ -106,20 +113,9 @@ class SweepPanel(W.VBox):
         self._static: Optional[StaticCopy] = None
         self._last_redraw = 0.0
         self._warned: list[str] = []
-        self._live: Optional[SweepResult] = None  # the running sweep's result, filled cell by cell
 
         # ---- inputs
-        self.axis_keys, self.axis_values = [], []
-        rows = []
-        for i, name in enumerate("XYZ"):
-            key, values = axes[i] if i < len(axes) else ("", "")
-            k = W.Combobox(value=key, options=AXIS_KEYS, placeholder="config key", description=f"{name} axis",
-                           ensure_option=False, layout=W.Layout(width="280px"))
-            v = W.Text(value=values, placeholder="e.g. 2,4,8 or 1-8 (+2)", continuous_update=False,
-                       layout=W.Layout(width="320px"))
-            self.axis_keys.append(k)
-            self.axis_values.append(v)
-            rows.append(W.HBox([k, v]))
+        self.axis_keys, self.axis_values = _axis_fields(axes)
         self.base = W.Textarea(value="\n".join(base), description="base", placeholder="one override per line",
                                layout=W.Layout(width="604px", height="64px"))
         self.metrics = W.SelectMultiple(options=METRICS, value=tuple(metrics), rows=len(METRICS),
@@ -139,52 +135,18 @@ class SweepPanel(W.VBox):
         self.status = W.HTML()
         self.warnings = W.HTML()
 
-        # ---- results: grid (click a tile), table + charts, A/B
-        self.grid = GridView()
-        self.grid_fit = W.ToggleButtons(options=[("fit width", True), ("1:1", False)], value=True,
-                                        style=W.ToggleButtonsStyle(button_width="80px"))
-        self.save_button = W.Button(description="Save grid + table", icon="save", disabled=True)
-        self.saved = W.HTML()
-        self.detail_image = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start", display="none"))
-        self.detail_info = W.HTML()
-        self.detail_overrides = W.Text(description="overrides", layout=W.Layout(width="640px", display="none"))
-        self.copy_button = CopyButton(label="copy overrides", layout=W.Layout(display="none"))
-        self.table = SortableTable()
-        self.charts = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start", display="none"))
-        self.compare_a = W.Dropdown(description="A", options=[], layout=W.Layout(width="300px"))
-        self.compare_b = W.Dropdown(description="B", options=[], layout=W.Layout(width="300px"))
-        self.compare_zoom = W.ToggleButtons(options=[("fit width", True), ("1:1", False)], value=True,
-                                            style=W.ToggleButtonsStyle(button_width="80px"))
-        self.compare_image = W.Image(format="png", layout=W.Layout(max_width="100%", align_self="flex-start",
-                                                                   display="none"))
-        self.compare_info = W.HTML()
-        self.charts.add_class("wb-charts")
-        self.compare_image.add_class("wb-compare")
+        self.results = SweepResults()  # grid (click a tile), table + charts, A/B
 
         for w in self.axis_keys + self.axis_values + [self.base, self.metrics]:
             w.observe(self._replan, names="value")
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
-        self.save_button.on_click(lambda _: self.save())
-        self.grid.on_click(self.show_cell)
-        self.grid_fit.observe(lambda ch: setattr(self.grid, "fit", ch["new"]), names="value")
-        self.compare_zoom.observe(self._zoom_compare, names="value")
-        self.compare_a.observe(self._compare, names="value")
-        self.compare_b.observe(self._compare, names="value")
-
-        detail = W.VBox([self.detail_image, self.detail_info, W.HBox([self.detail_overrides, self.copy_button])])
-        grid_tab = W.VBox([W.HBox([self.grid_fit, self.save_button, self.saved]), self.grid, detail])
-        table_tab = W.VBox([self.table, self.charts])
-        compare_tab = W.VBox([W.HBox([self.compare_a, self.compare_b, self.compare_zoom]),
-                              W.Box([self.compare_image], layout=W.Layout(overflow="auto", max_height="80vh")),
-                              self.compare_info])
-        self.tabs = W.Tab(children=[grid_tab, table_tab, compare_tab], titles=("Grid", "Table", "A/B compare"))
         live = W.HBox([W.VBox([W.HBox([self.progress, self.progress_text]),
                                W.HBox([self.step_progress, self.cell_text])]), self.preview])
         super().__init__([
-            *rows, W.HBox([self.base, self.metrics]), self.plan_info,
+            *(W.HBox([k, v]) for k, v in zip(self.axis_keys, self.axis_values)), W.HBox([self.base, self.metrics]), self.plan_info,
             W.HBox([self.run_button, self.stop_button, self.preview_toggle, self.status]), live, self.warnings,
-            self.tabs,
+            self.results,
         ])
         self._replan()
 
@@ -204,15 +166,6 @@ class SweepPanel(W.VBox):
             self._holding = False
         self._replan()
 
-    def _clear_results(self) -> None:
-        """The shown grid, table and A/B belong to another plan (or to the run being replaced): hide them."""
-        self.grid.png, self.grid.tiles, self.grid.selected = b"", [], -1
-        self.table.html = self.compare_info.value = self.detail_info.value = self.saved.value = ""
-        for w in (self.compare_image, self.detail_image, self.detail_overrides, self.copy_button, self.charts):
-            w.layout.display = "none"
-        self.compare_a.options = self.compare_b.options = []
-        self.save_button.disabled = True
-
     def _replan(self, change=None) -> Optional[Sweep]:
         if self._holding:
             return self.sweep
@@ -223,10 +176,10 @@ class SweepPanel(W.VBox):
             self.sweep = None
             self.plan_info.value = f"<span style='color:#a00'>{html.escape(str(err))}</span>"
             self.run_button.disabled = True
-            self._clear_results()
+            self.results.clear()
             return None
         if self.result is not None and self.sweep.describe() != self.result.sweep.describe():
-            self._clear_results()  # the shown results are of another plan
+            self.results.clear()  # the shown results are of another plan
         bad = sum(c.error is not None for c in self.sweep.cells)
         shape = " x ".join(map(str, self.sweep.shape))
         note = f", {bad} invalid combination(s) will be blank tiles" if bad else ""
@@ -280,8 +233,8 @@ class SweepPanel(W.VBox):
                                      preview_every_s=PREVIEW_EVERY_S if self.preview_toggle.value else None)
         self._busy = True
         self.run_button.disabled, self.stop_button.disabled = True, False
-        self._clear_results()  # the new run's grid appears with its first cell
-        self.result = self._live = None
+        self.results.clear()  # the new run's grid appears with its first cell
+        self.result = None
         self._warned = []
         self.warnings.value = ""
         self.progress.max, self.progress.value, self.progress.bar_style = len(sweep.cells), 0, "info"
@@ -301,7 +254,7 @@ class SweepPanel(W.VBox):
             result, interrupted = err.result, err
         except Exception as err:  # shown in the panel; a background run has nowhere else to raise to
             self.progress.bar_style = "danger"
-            self._ready(_error_html(err))
+            self._ready(error_html(err))
             if raise_errors:
                 raise
             return None
@@ -314,7 +267,7 @@ class SweepPanel(W.VBox):
         """Show everything the run produced; the status line and the buttons change last, so "N ran" means
         the grid, table, charts and static copy are all in place."""
         self.result = result
-        self._show(result)
+        self.results.show_final(result)
         s = result.stats
         counts = f"{s['ran']} ran, {s['cached']} cached, {s['failed']} failed"
         if result.stopped:
@@ -326,19 +279,10 @@ class SweepPanel(W.VBox):
             self.progress.value = self.progress.max
             self.progress.bar_style = "danger" if s["failed"] else "success"
         self.cell_text.value = ""
-        self.charts.value = report.charts_png(result) or b""
-        self.charts.layout.display = None if self.charts.value else "none"
-        # only cells with images can be compared (a failed, cut or invalid cell has nothing to show)
-        labels = [(f"{i}: {c.label(result.axes)}", i) for i, c in enumerate(result.sweep.cells)
-                  if result.cells[i] is not None and result.cells[i].images]
-        self.compare_a.options, self.compare_b.options = labels, labels
-        if len(labels) > 1:
-            self.compare_a.value, self.compare_b.value = labels[0][1], labels[1][1]
         if self._static is not None:
             shape = "x".join(map(str, result.sweep.shape))
             axes = ", ".join(f"{a.key}={','.join(map(str, a.values))}" for a in result.sweep.axes)
             self._static.update(f"sweep {axes} ({shape}): {status}", png_bytes(result.grid), report.table_html(result))
-        self.save_button.disabled = False
         self._ready(status)
 
     def _ready(self, status: str) -> None:
@@ -374,85 +318,8 @@ class SweepPanel(W.VBox):
         self.warnings.value = f"<div style='background:#fff8e1;padding:2px 8px'><b>warnings</b><ul>{items}</ul></div>"
 
     def _on_cell(self, cell_result, result: SweepResult) -> None:
-        self._live = result
         self.progress.value = result.done
-        self._show(result)
-
-    def _show(self, result: SweepResult) -> None:
-        layout = result.grid_layout
-        self.grid.png = png_bytes(result.grid, compress_level=1)
-        self.grid.size, self.grid.tiles = list(layout.size), tile_boxes(layout)
-        self.grid.labels = {str(c.index): f"cell {c.index}: {c.label(result.axes)}" for c in result.sweep.cells}
-        self.table.html = report.table_html(result)
-
-    # ----------------------------------------------------------------- a tile, saving, A/B
-    def show_cell(self, index: int) -> None:
-        """What clicking a tile does: the cell's image at full size, overrides, record path, timings."""
-        result = self.result or self._live
-        if result is None or not 0 <= index < len(result.cells):
-            return
-        cell, res = result.sweep.cells[index], result.cells[index]
-        self.grid.selected = index
-        overrides = [*result.sweep.base, *cell.overrides]
-        line = shlex.join(overrides)
-        rows = [("cell", f"{index}: {cell.label(result.axes)}"),
-                ("status", res.status if res else ("invalid" if cell.error else "not run"))]
-        record = result.sweep.cell_dir(cell) / "record.json"
-        if record.is_file():
-            rows.append(("record", str(record)))
-        if res is not None:
-            rows += [(f"{k} (s)", f"{v:.3f}") for k, v in res.timings.items()]
-        error = (res.error if res else None) or cell.error
-        if error:
-            rows.append(("error", error))
-        self.detail_info.value = "<table>" + "".join(
-            f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
-        ) + "</table>"
-        self.detail_overrides.value = self.copy_button.text = line
-        self.detail_overrides.layout.display = self.copy_button.layout.display = None
-        if res is not None and res.tile is not None:
-            self.detail_image.value = png_bytes(res.tile)
-            self.detail_image.layout.display = None
-        else:
-            self.detail_image.layout.display = "none"
-
-    def save(self) -> dict:
-        """What the Save button does: the grid (PNG) and the table (CSV, Parquet) under the sweep folder."""
-        if self.result is None:
-            return {}
-        try:
-            paths = report.export(self.result)
-        except Exception as err:  # noqa: BLE001 - a full disk or a missing engine is shown, the panel stays usable
-            self.saved.value = _error_html(err)
-            return {}
-        self.saved.value = "saved " + ", ".join(f"{html.escape(k)}: <code>{html.escape(str(p))}</code>"
-                                                for k, p in paths.items())
-        return paths
-
-    def _zoom_compare(self, change) -> None:
-        self.compare_image.layout.max_width = "100%" if change["new"] else "none"
-
-    def _compare(self, change=None) -> None:
-        if self.result is None or self.compare_a.value is None or self.compare_b.value is None:
-            return
-        try:
-            cmp = self.result.compare(self.compare_a.value, self.compare_b.value)
-        except KeyError as err:
-            self.compare_info.value = html.escape(str(err))
-            return
-        self.compare_image.value = png_bytes(cmp.image)
-        self.compare_image.layout.display = None
-        rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td></tr>"
-            for k, (a, b) in cmp.diff.items()
-        )
-        mad = "n/a" if cmp.mean_abs_diff is None else f"{cmp.mean_abs_diff:.2f}"
-        psnr = "n/a" if cmp.psnr is None else f"{cmp.psnr:.2f} dB"
-        ssim = "n/a" if cmp.ssim is None else f"{cmp.ssim:.4f}"
-        self.compare_info.value = (
-            f"mean |A-B| per pixel: {mad} (0-255), PSNR {psnr}, SSIM {ssim}"
-            f"<table><tr><th>key</th><th>A</th><th>B</th></tr>{rows}</table>"
-        )
+        self.results.show(result)
 
     # ----------------------------------------------------------------- notebook display
     def _ipython_display_(self) -> None:
