@@ -216,7 +216,8 @@ def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cf
     from torch._dynamo.utils import counters
 
     from workbench.config.schema import CompileMode, InductorMode, PerfConfig
-    from workbench.perf import compile_transformer, prepare_attention
+    from workbench.compiling import compile_transformer
+    from workbench.perf import prepare_attention
     from workbench.precision import _quantize_fp8_torchao
 
     counters.clear()

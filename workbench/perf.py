@@ -9,6 +9,7 @@
 - ``compile``: ``regional`` compiles the repeated block once (``compile_repeated_blocks``: seconds),
   ``full`` compiles the whole model (minutes). ``inductor_mode`` passes TorchInductor's mode
   (``max-autotune-no-cudagraphs`` benchmarks GEMM configs and fuses epilogues; minutes on first use).
+  How it compiles (text length dynamic, the persistent cache) is ``workbench.compiling``.
 - ``attention_backend``: diffusers' dispatcher backend name (e.g. ``_native_cudnn``), or null.
 """
 
@@ -18,7 +19,8 @@ from workbench.errors import InputError
 import torch
 from torch import nn
 
-from workbench.config import CompileMode, InductorMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
+from workbench.compiling import compile_transformer
+from workbench.config import CompileMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
 
 
 class PerfError(InputError):
@@ -146,24 +148,6 @@ def prepare_attention(transformer, perf: PerfConfig) -> None:
         transformer.set_attention_backend(perf.attention_backend)
     if perf.fast_attention:
         enable_fast_attention(transformer)
-
-
-def compile_transformer(transformer, perf: PerfConfig):
-    """Compile switch; runs AFTER precision (the compiled graph then holds the quantised GEMMs).
-    Returns the callable to use for forwards."""
-    # By default Dynamo does not guard on module hooks: a hook added after the first compiled call
-    # (e.g. a LoRA) was silently ignored. With hook guards, such a change recompiles or fails loudly;
-    # workbench.lora refuses hooks on compiled blocks outright and fuses instead (tests/test_lora.py).
-    torch._dynamo.config.skip_nnmodule_hook_guards = False
-    options = {"fullgraph": True, "dynamic": False}
-    if perf.inductor_mode != InductorMode.default:
-        options["mode"] = perf.inductor_mode.value
-    if perf.compile == CompileMode.regional:
-        transformer.compile_repeated_blocks(**options)
-    elif perf.compile == CompileMode.full:
-        options.pop("fullgraph")
-        return torch.compile(transformer, **options)
-    return transformer
 
 
 def apply_perf(transformer, perf: PerfConfig):

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from workbench import vision
+from workbench.compiling import CompileCounts, is_compiled
 from workbench.conditioning import Conditioning
 from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
 from workbench.config import Config, ReferenceConfig, SamplerConfig, TemplateConfig
@@ -72,6 +73,7 @@ class Workbench:
         self.components = components
         # process-wide by default: workbenches on the same encoder share conditionings (see conditioning_cache.py)
         self.conditioning_cache = DEFAULT_CACHE if conditioning_cache is None else conditioning_cache
+        self.last_compile: Optional[dict] = None  # what the last ``generate`` compiled (compiled transformers)
 
     @classmethod
     def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
@@ -180,6 +182,7 @@ class Workbench:
         as in the full run, since both change the bits (padding, batch size).
         """
         timings: dict[str, float] = {}
+        before = CompileCounts.now() if is_compiled(self.components.transformer) else None
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
         run = self._prepare_run(cfg, timings)
         jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
@@ -195,6 +198,7 @@ class Workbench:
             for k, ((p, s), img) in enumerate(zip(chunk, pil)):
                 image_notes = run.notes + ([run.cut[p]] if p in run.cut else [])
                 results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, image_notes))
+        self.last_compile = None if before is None else (CompileCounts.now() - before).as_record()
         return results
 
     def _prepare_run(self, cfg: Config, timings: dict[str, float]) -> "_Run":

@@ -24,6 +24,7 @@ commands:
   import-comfy FILE [-o OUT.yaml]   ComfyUI workflow (UI / API JSON or PNG) -> experiment config
   reproduce RECORD_OR_PNG           re-run a record.json or image; report identical / PSNR / what changed
   models [--root DIR] [--json]      list model files found (kind, variant, dtype, size) by the names configs use
+  cache [--clear]                   the torch.compile cache kept between processes: where, how big; clear it
 
 exit codes: 0 done, 2 bad input (one line, refused before any work), 3 the run failed (one line saying
 what was written), 4 reproduce: the re-run differs, 130 interrupted, 1 a bug (traceback). `workbench run --help` for run's keys.
@@ -36,6 +37,7 @@ VERBS = {
     "import-comfy": "workbench.cli.import_comfy:main",
     "reproduce": "workbench.reproduce:main",  # its argument parsing lives in workbench/reproduce.py
     "models": "workbench.cli.models:main",
+    "cache": "workbench.cli.cache:main",
 }
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.compiling import is_compiled
 from workbench.config.lora import LoraAlpha, LoraItem
 from workbench.lora.files import LoraError, resolve_lora_file
 from workbench.lora.parse import LoraPair, LoraWeights, load_lora
@@ -121,11 +122,6 @@ def lora_set(model: nn.Module) -> LoraSet:
     return _SETS[model]
 
 
-def _is_compiled(model: nn.Module) -> bool:
-    """perf.compile=full wraps the model; regional compile sets each block's ``_compiled_call_impl``."""
-    return hasattr(model, "_orig_mod") or any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
-
-
 def apply_loras(model: nn.Module, items: Sequence[LoraItem], fuse: bool = False, roots: Optional[Sequence[str]] = None) -> LoraSet:
     """Make exactly ``items`` active on ``model``; every file is checked before anything changes."""
     for item in items:
@@ -134,7 +130,7 @@ def apply_loras(model: nn.Module, items: Sequence[LoraItem], fuse: bool = False,
     paths = [resolve_lora_file(i.file, roots) for i in items]
     key = (tuple((str(p), os.stat(p).st_mtime_ns, i.strength, LoraAlpha(i.alpha)) for p, i in zip(paths, items)), fuse)
     hooks = not fuse and any(i.strength != 0.0 for i in items)
-    if hooks and _is_compiled(model):  # checked only when hooks would be added: generate calls this every run
+    if hooks and is_compiled(model):  # checked only when hooks would be added: generate calls this every run
         raise LoraError(
             "LoRAs as hooks (lora.fuse=false) cannot run inside a compiled transformer (perf.compile=regional / "
             "full): torch.compile would need a graph per hooked block (60) and stops at its recompile limit. "

@@ -18,7 +18,8 @@ import torch
 from workbench.config import Config, ModelConfig, PerfConfig, PrecisionConfig
 from workbench.lora import apply_loras
 from workbench.models.components import Components, build_components, resolve_device
-from workbench.perf import check_perf, compile_transformer, prepare_attention
+from workbench.compiling import compile_transformer
+from workbench.perf import check_perf, prepare_attention
 from workbench.precision import apply_precision, check_device
 
 _CACHE: dict[tuple, Components] = {}

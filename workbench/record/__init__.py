@@ -25,7 +25,6 @@ from workbench.record.png import (
 from workbench.record.provenance import (
     HASH_CACHE,
     LIBRARIES,
-    cache_dir,
     device_info,
     file_sha256,
     git_state,
@@ -41,6 +40,6 @@ __all__ = [
     "RECORD_ONLY", "finish", "image_entry", "image_file", "png_chunk", "record_head", "slug",
     "atomic_write_bytes", "atomic_write_json", "check_output_dir", "dumps", "flatten", "json_safe",
     "PNG_KEY", "check_png", "inside", "png_bytes", "read_png_record", "read_record_json", "record_images", "save_png",
-    "HASH_CACHE", "LIBRARIES", "cache_dir", "device_info", "file_sha256", "git_state", "library_versions",
+    "HASH_CACHE", "LIBRARIES", "device_info", "file_sha256", "git_state", "library_versions",
     "model_file_hashes", "path_sha256", "peak_memory", "provenance", "reference_image_hashes",
 ]

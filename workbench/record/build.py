@@ -37,8 +37,11 @@ def image_file(index: int, seed: int, prompt: str) -> str:
 
 
 def record_head(bench, cfg: Config, resolved: dict, **extra: Any) -> dict:
-    """Config, provenance and the peak memory so far: read after generation, so the peak is the run's."""
-    return {"config": resolved, **provenance(bench, cfg, resolved), "peak_memory": peak_memory(bench.device), **extra}
+    """Config, provenance and the peak memory so far: read after generation, so the peak is the run's.
+    A compiled transformer adds ``compile``: graphs compiled, compile-cache hits / misses and seconds."""
+    compiled = {"compile": bench.last_compile} if getattr(bench, "last_compile", None) else {}
+    return {"config": resolved, **provenance(bench, cfg, resolved), "peak_memory": peak_memory(bench.device),
+            **compiled, **extra}
 
 
 def image_entry(index: int, generated: GeneratedImage, cfg: Config, head: dict) -> dict:

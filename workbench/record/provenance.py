@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.user_cache import user_cache_dir
 from workbench.record.files import atomic_write_json
 
 if TYPE_CHECKING:  # torch is imported where used: the CLI checks output folders before loading it
@@ -90,12 +90,6 @@ def peak_memory(device: torch.device) -> dict[str, int]:
 HASH_CACHE = "file_sha256.json"  # {absolute path: {size, mtime_ns, sha256}}
 
 
-def cache_dir() -> Path:
-    """$WORKBENCH_CACHE, else ~/.cache/qwen-image-workbench."""
-    env = os.environ.get("WORKBENCH_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "qwen-image-workbench"
-
-
 def _read_hash_cache(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -108,7 +102,7 @@ def file_sha256(path: str | Path) -> str:
     """sha256 of a file, cached by (path, size, mtime) so a 40 GB checkpoint is read once, not per run."""
     p = Path(path).resolve()
     st = p.stat()
-    cache_file = cache_dir() / HASH_CACHE
+    cache_file = user_cache_dir() / HASH_CACHE
     hit = _read_hash_cache(cache_file).get(str(p))
     if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
         return hit["sha256"]
