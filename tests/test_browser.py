@@ -165,10 +165,11 @@ def test_quickstart_and_sweep_panel_in_chromium(lab):
             panel.locator(".widget-button", has_text="Run sweep").click()
             expect(status).to_have_text("1 ran, 2 cached, 0 failed", timeout=120_000)
 
-            grid = panel.locator("img.widget-image").first
+            grid = panel.locator(".wb-grid img")
             expect(grid).to_be_visible()
             width = grid.evaluate("img => img.complete ? img.naturalWidth : 0")
             assert width > 3 * 128  # three tiles of >= 128 px plus legends
+            panel.locator(".lm-TabBar-tab", has_text="Table").click()
             table = panel.locator("table.workbench-sweep-table")
             expect(table).to_be_visible()
             expect(table.locator("tbody tr")).to_have_count(3)
