@@ -128,3 +128,16 @@ def test_accel_sweeps_as_an_axis_with_speedup_and_latent_distance(tmp_path):
     assert 10 < table.loc[1, "psnr_vs_0"] < float("inf")
     again = Sweep.plan(["accel=none,taylorseer"], base, tmp_path, metrics=["psnr", "ssim"]).run(progress=False)
     assert again.stats["cached"] == 2 and again.table.loc[1, "latent_rel_l2_vs_0"] == pytest.approx(rel)
+
+
+def test_composes_with_fp8_storage():
+    """precision=fp8_e4m3fn (diffusers layerwise casting hooks on every layer) under the block-level cache
+    hooks: runs, skips, and stays close to the same precision without accel."""
+    from workbench.pipeline import Workbench
+
+    plain = _cfg("precision=fp8_e4m3fn")
+    bench = Workbench.from_config(plain)
+    ref = bench.generate(plain, progress=False)[0].latents
+    lat = bench.generate(_cfg("precision=fp8_e4m3fn", "accel=taylorseer"), progress=False)[0].latents
+    assert 0 < _rel(lat, ref) < 0.25
+    bench.set_accel(plain.accel)
