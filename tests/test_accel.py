@@ -141,3 +141,17 @@ def test_composes_with_fp8_storage():
     lat = bench.generate(_cfg("precision=fp8_e4m3fn", "accel=taylorseer"), progress=False)[0].latents
     assert 0 < _rel(lat, ref) < 0.25
     bench.set_accel(plain.accel)
+
+
+def test_a_record_from_before_the_group_reproduces_with_accel_none(tmp_path):
+    """Records written before ``accel`` existed ran without cache hooks: reproduce fills accel=none and says so."""
+    import json
+    from pathlib import Path
+
+    from workbench.reproduce import recorded_config
+
+    record = json.loads((Path(__file__).parent / "fixtures/golden/t2i_batched/record.json").read_text())
+    del record["config"]["accel"]
+    _, cfg, defaults = recorded_config(record, tmp_path / "record.json")
+    assert cfg.accel.method.value == "none"
+    assert {"key": "accel.method", "default": "none"} in defaults
