@@ -12,6 +12,9 @@ Whose skip decisions depend on the weights' values (so random weights cannot sho
   only the quality cost depends on the weights.
 - ``pyramid_attention``: no. Each block's attention output is reused ``skip_range - 1`` times in a
   row inside a timestep window: a fixed schedule.
+"Steps" above are the hooks' own count of transformer calls per cache slot (cond / uncond / batch),
+from the first call of each denoise call: Heun's corrector is one more call per step, and an
+image-to-image run counts from its first remaining step.
 Not offered: MagCache (needs magnitude ratios calibrated per checkpoint and schedule), FasterCache
 (written for video tensors, BCFHW, and guidance batches), SeaCache / TextKV (other model families).
 """
