@@ -26,7 +26,8 @@ GROUP_FIELDS = {name for name, hint in typing.get_type_hints(Config).items() if 
 def test_options_are_the_files_of_each_group():
     conf = build.config_dir()
     groups = [p.name for p in conf.iterdir() if p.is_dir() and any(p.glob("*.yaml"))]
-    assert {"model", "template", "sampler", "lora", "precision", "reference", "perf", "executor", "experiment"} <= set(groups)
+    assert {"model", "template", "sampler", "lora", "precision", "reference", "perf", "accel", "executor",
+            "experiment"} <= set(groups)
     for group in groups:
         assert options(group) == sorted(p.stem for p in (conf / group).glob("*.yaml")), group
     assert "qwen_t2i" in options("template") and "lightning_8step" in options("experiment")
@@ -164,7 +165,8 @@ def test_machine_checks_run_in_the_build_step_not_in_the_dataclass(tmp_path):
 def test_top_level_defaults_live_only_in_the_config_dataclass(monkeypatch):
     from omegaconf import OmegaConf
 
-    assert GROUP_FIELDS == {"model", "template", "sampler", "lora", "precision", "reference", "perf", "executor"}
+    assert GROUP_FIELDS == {"model", "template", "sampler", "lora", "precision", "reference", "perf", "accel",
+                            "executor"}
     own = [f for f in dataclasses.fields(Config) if f.name not in GROUP_FIELDS]
     assert {f.name for f in own} >= {"prompts", "seeds", "height", "width", "device", "negative_prompt"}
     yaml = OmegaConf.load(build.config_dir() / "config.yaml")

@@ -200,6 +200,23 @@ def _perf(option, generate, baseline, tmp_path):
         assert error < 1e-4, (option, error)
 
 
+def _accel(option, generate, baseline, tmp_path):
+    """Cache hooks, applied to the resident transformer for this run; at 2 steps they may skip little,
+    so: none is bit-identical, the others were active during the run and stay near the uncached result
+    (tests/test_accel.py counts the work they skip)."""
+    from workbench.accel import active
+
+    run = generate(f"accel={option}")
+    try:
+        assert run.cfg.accel.name == option
+        if option != "none":  # none composes to the default config: the baseline run is returned, not run again
+            assert active(run.bench.components.transformer).value == option
+        rel = ((run.latents - baseline.latents).norm() / baseline.latents.norm()).item()
+        assert rel == 0 if option == "none" else rel < 0.3, (option, rel)
+    finally:
+        run.bench.set_accel(baseline.cfg.accel)  # the resident model is shared: leave no hooks for direct denoise calls
+
+
 def _executor(option, generate, baseline, tmp_path):
     """Where sweep cells run; a plain run is unchanged by it (tests/test_ray_executor.py runs Ray)."""
     run = generate(f"executor={option}")
@@ -210,7 +227,7 @@ def _executor(option, generate, baseline, tmp_path):
 # refusal belongs to the models' build (issue 14); strict, so the mark must go once the refusal exists.
 KNOWN_GAPS: dict[tuple[str, str], str] = {}  # (group, option) -> why it cannot pass yet (a strict xfail)
 RUNNERS = {"model": _model, "template": _template, "sampler": _sampler, "lora": _lora, "precision": _precision,
-           "reference": _reference, "perf": _perf, "executor": _executor}
+           "reference": _reference, "perf": _perf, "accel": _accel, "executor": _executor}
 
 
 @pytest.mark.parametrize("group,option", [

@@ -19,6 +19,7 @@ from workbench.compiling import CompileCounts, is_compiled
 from workbench.conditioning import Conditioning
 from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
 from workbench.config import Config, ReferenceConfig, SamplerConfig, TemplateConfig
+from workbench.accel import apply_accel
 from workbench.lora import apply_loras
 from workbench.models.build import components_for
 from workbench.models.components import Components
@@ -90,6 +91,11 @@ class Workbench:
         on the same cached transformer; ``generate`` re-applies its config's LoRAs for that reason.
         ``roots``: where LoRA names are looked up (model.roots; else $WORKBENCH_MODELS, else ./models)."""
         return apply_loras(self.components.transformer, list(items), fuse=fuse, roots=roots or None)
+
+    def set_accel(self, accel) -> None:
+        """Make ``accel`` (``AccelConfig``) the cache hooks of the shared transformer; never rebuilds it.
+        ``generate`` re-applies its config's accel on every run, as it does for LoRAs."""
+        apply_accel(self.components.transformer, accel)
 
     @property
     def device(self) -> torch.device:
@@ -184,6 +190,7 @@ class Workbench:
         timings: dict[str, float] = {}
         before = CompileCounts.now() if is_compiled(self.components.transformer) else None
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
+        self.set_accel(cfg.accel)  # a no-op when unchanged
         run = self._prepare_run(cfg, timings)
         jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
         results: list[GeneratedImage] = []

@@ -1,6 +1,6 @@
 """The config: one dataclass module per group of ``conf/`` and the build door that fills them.
 
-- ``model``, ``template``, ``sampler``, ``lora``, ``precision``, ``reference``, ``perf``, ``executor``
+- ``model``, ``template``, ``sampler``, ``lora``, ``precision``, ``reference``, ``perf``, ``accel``, ``executor``
   (one module per ``conf/<group>/``) and ``run`` (the root ``Config``): dataclasses, enums and their
   value checks in ``__post_init__`` (prompt not empty, sizes multiples of 16, steps >= 1, no NaN / Inf,
   the bounds of ``limits``); no Hydra, no disk.
@@ -13,6 +13,7 @@ Every schema name is importable from here; the build functions (``compose``, ``t
 too, loaded on first use so that importing a dataclass never imports Hydra.
 """
 
+from workbench.config.accel import AccelConfig, AccelMethod, check_accel_fits
 from workbench.config.executor import ExecutorConfig, ExecutorName
 from workbench.config.lora import LoraAlpha, LoraConfig, LoraItem, check_lora_fits
 from workbench.config.model import (
@@ -39,12 +40,12 @@ _BUILD = ("ComposeError", "compose", "compose_many", "config_dir", "describe_err
           "to_run_config")
 
 __all__ = [
-    "CfgBatching", "CompileMode", "Config", "ConfigError", "ControlTokens", "DType", "ExecutorConfig",
+    "AccelConfig", "AccelMethod", "CfgBatching", "CompileMode", "Config", "ConfigError", "ControlTokens", "DType", "ExecutorConfig",
     "ExecutorName", "Guidance", "InductorMode", "LoraAlpha", "LoraConfig", "LoraItem", "MemoryMode",
     "ModelConfig", "ModelSource", "PerfConfig", "PrecisionConfig", "Quantization", "ReferenceConfig",
     "ReferencePolicy", "Resample", "SamplerConfig", "SchedulerKind", "ShiftMode", "TemplateConfig",
     "TextEncoderSize", "TinySpec", "TransformerSize", "VaeFit", "VaeSize", "Variant", "VisionSize",
-    "WeightStorage", "check_lora_fits", "escape_interpolation", "literal", "override_value", *_BUILD,
+    "WeightStorage", "check_accel_fits", "check_lora_fits", "escape_interpolation", "literal", "override_value", *_BUILD,
 ]
 
 

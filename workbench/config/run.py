@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from workbench.config import limits
+from workbench.config.accel import AccelConfig, check_accel_fits
 from workbench.config.common import MISSING
 from workbench.config.executor import ExecutorConfig
 from workbench.config.lora import LoraConfig, check_lora_fits
@@ -27,6 +28,7 @@ class Config:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    accel: AccelConfig = field(default_factory=AccelConfig)  # cache hooks, applied per run (workbench/accel.py)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # sweeps only; never in a cell's cache key
 
     prompts: list[str] = field(default_factory=lambda: ["a red fox in the snow"])
@@ -53,6 +55,7 @@ class Config:
         if not 1 <= self.max_sequence_length <= 4096:
             raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
         check_lora_fits(self.lora, self.precision, self.perf)
+        check_accel_fits(self.accel, self.sampler, self.perf)
 
     def _check_prompts_and_seeds(self) -> None:
         if not self.prompts:

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from workbench import accel
 from workbench.conditioning import Conditioning, concat
 from workbench.config import CfgBatching, SamplerConfig, SchedulerKind
 from workbench.stages.guidance import guide
@@ -39,10 +40,18 @@ def _mask_or_none(mask: torch.Tensor) -> Optional[torch.Tensor]:
     return None if bool(mask.all()) else mask
 
 
-def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, reference) -> torch.Tensor:
+def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, reference, name: str) -> torch.Tensor:
+    """One transformer call; ``name`` (cond / uncond / batch) is the cache slot of the accel hooks."""
     n = latents.shape[0]
     x = latents if reference is None else torch.cat([latents, reference.expand(n, -1, -1)], dim=1)
-    out = transformer(
+    with accel.step(transformer, name, timestep):
+        out = _call(transformer, x, cond, timestep, latents, img_shapes)
+    return out[:, : latents.shape[1]]  # only the target tokens are denoised
+
+
+def _call(transformer, x, cond: Conditioning, timestep, latents, img_shapes) -> torch.Tensor:
+    n = latents.shape[0]
+    return transformer(
         hidden_states=x,
         timestep=timestep.expand(n).to(latents.dtype) / 1000,
         encoder_hidden_states=cond.embeds.to(latents.dtype),
@@ -50,7 +59,6 @@ def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, ref
         img_shapes=[img_shapes] * n,
         return_dict=False,
     )[0]
-    return out[:, : latents.shape[1]]  # only the target tokens are denoised
 
 
 def _batched(sampler: SamplerConfig, cond: Conditioning, uncond: Optional[Conditioning]) -> Optional[Conditioning]:
@@ -105,14 +113,15 @@ def denoise(
     def velocity(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
         """The guided flow velocity at (x, t): 1 forward, or 2 (or 1 batched) with guidance."""
         if not guided:
-            return _forward(transformer, x, cond, t, img_shapes, reference)
+            return _forward(transformer, x, cond, t, img_shapes, reference, "cond")
         if both is not None:
-            v_cond, v_uncond = _forward(transformer, torch.cat([x, x]), both, t, img_shapes, reference).split(n)
+            v_cond, v_uncond = _forward(transformer, torch.cat([x, x]), both, t, img_shapes, reference, "batch").split(n)
         else:
-            v_cond = _forward(transformer, x, cond, t, img_shapes, reference)
-            v_uncond = _forward(transformer, x, uncond, t, img_shapes, reference)
+            v_cond = _forward(transformer, x, cond, t, img_shapes, reference, "cond")
+            v_uncond = _forward(transformer, x, uncond, t, img_shapes, reference, "uncond")
         return guide(sampler, v_cond, v_uncond, x, sigma)
 
+    accel.reset(transformer)  # a new generation: no cached block output of an earlier run or batch is reused
     sigmas = schedule.sigmas
     size = (img_shapes[0][1] * 16, img_shapes[0][2] * 16)  # (frames, h/16, w/16) of the target
     for i, t in tqdm(schedule.remaining(), desc="denoise", disable=not progress, leave=False):

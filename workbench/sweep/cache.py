@@ -28,7 +28,8 @@ def cell_result(sweep: SweepPlan, cell: Cell, out: CellOutput) -> CellResult:
         return CellResult(cell, "failed", error=out.error, record=out.record, worker=out.worker)
     files = [sweep.cell_dir(cell) / entry["file"] for entry in out.record["images"]]
     hit = out.record.get("conditioning_cached", False)
-    return CellResult(cell, "ok", out.images, files, out.record, conditioning_cached=hit, worker=out.worker)
+    return CellResult(cell, "ok", out.images, files, out.record, conditioning_cached=hit, worker=out.worker,
+                      latents=out.latents)
 
 
 def write_output(sweep: SweepPlan, cell: Cell, out: CellOutput) -> None:
@@ -42,7 +43,31 @@ def write_output(sweep: SweepPlan, cell: Cell, out: CellOutput) -> None:
     for entry, image in zip(out.record["images"], out.images):
         rec.save_png(folder / entry["file"], image, rec.png_chunk(out.record, entry))
     (folder / "error.json").unlink(missing_ok=True)
+    if out.latents is not None:  # small (tokens x 64 floats per image): what latent_rel_l2 compares
+        _write_latents(folder / LATENTS, out.latents)
     rec.atomic_write_json(folder / "record.json", out.record)
+
+
+LATENTS = "latents.npy"
+
+
+def _write_latents(path: Path, latents) -> None:
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, np.asarray(latents, dtype=np.float32), allow_pickle=False)
+    tmp.replace(path)
+
+
+def _read_latents(path: Path):
+    """The cell's final latents, or None (a cell stored before they were kept, or an unreadable file)."""
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 class CorruptCellWarning(UserWarning):
@@ -92,4 +117,5 @@ def read_back(sweep: SweepPlan, cell: Cell) -> Optional[CellResult]:
             stacklevel=2,
         )
         return None
-    return CellResult(cell, "cached", images, files, record, conditioning_cached=record.get("conditioning_cached", False))
+    return CellResult(cell, "cached", images, files, record, conditioning_cached=record.get("conditioning_cached", False),
+                      latents=_read_latents(folder / LATENTS))

@@ -34,6 +34,7 @@ class CellResult:
     error: Optional[str] = None
     conditioning_cached: bool = False
     worker: Optional[str] = None  # "host:pid" of the process that ran it (None: read back or invalid)
+    latents: Optional[Any] = None  # numpy (images, tokens, 64) final latents; None for failed / older cells
 
     @property
     def timings(self) -> dict[str, float]:

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from PIL import Image
 
@@ -37,6 +37,7 @@ class CellOutput:
     conditioning_hits: int = 0
     model_switch: bool = False  # this cell's (model, precision, device) differs from the runner's previous cell
     worker: Optional[str] = None  # "host:pid"
+    latents: Optional[Any] = None  # numpy float32 (images, tokens, 64): final latents, for latent_rel_l2 vs a reference
 
     @classmethod
     def failure(cls, cell: Cell, message: str) -> "CellOutput":
@@ -130,7 +131,8 @@ class CellRunner:
         )
         record = rec.finish(head, [rec.image_entry(i, g, cfg, head) for i, g in enumerate(generated)])
         images = [g.image for g in generated]
-        return CellOutput("ok", images, record, encodes=misses, conditioning_hits=hits)
+        latents = torch.cat([g.latents for g in generated]).float().numpy()
+        return CellOutput("ok", images, record, encodes=misses, conditioning_hits=hits, latents=latents)
 
 
 def _step_callback(watch: RunWatch, bench: Workbench, cfg: Config) -> Callable:

@@ -1,4 +1,5 @@
-"""Metric columns of a sweep table: adherence to the caption (pixels only) and PSNR / SSIM against a reference cell.
+"""Metric columns of a sweep table: adherence to the caption (pixels only) and, against a reference
+cell, PSNR / SSIM of the images, the relative L2 distance of the final latents and the denoise speed-up.
 
 The numbers come from ``workbench.metrics``; this module only decides which images each cell is
 scored on and names the columns, so the table, ``table.csv`` and the panel show the same values.
@@ -45,7 +46,26 @@ def columns(metrics: Sequence[str], reference: int) -> list[str]:
     if "adherence" in metrics:
         out += ["adherence"] + [f"{a}_ok" for a in ATTRIBUTE_COLUMNS]
     out += [f"{m}_vs_{reference}" for m in ("psnr", "ssim") if m in metrics]
+    if any(m in ("psnr", "ssim") for m in metrics):  # the reference-cell metrics: also latents and speed
+        out += [f"latent_rel_l2_vs_{reference}", f"speedup_vs_{reference}"]
     return out
+
+
+def latent_rel_l2(res: CellResult, ref: CellResult) -> Optional[float]:
+    """||a - b|| / ||b|| of the final latents (all images of the cell), None when either has none or shapes differ."""
+    import numpy as np
+
+    if res.latents is None or ref.latents is None or np.shape(res.latents) != np.shape(ref.latents):
+        return None
+    a, b = np.asarray(res.latents, dtype=np.float64), np.asarray(ref.latents, dtype=np.float64)
+    norm = float(np.linalg.norm(b))
+    return float(np.linalg.norm(a - b)) / norm if norm > 0 else None
+
+
+def speedup(res: CellResult, ref: CellResult) -> Optional[float]:
+    """Reference denoise time / this cell's (2.0: twice as fast); None without both timings."""
+    mine, theirs = res.timings.get("denoise"), ref.timings.get("denoise")
+    return theirs / mine if mine and theirs else None
 
 
 def cell_scores(
@@ -68,4 +88,7 @@ def cell_scores(
             if name in metrics and all(a.size == b.size for a, b in zip(res.images, ref.images)):
                 values = [fn(a, b) for a, b in zip(res.images, ref.images)]
                 row[f"{name}_vs_{reference}"] = sum(values) / len(values)
+    if ref is not None and ref.images and any(m in ("psnr", "ssim") for m in metrics):
+        row[f"latent_rel_l2_vs_{reference}"] = latent_rel_l2(res, ref)
+        row[f"speedup_vs_{reference}"] = speedup(res, ref)
     return row
