@@ -132,6 +132,32 @@ def _failure(page, tmp: Path, err: Exception) -> AssertionError:
     return AssertionError(f"{err}\n--- screenshot: {tmp / 'failure.png'}\n--- lab.log (tail):\n{log}")
 
 
+def _open_and_run_all(page, url: str) -> None:
+    """Open a notebook and Run All, until a cell has run. On a loaded machine Lab may ask which kernel to
+    start (its dialog takes the click) or take the first menu click before the notebook is active:
+    accept the preferred kernel, and click Run All again while no cell has started."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    first_cell = page.locator(".jp-Notebook .jp-Cell").first
+    expect(first_cell).to_be_visible(timeout=60_000)
+    ran = page.locator(".jp-InputArea-prompt", has_text=re.compile(r"\[(\d+|\*)\]:")).first
+    for _ in range(4):
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            dialog.locator("button.jp-mod-accept").click()
+        expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=90_000)
+        first_cell.click()  # the menu command needs an active notebook
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        page.locator("[data-command='runmenu:run-all']").click()
+        try:
+            expect(ran).to_be_visible(timeout=30_000)
+            return
+        except AssertionError:
+            continue
+    expect(ran).to_be_visible(timeout=1_000)  # fails with Playwright's own report
+
+
 def test_quickstart_and_sweep_panel_in_chromium(lab):
     from playwright.sync_api import expect, sync_playwright
 
@@ -140,16 +166,7 @@ def test_quickstart_and_sweep_panel_in_chromium(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=lab["env"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.goto(f"{lab['url']}/lab/tree/{NOTEBOOK.name}?token={lab['token']}")
-            first_cell = page.locator(".jp-Notebook .jp-Cell").first
-            expect(first_cell).to_be_visible(timeout=60_000)
-            expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=60_000)
-
-            # Run All (click into a cell first: the menu command needs an active notebook)
-            first_cell.click()
-            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            page.locator("[data-command='runmenu:run-all']").click()
-            expect(page.locator(".jp-InputArea-prompt", has_text=re.compile(r"\[\d+\]:")).first).to_be_visible(timeout=60_000)
+            _open_and_run_all(page, f"{lab['url']}/lab/tree/{NOTEBOOK.name}?token={lab['token']}")
 
             # the panel cell ran, then panel.run() filled grid, table and status
             panel = page.locator(".widget-vbox", has=page.locator(".widget-button", has_text="Run sweep")).last
@@ -215,13 +232,7 @@ def test_panels_in_chromium_stop_resume_tiles_table_compare_template_reopen(lab)
         context.grant_permissions(["clipboard-read", "clipboard-write"], origin=lab["url"])
         page = context.new_page()
         try:
-            page.goto(url)
-            first_cell = page.locator(".jp-Notebook .jp-Cell").first
-            expect(first_cell).to_be_visible(timeout=60_000)
-            expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=60_000)
-            first_cell.click()
-            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-            page.locator("[data-command='runmenu:run-all']").click()
+            _open_and_run_all(page, url)
 
             panel = page.locator(".widget-vbox", has=page.locator(".widget-button", has_text="Run sweep")).last
             expect(panel).to_be_visible(timeout=120_000)
