@@ -44,6 +44,7 @@ def repo_like(tmp_path, monkeypatch):
     for name in ("examples", "tests"):
         (tmp_path / name).symlink_to(REPO / name, target_is_directory=True)
     (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "user-cache"))  # `workbench cache` reads it
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -64,7 +65,7 @@ def expand(overrides: list[str]) -> list[list[str]]:
 def test_tour_lists_the_verbs_and_no_placeholders():
     lines = tour()
     assert len(lines) >= 12
-    assert {argv[0] for argv, _ in lines} == {"run", "tokens", "models", "import-comfy", "reproduce"}
+    assert {argv[0] for argv, _ in lines} == {"run", "tokens", "models", "cache", "import-comfy", "reproduce"}
     for argv, _ in lines:  # the files a line names ship with the repository
         for arg in argv:
             if arg.startswith(("examples/", "tests/")):
@@ -88,6 +89,8 @@ def test_every_tour_line_runs_or_validates(repo_like, capsys):
         else:
             assert workbench(argv) == 0, (argv, capsys.readouterr().err)
             out = capsys.readouterr()
+            if verb == "cache":
+                assert out.out.startswith("compile cache: ")
             if verb == "tokens" and "--template-file" in args:
                 assert out.out.startswith("template my_template: ")
             if verb == "import-comfy":
@@ -98,7 +101,7 @@ def test_every_tour_line_runs_or_validates(repo_like, capsys):
                 assert workbench(argv) == 2 and "exists: pass --force" in capsys.readouterr().err
                 assert workbench([*argv, "--force"]) == 0
         checked.add(verb)
-    assert checked == {"run", "tokens", "models", "import-comfy"}
+    assert checked == {"run", "tokens", "models", "cache", "import-comfy"}
 
 
 @pytest.mark.slow
