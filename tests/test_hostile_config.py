@@ -78,7 +78,7 @@ def test_unknown_key_without_plus_is_rewritten_at_compose():
     assert "Key 'stepz' not in 'SamplerConfig'" in str(err.value.__cause__)  # Hydra / OmegaConf's own text
     with pytest.raises(ComposeError, match=r"^unknown key heigth; did you mean height\?$"):
         compose(["heigth=64"])
-    with pytest.raises(ComposeError, match=r"^unknown key xyzzy; known keys: accel, batch_size, device, executor"):
+    with pytest.raises(ComposeError, match=r"^unknown key xyzzy; known keys: accel, batch_size, device, encoder_tap, executor"):
         compose(["xyzzy=1"])
 
 

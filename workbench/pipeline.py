@@ -109,6 +109,7 @@ class Workbench:
         images: list[Image.Image] = (),
         max_sequence_length: int = 1024,
         resample: str = "bicubic",
+        tap: str = "post_norm",
     ) -> Conditioning:
         """Prompts (+ the VLM copies of reference images, shared by every prompt) -> ``Conditioning``.
 
@@ -118,12 +119,13 @@ class Workbench:
         """
         c = self.components
         resample = plain(resample)
-        preprocessing = {"resample": resample, "min_pixels": vision.MIN_PIXELS, "max_pixels": vision.MAX_PIXELS}
+        preprocessing = {"resample": resample, "min_pixels": vision.MIN_PIXELS, "max_pixels": vision.MAX_PIXELS,
+                         "tap": tap}
         key = self.conditioning_cache.key(c, template, prompts, images, max_sequence_length, preprocessing)
         return self.conditioning_cache.get_or_encode(
             key,
             lambda: encode_stage.encode_prompts(
-                c.tokenizer, c.text_encoder, template, list(prompts), list(images), max_sequence_length, resample
+                c.tokenizer, c.text_encoder, template, list(prompts), list(images), max_sequence_length, resample, tap
             ),
         )
 
@@ -229,9 +231,10 @@ class Workbench:
 
         with self._timed(timings, "encode"):
             resample = cfg.reference.vlm_resample
-            cond = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length, resample)
+            cond = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length, resample, cfg.encoder_tap)
             uncond = (
-                self.encode([cfg.negative_prompt], cfg.template, vlm_images, cfg.max_sequence_length, resample)
+                self.encode([cfg.negative_prompt], cfg.template, vlm_images, cfg.max_sequence_length, resample,
+                            cfg.encoder_tap)
                 if cfg.sampler.cfg > 1
                 else None
             )

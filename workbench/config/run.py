@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,6 +44,7 @@ class Config:
     snap_size: bool = False  # floor sides to multiples of 16 (noted in the record) instead of refusing
     batch_size: int = 1  # images per forward pass
     max_sequence_length: int = 1024
+    encoder_tap: str = "post_norm"  # the text encoder's state the DiT reads: post_norm | pre_norm | -k (stages/encode.py)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
@@ -54,6 +57,10 @@ class Config:
         self._check_strength_and_batches()
         if not 1 <= self.max_sequence_length <= 4096:
             raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
+        if not re.fullmatch(r"post_norm|pre_norm|-([2-9]|[1-9][0-9]+)", str(self.encoder_tap)):
+            raise ConfigError(f"encoder_tap={self.encoder_tap!r}: expected post_norm (after the final norm, as diffusers' "
+                              "20B pipelines read), pre_norm (the last layer's output before it) or -k with k >= 2 "
+                              "(hidden_states[-k], an earlier layer)")
         check_lora_fits(self.lora, self.precision, self.perf)
         check_accel_fits(self.accel, self.sampler, self.perf)
 

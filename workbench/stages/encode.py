@@ -4,14 +4,23 @@ Differs from diffusers 0.42.1 on purpose in two places:
 - the drop count comes from the template (``workbench.templates``), not a constant;
 - with images, ``mm_token_type_ids`` is passed so transformers 5 computes the 3-D mRoPE positions
   of the vision tokens (diffusers' edit pipelines omit it and silently get 1-D positions).
+
+Which hidden state the DiT reads is a switch (``encoder_tap``): ``post_norm`` is ``hidden_states[-1]``,
+which transformers 5 records AFTER the final RMSNorm (what diffusers' 20B pipelines read); ``pre_norm``
+is the last decoder layer's output before that norm (what diffusers' Qwen-Image-2.1 pipeline restores
+with a hook, saying 2.1 was trained on it); ``-k`` (k >= 2) is ``hidden_states[-k]``, an earlier layer.
+Nobody has shown which form the 20B models were trained on, so this is a research axis.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from PIL import Image
 
 from workbench.conditioning import Conditioning, pad_stack
+from workbench.errors import InputError
 from workbench.config import TemplateConfig
 from workbench.templates import render, tokenize
 from workbench.tokenizer import IMAGE_PAD_ID
@@ -29,8 +38,10 @@ def encode_prompts(
     images: list[Image.Image] = (),
     max_sequence_length: int = 1024,
     resample: str = "bicubic",
+    tap: str = "post_norm",
 ) -> Conditioning:
-    """Encode a batch of prompts (all with the same reference images) into one ``Conditioning``."""
+    """Encode a batch of prompts (all with the same reference images) into one ``Conditioning``;
+    ``tap`` picks the hidden state (module docstring)."""
     vision: VisionInput | None = preprocess(list(images), resample=resample) if images else None
     grids = vision.grids if vision else []
     tokenized = [tokenize(tokenizer, render(template, p, len(grids), tokenizer), grids) for p in prompts]
@@ -52,8 +63,9 @@ def encode_prompts(
             image_grid_thw=torch.tensor(grids * n, device=device),
             mm_token_type_ids=(input_ids == IMAGE_PAD_ID).int(),
         )
-    out = text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
-    hidden = out.hidden_states[-1]  # (B, L, D) after the final norm
+    with _pre_norm_capture(text_encoder, tap) as captured:
+        out = text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+    hidden = captured[0] if captured else tapped(out.hidden_states, tap)  # (B, L, D)
 
     rows = [hidden[i, : len(t.input_ids)][t.drop :][:max_sequence_length] for i, t in enumerate(tokenized)]
     embeds, mask = pad_stack(rows)
@@ -66,6 +78,45 @@ def encode_prompts(
         prompts=list(prompts),
         image_grids=grids,
     )
+
+
+def tapped(hidden_states: tuple, tap: str):
+    """``post_norm`` -> the last entry (after the final norm); ``-k`` -> ``hidden_states[-k]``."""
+    if tap == "post_norm":
+        return hidden_states[-1]
+    k = int(tap)
+    if not 2 <= -k <= len(hidden_states):
+        raise InputError(f"encoder_tap={tap}: this text encoder records {len(hidden_states)} hidden states "
+                         f"(embeddings + {len(hidden_states) - 1} layers); use -2..-{len(hidden_states)}, "
+                         "post_norm or pre_norm")
+    return hidden_states[k]
+
+
+@contextlib.contextmanager
+def _pre_norm_capture(text_encoder, tap: str):
+    """For ``pre_norm``: the input of the language model's final norm, caught by a forward pre-hook
+    (removed on exit); an empty list for every other tap."""
+    captured: list = []
+    if tap != "pre_norm":
+        yield captured
+        return
+    norm = _final_norm(text_encoder)
+    handle = norm.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _final_norm(text_encoder):
+    for path in ("model.language_model.norm", "language_model.norm", "model.norm"):
+        module = text_encoder
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        if module is not None:
+            return module
+    raise InputError(f"encoder_tap=pre_norm: no final norm found in {type(text_encoder).__name__} "
+                     "(looked for model.language_model.norm, language_model.norm, model.norm); use post_norm or -k")
 
 
 def truncation_notes(tokenizer, template: TemplateConfig, cond: Conditioning, max_sequence_length: int,
