@@ -99,6 +99,10 @@ def _model(option, generate, baseline, tmp_path):
     run = generate(f"model={option}")
     assert run.image.size == (64, 64) and run.rows == [1, 1]
     transformer = run.bench.components.transformer
+    if run.cfg.model.variant.family == "qwen-image-2.1":  # its own classes; RGBA out
+        assert type(transformer).__name__ == "QwenImage21Transformer2DModel" and run.image.mode == "RGBA"
+        assert type(run.bench.components.text_encoder).__name__ == "Qwen3VLForConditionalGeneration"
+        return
     assert transformer.config.zero_cond_t == (run.cfg.model.variant.value == "edit_2511")
     assert (run.cfg.model.weights is not None) == (option == "tiny")  # only model=tiny loads trained weights
     if option == "tiny":  # the default model
@@ -149,7 +153,8 @@ def _template(option, generate, baseline, tmp_path):
 
 
 def _sampler(option, generate, baseline, tmp_path):
-    run = generate(f"sampler={option}")
+    fixed = "sigmas:" in (CONF / "sampler" / f"{option}.yaml").read_text()  # a fixed grid fixes its step count
+    run = generate(f"sampler={option}", *(("sampler.sigmas=[1.0,0.5]",) if fixed else ()))
     s = run.cfg.sampler
     assert s.name == option and s.steps == 2 and run.image.size == (64, 64)
     per_step = 2 if s.cfg > 1 else 1  # cond + uncond (two forwards here: their lengths differ)
@@ -252,7 +257,8 @@ def test_experiment_runs_as_workbench_run(name, tmp_path):
     assert record["status"] == "complete" and len(record["images"]) == len(config["prompts"]) * len(config["seeds"])
     for entry in record["images"]:
         pixels = np.asarray(Image.open(tmp_path / entry["file"]))
-        assert pixels.shape == (entry["height"], entry["width"], 3) and pixels.std() > 1.0  # not a flat image
+        channels = 4 if config["model"]["variant"].startswith("qwen21") else 3  # 2.1's VAE is RGBA
+        assert pixels.shape == (entry["height"], entry["width"], channels) and pixels.std() > 1.0  # not a flat image
     assert check(config, record), record
 
 
@@ -262,6 +268,12 @@ EXPERIMENT_CHECKS = {  # name: (overrides that only make it cheaper, what the fi
     "edit_tiny": (("sampler.steps=2",), lambda c, r: c["template"]["name"] == "qwen_edit_plus"
                   and len(r["images"][0]["reference_sha256"]) == 1
                   and (r["images"][0]["width"], r["images"][0]["height"]) == (64, 64)),  # the reference's size
+    "qwen21_t2i_tiny": ((), lambda c, r: (c["model"]["variant"], c["template"]["name"], c["encoder_tap"],
+                                          c["perf"]["prefix_kv_cache"]) == ("qwen21", "qwen21", "pre_norm", True)),
+    "qwen21_edit_tiny": ((), lambda c, r: len(r["images"][0]["reference_sha256"]) == 3
+                         and (r["images"][0]["width"], r["images"][0]["height"]) == (128, 128)),  # the last image's
+    "qwen21_turbo_tiny": ((), lambda c, r: (c["model"]["variant"], c["sampler"]["steps"], c["sampler"]["cfg"],
+                                            len(c["sampler"]["sigmas"])) == ("qwen21_turbo", 8, 1.0, 8)),
 }
 
 

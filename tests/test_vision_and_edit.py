@@ -195,7 +195,7 @@ def test_vlm_resample_is_plumbed_from_config(bench, make_cfg, monkeypatch):
 
     seen = []
     real = encode_stage.preprocess
-    monkeypatch.setattr(encode_stage, "preprocess", lambda images, resample="bicubic": seen.append(resample) or real(images, resample=resample))
+    monkeypatch.setattr(encode_stage, "preprocess", lambda images, resample="bicubic", **kw: seen.append(resample) or real(images, resample=resample, **kw))
     fresh = Workbench(bench.components, conditioning_cache=ConditioningCache())
     fresh.generate(make_cfg("experiment=edit_tiny", "reference.vlm_resample=bilinear", "sampler.steps=1", "sampler=lightning"), progress=False)
     fresh.generate(make_cfg("experiment=edit_tiny", "sampler.steps=1", "sampler=lightning"), progress=False)

@@ -28,7 +28,7 @@ from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
 from workbench.stages import encode as encode_stage
 from workbench.stages import latents as latents_stage
-from workbench.stages.reference import References, prepare_references
+from workbench.stages.reference import References, prepare_references, prepare_references_qwen21
 from workbench.stages.schedule import Schedule
 from workbench.values import plain
 
@@ -119,23 +119,34 @@ class Workbench:
         """
         c = self.components
         resample = plain(resample)
+        style = encode_stage.QWEN3_STYLE if c.is_qwen21 else encode_stage.QWEN25_STYLE
         preprocessing = {"resample": resample, "min_pixels": vision.MIN_PIXELS, "max_pixels": vision.MAX_PIXELS,
-                         "tap": tap}
+                         "tap": tap, "style": repr(style)}
         key = self.conditioning_cache.key(c, template, prompts, images, max_sequence_length, preprocessing)
         return self.conditioning_cache.get_or_encode(
             key,
             lambda: encode_stage.encode_prompts(
-                c.tokenizer, c.text_encoder, template, list(prompts), list(images), max_sequence_length, resample, tap
+                c.tokenizer, c.text_encoder, template, list(prompts), list(images), max_sequence_length, resample, tap,
+                style,
             ),
         )
 
     def prepare_references(self, images: list[Image.Image], reference: ReferenceConfig) -> References:
-        """Size each reference by ``reference.policy`` (diffusers / comfy) for the VLM and the VAE."""
+        """Size each reference by ``reference.policy`` (diffusers / comfy) for the VLM and the VAE; 2.1:
+        one copy at ``reference.vae_area`` (its ``output_resolution``^2) for both."""
+        if self.components.is_qwen21:
+            return prepare_references_qwen21(self.components.vae, images, reference.vae_area)
         return prepare_references(self.components.vae, images, reference)
+
+    @property
+    def layout(self) -> latents_stage.Layout:
+        """How this family's latents become tokens (``stages/latents.py``)."""
+        return latents_stage.QWEN21 if self.components.is_qwen21 else latents_stage.QWEN_IMAGE
 
     def prepare_latents(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
         f = self.components.vae_scale_factor
-        return latents_stage.noise(seeds, height // f, width // f, self.device, self.components.transformer.dtype)
+        return latents_stage.noise(seeds, height // f, width // f, self.device, self.components.transformer.dtype,
+                                   self.layout)
 
     def encode_init(self, image: Image.Image, height: int, width: int):
         """The image-to-image start image at the output size -> its VAE latent distribution."""
@@ -167,18 +178,22 @@ class Workbench:
         progress: bool = True,
         start_step: int = 0,
         schedule: Optional[Schedule] = None,
+        prefix_kv_cache: bool = True,
     ) -> torch.Tensor:
-        """``schedule``: the one ``prepare_img2img_latents`` returned (else a fresh one from ``start_step``)."""
+        """``schedule``: the one ``prepare_img2img_latents`` returned (else a fresh one from ``start_step``).
+        ``prefix_kv_cache``: Qwen-Image-2.1 only (``perf.prefix_kv_cache``)."""
         shapes = [(1, height // 16, width // 16)] + (references.shapes if references else [])
         ref = references.latents.to(latents.dtype) if references else None
         return denoise_stage.denoise(
             self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress, start_step,
-            schedule,
+            schedule, prefix_kv_cache,
         )
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+        """Latents -> PIL images (RGBA for 2.1's RGBA VAE)."""
         f = self.components.vae_scale_factor
-        return decode_stage.to_pil(decode_stage.decode(self.components.vae, latents, height // f, width // f))
+        images = decode_stage.decode(self.components.vae, latents, height // f, width // f, self.layout.patch)
+        return decode_stage.to_pil(images)
 
     # ----------------------------------------------------------------- whole runs
     def generate(self, cfg: Config, callback: Optional[Callable] = None, progress: bool = True,
@@ -219,7 +234,7 @@ class Workbench:
         height, width = cfg.height, cfg.width
         if height is None:  # edit: the size of the last reference, like diffusers
             width, height = refs.vae_sizes[-1]
-        width, height, size_note = snap(width, height)
+        width, height, size_note = snap(width, height, 32 if self.components.is_qwen21 else 16)
         if cfg.height is None:  # sized by the reference: estimate the memory now that the size is known
             from workbench.config.preflight import check_run_memory
 
@@ -238,6 +253,8 @@ class Workbench:
                 if cfg.sampler.cfg > 1
                 else None
             )
+        if self.components.is_qwen21:  # 2.1 never cuts a prompt (encode refuses one over the limit)
+            return _Run(height, width, refs, init_latents, cond, uncond, notes, {})
         # prompts cut at max_sequence_length: said in each image's notes (the run prints them)
         tokenizer = self.components.tokenizer
         cut = encode_stage.truncation_notes(tokenizer, cfg.template, cond, cfg.max_sequence_length)
@@ -260,7 +277,7 @@ class Workbench:
                 latents, schedule = self.prepare_img2img_latents(seeds, run.init_latents, cfg.sampler, cfg.strength)
         with self._timed(t, "denoise"):
             return self.denoise(latents, cond, cfg.sampler, run.height, run.width, uncond, run.refs, callback,
-                                progress, schedule=schedule)
+                                progress, schedule=schedule, prefix_kv_cache=cfg.perf.prefix_kv_cache)
 
     def _timed(self, timings: dict[str, float], name: str):
         return timed(timings, name, self.device)

@@ -85,7 +85,7 @@ def render(template: TemplateConfig, prompt: str, num_images: int = 0, tokenizer
         raise TemplateError(
             f"template '{template.name}' takes {template.min_images}-{template.max_images} images, got {num_images}"
         )
-    images = "".join(template.image_slot.replace("{n}", str(i + 1)) for i in range(num_images))
+    images = template.image_separator.join(template.image_slot.replace("{n}", str(i + 1)) for i in range(num_images))
     head, tail = template.text.split("{prompt}")
     head, tail = head.replace("{images}", images), tail.replace("{images}", images)
     text = head + prompt + tail

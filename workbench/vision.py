@@ -1,4 +1,5 @@
-"""Qwen2.5-VL image preprocessing: smart resize, normalise, cut into 14-px patch pairs.
+"""Qwen2.5-VL / Qwen3-VL image preprocessing: smart resize, normalise, cut into patch pairs
+(14 px for Qwen2.5-VL; 16 px and [-1, 1] normalisation for Qwen3-VL, ``QWEN3_VL``).
 
 Written here (instead of calling transformers' image processor) because the fast processor needs
 torchvision, which does not install beside the CPU torch wheel, and because the resize filter must
@@ -30,6 +31,24 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
 
 
 @dataclass(frozen=True)
+class VisionSpec:
+    """What differs between the encoders' image processors."""
+
+    patch: int = PATCH
+    merge: int = MERGE
+    temporal: int = TEMPORAL
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
+    # False: the caller has sized the image to multiples of patch * merge already (Qwen-Image-2.1 sizes
+    # each condition image to the output area, and its encoder must see exactly one slot per 2x2 latents)
+    smart_resize: bool = True
+
+
+QWEN25_VL = VisionSpec()
+QWEN3_VL = VisionSpec(patch=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), smart_resize=False)
+
+
+@dataclass(frozen=True)
 class VisionInput:
     pixel_values: torch.Tensor  # (sum of grid_h*grid_w over images, 3 * 2 * 14 * 14)
     grids: list[tuple[int, int, int]]  # (t, h, w) in 14-px patches, per image
@@ -54,30 +73,39 @@ def smart_resize(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixe
     return h, w
 
 
-def patchify(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) normalised -> (grid_h * grid_w, 3 * 2 * 14 * 14), in the merge-window order the tower expects."""
+def patchify(image: torch.Tensor, spec: VisionSpec = QWEN25_VL) -> torch.Tensor:
+    """(3, H, W) normalised -> (grid_h * grid_w, 3 * 2 * p * p), in the merge-window order the tower expects."""
+    p, m, tp = spec.patch, spec.merge, spec.temporal
     c, height, width = image.shape
-    gh, gw = height // PATCH, width // PATCH
-    x = image.reshape(c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
-    x = x.permute(1, 4, 2, 5, 0, 3, 6)  # (gh/2, gw/2, 2, 2, C, 14, 14)
-    x = x.unsqueeze(5).expand(*x.shape[:5], TEMPORAL, PATCH, PATCH)  # a still image is 2 equal frames
-    return x.reshape(gh * gw, c * TEMPORAL * PATCH * PATCH)
+    gh, gw = height // p, width // p
+    x = image.reshape(c, gh // m, m, p, gw // m, m, p)
+    x = x.permute(1, 4, 2, 5, 0, 3, 6)  # (gh/2, gw/2, 2, 2, C, p, p)
+    x = x.unsqueeze(5).expand(*x.shape[:5], tp, p, p)  # a still image is 2 equal frames
+    return x.reshape(gh * gw, c * tp * p * p)
 
 
 def preprocess(
-    images: list[Image.Image], resample: str = "bicubic", min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS
+    images: list[Image.Image], resample: str = "bicubic", min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
+    spec: VisionSpec = QWEN25_VL,
 ) -> VisionInput:
-    """PIL images -> pixel patches and grids for ``Qwen2_5_VLForConditionalGeneration``."""
+    """PIL images -> pixel patches and grids for ``Qwen2_5_VLForConditionalGeneration`` (or Qwen3-VL's
+    with ``spec=QWEN3_VL``)."""
     if resample not in RESAMPLE:
         raise ValueError(f"resample={resample!r}: expected one of {sorted(RESAMPLE)}")
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
     patches, grids = [], []
     for img in images:
         img = img.convert("RGB")
-        h, w = smart_resize(img.height, img.width, min_pixels, max_pixels)
-        img = img.resize((w, h), resample=RESAMPLE[resample])
+        if spec.smart_resize:
+            h, w = smart_resize(img.height, img.width, min_pixels, max_pixels)
+            img = img.resize((w, h), resample=RESAMPLE[resample])
+        else:
+            h, w = img.height, img.width
+            side = spec.patch * spec.merge
+            if h % side or w % side:
+                raise ValueError(f"image of {w}x{h}: sides must be multiples of {side} for this encoder")
         x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        patches.append(patchify((x - mean) / std))
-        grids.append((1, h // PATCH, w // PATCH))
+        patches.append(patchify((x - mean) / std, spec))
+        grids.append((1, h // spec.patch, w // spec.patch))
     return VisionInput(pixel_values=torch.cat(patches), grids=grids)

@@ -19,6 +19,14 @@ class Variant(str, Enum):
     edit = "edit"
     edit_2509 = "edit_2509"
     edit_2511 = "edit_2511"  # transformer with zero_cond_t=True
+    t2i_2512 = "t2i_2512"  # Qwen-Image-2512: the t2i architecture, refreshed weights
+    qwen21 = "qwen21"  # Qwen-Image-2.1: Qwen3-VL encoder, single-stream DiT, RGBA VAE (t2i + up to 10 refs)
+    qwen21_turbo = "qwen21_turbo"  # 2.1-Turbo: the same architecture, 8 fixed sigmas (sampler=qwen21_turbo)
+
+    @property
+    def family(self) -> str:
+        """``qwen-image`` (the 20B family) or ``qwen-image-2.1``: which architecture the variant builds."""
+        return "qwen-image-2.1" if self in (Variant.qwen21, Variant.qwen21_turbo) else "qwen-image"
 
 
 @dataclass
@@ -95,6 +103,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         slots = ("transformer", "text_encoder", "vae")
+        if self.variant.family == "qwen-image-2.1" and self.source == ModelSource.files:
+            raise ConfigError(
+                f"model.variant={self.variant.value} with model.source=files: loading Qwen-Image-2.1 checkpoints is "
+                "not built yet (issue 17); use model=tiny_qwen21 for the embedded 2.1 model"
+            )
+        if self.variant.family == "qwen-image-2.1" and self.weights:
+            raise ConfigError(
+                f"model.weights is set with model.variant={self.variant.value}: trained tiny weights exist for "
+                "the 20B family only; remove model.weights (model=tiny_qwen21 is random-weight)"
+            )
         if self.arch_rules not in ("real", "tiny"):
             raise ConfigError(f"model.arch_rules must be 'real' or 'tiny', got {self.arch_rules!r}")
         if self.source == ModelSource.files:

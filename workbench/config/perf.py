@@ -31,3 +31,7 @@ class PerfConfig:
     compile: CompileMode = CompileMode.none
     inductor_mode: InductorMode = InductorMode.default  # only used when compile != none
     attention_backend: Optional[str] = None  # diffusers attention dispatcher backend, e.g. _native_cudnn
+    # Qwen-Image-2.1: keep the text / condition-image keys and values of the first step for the later ones
+    # (diffusers' use_kv_cache; only the target's tokens are recomputed). Changes low-precision bits, not
+    # the image's content (diffusers' docstring); no effect on the 20B family.
+    prefix_kv_cache: bool = True

@@ -44,7 +44,9 @@ class Config:
     snap_size: bool = False  # floor sides to multiples of 16 (noted in the record) instead of refusing
     batch_size: int = 1  # images per forward pass
     max_sequence_length: int = 1024
-    encoder_tap: str = "post_norm"  # the text encoder's state the DiT reads: post_norm | pre_norm | -k (stages/encode.py)
+    # the text encoder's state the DiT reads: post_norm | pre_norm | -k (stages/encode.py); null: the family's
+    # reference (diffusers): post_norm for the 20B family, pre_norm for Qwen-Image-2.1 (resolved here)
+    encoder_tap: Optional[str] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
@@ -57,12 +59,34 @@ class Config:
         self._check_strength_and_batches()
         if not 1 <= self.max_sequence_length <= 4096:
             raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
+        if self.encoder_tap is None:
+            self.encoder_tap = "pre_norm" if self.model.variant.family == "qwen-image-2.1" else "post_norm"
         if not re.fullmatch(r"post_norm|pre_norm|-([2-9]|[1-9][0-9]+)", str(self.encoder_tap)):
             raise ConfigError(f"encoder_tap={self.encoder_tap!r}: expected post_norm (after the final norm, as diffusers' "
                               "20B pipelines read), pre_norm (the last layer's output before it) or -k with k >= 2 "
                               "(hidden_states[-k], an earlier layer)")
         check_lora_fits(self.lora, self.precision, self.perf)
         check_accel_fits(self.accel, self.sampler, self.perf)
+        self._check_family()
+
+    def _check_family(self) -> None:
+        """What Qwen-Image-2.1 does not take (its sides: multiples of 32, one encoder slot per 2x2 tokens)."""
+        if self.model.variant.family != "qwen-image-2.1":
+            return
+        variant = f"model.variant={self.model.variant.value}"
+        if self.init_image:
+            raise ConfigError(f"init_image is set with {variant}: image-to-image is built for the 20B family only; "
+                              "give the image as a condition image (images=[...]) or use a 20B model")
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None and value % 32 and not self.snap_size:
+                raise ConfigError(f"{key}={value} with {variant}: sides must be multiples of 32 (16x VAE x 2x2 encoder "
+                                  f"slots); use {value // 32 * 32 or 32} or {(value // 32 + 1) * 32}, or snap_size=true")
+        if self.sampler.guidance == "cfg_norm":
+            raise ConfigError(f"sampler.guidance=cfg_norm with {variant}: ComfyUI's CFGNorm rescales per latent pixel "
+                              "of the 20B family's 2x2-packed tokens; use sampler.guidance=cfg (2.1's rule) or true_cfg")
+        if len(self.images) > 10:
+            raise ConfigError(f"{len(self.images)} images with {variant}: Qwen-Image-2.1 takes at most 10 condition images")
 
     def _check_prompts_and_seeds(self) -> None:
         if not self.prompts:

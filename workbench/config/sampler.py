@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
@@ -51,6 +53,9 @@ class SamplerConfig:
     max_image_seq_len: int = 8192
     base_shift: float = 0.5
     max_shift: float = 0.9
+    # a fixed sigma grid (descending, in (0, 1], the terminal 0 left out) in place of linspace(1, 1/steps,
+    # steps); still shifted like it. Qwen-Image-2.1-Turbo ships one (its model_index ``sample_sigmas``)
+    sigmas: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         limits.check_finite_fields(self, "sampler.", {
@@ -74,8 +79,23 @@ class SamplerConfig:
             raise ConfigError(f"sampler.shift_terminal must be in (0, 1) or null, got {self.shift_terminal}")
         if self.cfg_norm_strength < 0:
             raise ConfigError(f"sampler.cfg_norm_strength must be >= 0, got {self.cfg_norm_strength}")
+        if self.sigmas is not None:
+            _check_sigmas(self)
         if self.steps == 1 and self.shift_mode == ShiftMode.dynamic and self.shift_terminal is not None:
             raise ConfigError(
                 "sampler.steps=1 with shift_terminal set gives NaN sigmas (the terminal stretch divides "
                 "by zero); use steps >= 2, or sampler.shift_terminal=null"
             )
+
+
+def _check_sigmas(s: "SamplerConfig") -> None:
+    sigmas = list(s.sigmas)
+    if not sigmas:
+        raise ConfigError("sampler.sigmas is empty; give the grid (e.g. [1.0, 0.75, 0.5, 0.25]) or null")
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) and 0.0 < x <= 1.0 for x in sigmas):
+        raise ConfigError(f"sampler.sigmas {sigmas}: every value must be a number in (0, 1] (the terminal 0 is added)")
+    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise ConfigError(f"sampler.sigmas {sigmas} must be strictly decreasing")
+    if len(sigmas) != s.steps:
+        raise ConfigError(f"sampler.sigmas has {len(sigmas)} values but sampler.steps={s.steps}; the grid fixes the "
+                          f"step count: set sampler.steps={len(sigmas)} (or sampler.sigmas=null)")

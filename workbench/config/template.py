@@ -87,7 +87,8 @@ class TemplateConfig:
     r"""A prompt template as data.
 
     ``text`` holds one ``{prompt}`` slot and, for edit templates, one ``{images}`` slot that is
-    filled with ``image_slot`` once per reference image (``{n}`` = 1-based image number).
+    filled with ``image_slot`` once per reference image (``{n}`` = 1-based image number), the slots
+    joined by ``image_separator``.
     Everything up to and including ``drop_until`` (first occurrence) is the system prefix whose
     hidden states are dropped; ``null`` keeps every token. The drop count is computed by the
     tokenizer, never written down. ``drop_until`` may be any marker string, not only the official
@@ -114,6 +115,7 @@ class TemplateConfig:
     name: str = MISSING
     text: str = MISSING
     image_slot: str = "<|vision_start|><|image_pad|><|vision_end|>"
+    image_separator: str = ""  # between consecutive image slots (Qwen-Image-2.1: " ")
     drop_until: Optional[str] = "<|im_start|>user\n"
     min_images: int = 0
     max_images: int = 0

@@ -22,6 +22,11 @@ class Components:
     vae: Any  # diffusers AutoencoderKLQwenImage
     device: torch.device
     identity: dict[str, str] = field(default_factory=dict)  # what was loaded, for records and cache keys
+    family: str = "qwen-image"  # or "qwen-image-2.1" (``Variant.family``): which stage branches apply
+
+    @property
+    def is_qwen21(self) -> bool:
+        return self.family == "qwen-image-2.1"
 
     @property
     def vae_scale_factor(self) -> int:
@@ -51,7 +56,8 @@ def _tiny_identity(model: ModelConfig, device: torch.device) -> dict[str, str]:
     ids = {name: f"tiny:{name}:{digest}" for name in ("text_encoder", "transformer", "vae")}
     if trained:
         ids |= {name: f"tiny:{name}:{digest}:trained-{trained['weights']}" for name in ("transformer", "vae")}
-    return ids | {"tokenizer": "vendored:qwen2_5_vl_tokenizer"}
+    qwen3 = model.variant.family == "qwen-image-2.1"
+    return ids | {"tokenizer": "vendored:qwen3_tokenizer" if qwen3 else "vendored:qwen2_5_vl_tokenizer"}
 
 
 def _files_identity(parts: dict) -> dict[str, str]:
@@ -91,8 +97,8 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
 
     ``loras`` (``LoraItem``s the run will apply) are checked with the model files before anything
     loads: a bad LoRA or VAE fails in a second, not after the transformer has loaded."""
-    from workbench.models import tiny
-    from workbench.tokenizer import load_tokenizer
+    from workbench.models import tiny, tiny21
+    from workbench.tokenizer import load_qwen3_tokenizer, load_tokenizer
 
     dev = resolve_device(device)
     if model.source == ModelSource.files:
@@ -131,11 +137,13 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
 
     identity = _tiny_identity(model, dev)  # checks model.weights before anything is built
     stats = tiny.vae_stats(model)
+    family = tiny21 if model.variant.family == "qwen-image-2.1" else tiny  # the builders of the variant's family
     return Components(
-        tokenizer=load_tokenizer(),
-        text_encoder=build(tiny.build_text_encoder, precision.text_encoder, "text_encoder"),
-        transformer=build(tiny.build_transformer, precision.transformer, "transformer"),
-        vae=build(lambda m: tiny.build_vae(m, stats), precision.vae, "vae"),
+        tokenizer=load_qwen3_tokenizer() if family is tiny21 else load_tokenizer(),
+        text_encoder=build(family.build_text_encoder, precision.text_encoder, "text_encoder"),
+        transformer=build(family.build_transformer, precision.transformer, "transformer"),
+        vae=build(lambda m: family.build_vae(m, stats), precision.vae, "vae"),
         device=dev,
         identity=identity,
+        family=model.variant.family,
     )

@@ -40,6 +40,8 @@ def record_head(bench, cfg: Config, resolved: dict, **extra: Any) -> dict:
     """Config, provenance and the peak memory so far: read after generation, so the peak is the run's.
     A compiled transformer adds ``compile``: graphs compiled, compile-cache hits / misses and seconds."""
     compiled = {"compile": bench.last_compile} if getattr(bench, "last_compile", None) else {}
+    if resolved.get("encoder_tap") is None:  # null means the family's default: record the tap that ran
+        resolved = {**resolved, "encoder_tap": cfg.encoder_tap}
     return {"config": resolved, **provenance(bench, cfg, resolved), "peak_memory": peak_memory(bench.device),
             **compiled, **extra}
 

@@ -10,14 +10,15 @@ from workbench.stages.latents import denormalise, unpack
 
 
 @torch.no_grad()
-def decode(vae, tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
-    """Packed latents (B, tokens, 64) -> images (B, 3, H, W) in [-1, 1] (float32)."""
-    latents = unpack(tokens, latent_height, latent_width).to(vae.dtype)
-    latents = denormalise(latents, vae).unsqueeze(2)  # (B, 16, 1, h, w): the VAE is a video VAE
+def decode(vae, tokens: torch.Tensor, latent_height: int, latent_width: int, patch: int = 2) -> torch.Tensor:
+    """Packed latents (B, tokens, 64) -> images (B, C, H, W) in [-1, 1] (float32); C = 3, or 4 (RGBA)
+    for an RGBA VAE. ``patch``: the family's ``Layout.patch``."""
+    latents = unpack(tokens, latent_height, latent_width, patch).to(vae.dtype)
+    latents = denormalise(latents, vae).unsqueeze(2)  # (B, C, 1, h, w): the VAE is a video VAE
     return vae.decode(latents, return_dict=False)[0][:, :, 0].float()
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> PIL, rounded like diffusers' ``VaeImageProcessor.postprocess``."""
+    """(B, 3 or 4, H, W) in [-1, 1] -> RGB or RGBA PIL, rounded like diffusers' ``VaeImageProcessor.postprocess``."""
     x = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray((img * 255).round().astype(np.uint8)) for img in x]

@@ -18,6 +18,7 @@ from workbench.conditioning import Conditioning, concat
 from workbench.config import CfgBatching, SamplerConfig, SchedulerKind
 from workbench.stages.guidance import guide
 from workbench.stages.numerics import check_finite
+from workbench.stages import single_stream
 from workbench.stages.schedule import Schedule
 
 
@@ -40,8 +41,14 @@ def _mask_or_none(mask: torch.Tensor) -> Optional[torch.Tensor]:
     return None if bool(mask.all()) else mask
 
 
-def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, reference, name: str) -> torch.Tensor:
-    """One transformer call; ``name`` (cond / uncond / batch) is the cache slot of the accel hooks."""
+def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, reference, name: str,
+             prefix: Optional[single_stream.PrefixCache] = None) -> torch.Tensor:
+    """One transformer call; ``name`` (cond / uncond / batch) is the cache slot of the accel hooks and
+    of 2.1's prefix KV cache (``prefix``: set for the single-stream 2.1 transformer)."""
+    if prefix is not None:
+        with accel.step(transformer, name, timestep):
+            return single_stream.call(transformer, latents, cond, timestep, img_shapes, reference, prefix, name,
+                                      _mask_or_none(cond.mask))
     n = latents.shape[0]
     x = latents if reference is None else torch.cat([latents, reference.expand(n, -1, -1)], dim=1)
     with accel.step(transformer, name, timestep):
@@ -94,6 +101,7 @@ def denoise(
     progress: bool = True,
     start_step: int = 0,
     schedule: Optional[Schedule] = None,
+    prefix_kv_cache: bool = True,
 ) -> torch.Tensor:
     """Run the sampler from noise ``latents`` (B, tokens, 64); returns the final packed latents.
 
@@ -102,6 +110,7 @@ def denoise(
     ``img_shapes``: (frames, h/16, w/16) of the target, then of each reference image.
     ``reference``: packed reference latents (1, ref tokens, 64), appended after the target tokens.
     ``callback``: called after each step with ``StepInfo``; returning True interrupts.
+    ``prefix_kv_cache``: 2.1 only: reuse the text / condition keys and values after the first step.
     """
     schedule = schedule or Schedule(sampler, latents.shape[1], latents.device, start_step)
     guided = sampler.cfg > 1.0
@@ -109,16 +118,19 @@ def denoise(
         raise ValueError("sampler.cfg > 1 needs an unconditional (negative) conditioning")
     both = _batched(sampler, cond, uncond) if guided else None
     n = latents.shape[0]
+    # 2.1: a fresh prefix cache per generation (the conditioning and references are this run's)
+    prefix = single_stream.PrefixCache(transformer, prefix_kv_cache) if single_stream.is_single_stream(transformer) else None
 
     def velocity(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
         """The guided flow velocity at (x, t): 1 forward, or 2 (or 1 batched) with guidance."""
         if not guided:
-            return _forward(transformer, x, cond, t, img_shapes, reference, "cond")
+            return _forward(transformer, x, cond, t, img_shapes, reference, "cond", prefix)
         if both is not None:
-            v_cond, v_uncond = _forward(transformer, torch.cat([x, x]), both, t, img_shapes, reference, "batch").split(n)
+            v_cond, v_uncond = _forward(transformer, torch.cat([x, x]), both, t, img_shapes, reference, "batch",
+                                        prefix).split(n)
         else:
-            v_cond = _forward(transformer, x, cond, t, img_shapes, reference, "cond")
-            v_uncond = _forward(transformer, x, uncond, t, img_shapes, reference, "uncond")
+            v_cond = _forward(transformer, x, cond, t, img_shapes, reference, "cond", prefix)
+            v_uncond = _forward(transformer, x, uncond, t, img_shapes, reference, "uncond", prefix)
         return guide(sampler, v_cond, v_uncond, x, sigma)
 
     accel.reset(transformer)  # a new generation: no cached block output of an earlier run or batch is reused

@@ -15,6 +15,7 @@ Nobody has shown which form the 20B models were trained on, so this is a researc
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -24,9 +25,25 @@ from workbench.errors import InputError
 from workbench.config import TemplateConfig
 from workbench.templates import render, tokenize
 from workbench.tokenizer import IMAGE_PAD_ID
-from workbench.vision import VisionInput, preprocess
+from workbench.vision import QWEN3_VL, QWEN25_VL, VisionInput, VisionSpec, preprocess
 
 PAD_ID = 151643  # <|endoftext|>, the Qwen pad token
+
+
+@dataclass(frozen=True)
+class EncoderStyle:
+    """How a family's pipeline feeds its encoder (what diffusers' pipelines of that family do)."""
+
+    vision: VisionSpec = QWEN25_VL
+    padding_side: str = "right"  # of a batch of prompts of different lengths
+    empty_prompt: str = ""  # what an empty prompt becomes (Qwen has no BOS: 2.1 sends " ")
+    # cut at max_sequence_length (20B), or refuse a prompt whose TEXT is longer (2.1: a cut could split
+    # an image's tokens, and condition images alone may exceed the limit)
+    truncate: bool = True
+
+
+QWEN25_STYLE = EncoderStyle()
+QWEN3_STYLE = EncoderStyle(vision=QWEN3_VL, padding_side="left", empty_prompt=" ", truncate=False)
 
 
 @torch.no_grad()
@@ -39,20 +56,25 @@ def encode_prompts(
     max_sequence_length: int = 1024,
     resample: str = "bicubic",
     tap: str = "post_norm",
+    style: EncoderStyle = QWEN25_STYLE,
 ) -> Conditioning:
     """Encode a batch of prompts (all with the same reference images) into one ``Conditioning``;
-    ``tap`` picks the hidden state (module docstring)."""
-    vision: VisionInput | None = preprocess(list(images), resample=resample) if images else None
+    ``tap`` picks the hidden state (module docstring); ``style`` is the family's (``QWEN3_STYLE`` for 2.1)."""
+    vision: VisionInput | None = preprocess(list(images), resample=resample, spec=style.vision) if images else None
     grids = vision.grids if vision else []
+    prompts = [p or style.empty_prompt for p in prompts]
     tokenized = [tokenize(tokenizer, render(template, p, len(grids), tokenizer), grids) for p in prompts]
+    if not style.truncate:
+        _check_text_length(tokenized, max_sequence_length)
 
     device = text_encoder.device
     length = max(len(t.input_ids) for t in tokenized)
     input_ids = torch.full((len(prompts), length), PAD_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for i, t in enumerate(tokenized):  # right padding, like the HF tokenizer
-        input_ids[i, : len(t.input_ids)] = torch.tensor(t.input_ids)
-        attention_mask[i, : len(t.input_ids)] = 1
+    starts = [length - len(t.input_ids) if style.padding_side == "left" else 0 for t in tokenized]
+    for i, t in enumerate(tokenized):
+        input_ids[i, starts[i] : starts[i] + len(t.input_ids)] = torch.tensor(t.input_ids)
+        attention_mask[i, starts[i] : starts[i] + len(t.input_ids)] = 1
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
 
     kwargs = {}
@@ -67,17 +89,26 @@ def encode_prompts(
         out = text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
     hidden = captured[0] if captured else tapped(out.hidden_states, tap)  # (B, L, D)
 
-    rows = [hidden[i, : len(t.input_ids)][t.drop :][:max_sequence_length] for i, t in enumerate(tokenized)]
+    limit = max_sequence_length if style.truncate else None
+    rows = [hidden[i, starts[i] : starts[i] + len(t.input_ids)][t.drop :][:limit] for i, t in enumerate(tokenized)]
     embeds, mask = pad_stack(rows)
     return Conditioning(
         embeds=embeds,
         mask=mask,
-        token_ids=[t.input_ids[t.drop :][:max_sequence_length] for t in tokenized],
+        token_ids=[t.input_ids[t.drop :][:limit] for t in tokenized],
         drop=[t.drop for t in tokenized],
         template=template.name,
         prompts=list(prompts),
         image_grids=grids,
     )
+
+
+def _check_text_length(tokenized, max_sequence_length: int) -> None:
+    for i, t in enumerate(tokenized):
+        text = sum(1 for token in t.input_ids[t.drop :] if token != IMAGE_PAD_ID)
+        if text > max_sequence_length:
+            raise InputError(f"prompt {i} has {text} text tokens, over max_sequence_length={max_sequence_length}; this "
+                             "model's pipeline does not cut prompts: shorten it or raise max_sequence_length")
 
 
 def tapped(hidden_states: tuple, tap: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from workbench.stages.latents import normalise, pack, resize, to_vae_input
+from workbench.stages.latents import QWEN21, normalise, pack, resize, to_vae_input
 from workbench.values import plain
 
 
@@ -126,4 +126,30 @@ def prepare_references(vae, images: list[Image.Image], reference) -> References:
         latents.append(packed)
         shapes.append(shape)
         sizes.append(plan.vae)
+    return References(vlm, torch.cat(latents, dim=1), shapes, sizes)
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """An RGBA image composited over white (what 2.1's encoder was trained to see); RGB unchanged."""
+    if image.mode != "RGBA":
+        return image.convert("RGB")
+    white = Image.new("RGB", image.size, (255, 255, 255))
+    white.paste(image, mask=image.getchannel("A"))
+    return white
+
+
+@torch.no_grad()
+def prepare_references_qwen21(vae, images: list[Image.Image], area: int, multiple_of: int = 32) -> References:
+    """Qwen-Image-2.1's condition images (diffusers' ``QwenImage21Pipeline``): each resized once, aspect
+    kept, to ~``area`` pixels (``output_resolution``^2) with sides multiples of 32 (Lanczos, in RGBA); that
+    copy feeds both the encoder (alpha over white) and the RGBA VAE (latent mode, normalised, unpatched)."""
+    vlm, latents, shapes, sizes = [], [], [], []
+    for img in images:
+        w, h = area_size(img.width, img.height, area, multiple_of)
+        sized = img.convert("RGBA").resize((w, h), resample=Image.Resampling.LANCZOS)
+        vlm.append(on_white(sized))
+        z = normalise(vae.encode(to_vae_input(sized, vae)).latent_dist.mode(), vae)[:, :, 0]  # (1, 64, h/16, w/16)
+        latents.append(pack(z, QWEN21.patch))
+        shapes.append((1, z.shape[-2], z.shape[-1]))
+        sizes.append((w, h))
     return References(vlm, torch.cat(latents, dim=1), shapes, sizes)

@@ -53,7 +53,7 @@ def make_scheduler(s: SamplerConfig):
 
 def set_schedule(scheduler, s: SamplerConfig, image_tokens: int, device) -> None:
     """Set sigmas/timesteps on ``scheduler`` for ``s.steps`` steps at this image size."""
-    sigmas = np.linspace(1.0, 1.0 / s.steps, s.steps)
+    sigmas = np.array(s.sigmas, dtype=np.float64) if s.sigmas is not None else np.linspace(1.0, 1.0 / s.steps, s.steps)
     kwargs = {"mu": calculate_mu(image_tokens, s)} if s.shift_mode == ShiftMode.dynamic else {}
     scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
     if hasattr(scheduler, "set_begin_index"):
