@@ -57,7 +57,7 @@ def _raw_hydra_error(overrides: list[str]) -> Exception:
     [
         (["sampler.stepz=3"], ["unknown key sampler.stepz; did you mean sampler.steps?"]),
         (["sampler.steps=abc"], ["sampler.steps", "'abc'", "could not be converted to Integer"]),
-        (["template=nope"], ["template/nope", "template options available: chat, qwen_edit"]),
+        (["template=nope"], ["template/nope", "template options available: chat, qwen21, qwen_edit"]),
     ],
 )
 def test_describe_error_is_one_line_for_hydra_and_compose_errors(overrides, expected):

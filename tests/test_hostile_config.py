@@ -103,7 +103,7 @@ def test_hydra_node_stays_allowed():
 def test_other_compose_errors_are_one_line_naming_the_override():
     with pytest.raises(ComposeError, match=r"^Error merging override sampler\.steps=1e20: Value '1e\+20' of type 'float' could not be converted to Integer \(key sampler\.steps\)$"):
         compose(["sampler.steps=1e20"])
-    with pytest.raises(ComposeError, match=r"^In 'config': Could not find 'template/qwen_t2x'; template options available: chat, qwen_edit, qwen_edit_plus, qwen_t2i, raw$"):
+    with pytest.raises(ComposeError, match=r"^In 'config': Could not find 'template/qwen_t2x'; template options available: chat, qwen21, qwen_edit, qwen_edit_plus, qwen_t2i, raw$"):
         compose(["template=qwen_t2x"])
     with pytest.raises(ComposeError, match=r"^override 'sampler\.steps=\[': no viable alternative"):
         compose(["sampler.steps=["])

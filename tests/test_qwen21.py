@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 
 from workbench.stages.schedule import make_scheduler
+from helpers.parity import qwen3_processor as _processor
 
-SYSTEM_CHAT = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
-               "{{ c['text'] }}{% endfor %}<|im_end|>\n{% endfor %}")
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +27,6 @@ def bench(make_cfg):
     from workbench.pipeline import Workbench
 
     return Workbench.from_config(make_cfg())
-
-
-def _processor(tokenizer):
-    """transformers' Qwen3VLProcessor with Qwen3-VL's image processor settings (patch 16, [-1, 1]). Its
-    video processor needs torchvision (absent beside the CPU torch wheel) and is never used for images, so
-    the class check is skipped for that one missing part. ``min_pixels`` is lowered so that the tiny
-    model's 128 px images are not upscaled (Qwen3-VL's own minimum is 256^2: diffusers would fail there)."""
-    from transformers import Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    class NoVideoProcessor(Qwen3VLProcessor):
-        def check_argument_for_proper_class(self, name, arg):
-            return None if arg is None else super().check_argument_for_proper_class(name, arg)
-
-    images = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
-                                      image_std=[0.5] * 3, size={"shortest_edge": 1024, "longest_edge": 16777216})
-    return NoVideoProcessor(image_processor=images, tokenizer=tokenizer, video_processor=None, chat_template=SYSTEM_CHAT)
 
 
 def _pipe(bench, sampler, sample_sigmas=None):

@@ -75,7 +75,7 @@ def test_parse_axes_and_overrides():
     [
         (["sampler.steps=2,abc"], "axis X (sampler.steps) value 'abc': .*could not be converted to Integer"),
         (["seeds=1", "sampler.stepz=2,3"], "axis Y (sampler.stepz) value 2: .*Key 'stepz' not in 'SamplerConfig'"),
-        (["template=qwen_t2i,nope"], "axis X (template) value 'nope': .*available: chat, qwen_edit"),
+        (["template=qwen_t2i,nope"], "axis X (template) value 'nope': .*available: chat, qwen21, qwen_edit"),
         (["sampler.steps=0,2"], "axis X (sampler.steps) value 0: sampler.steps must be >= 1"),
         (["seeds=1,2", "sampler.cfg=2,0.5"], "axis Y (sampler.cfg) value 0.5: sampler.cfg must be >= 1"),
     ],

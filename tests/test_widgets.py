@@ -25,7 +25,7 @@ def test_sweep_panel_plans_runs_fills_grid_and_compares(tmp_path):
     assert panel.run_button.disabled
     panel.set_axis(1, "template", "qwen_t2i,chat")
     assert panel.plan_info.value.startswith("4 cells (2 x 2)") and not panel.run_button.disabled
-    assert "template options: chat, qwen_edit, qwen_edit_plus, qwen_t2i, raw" in panel.plan_info.value
+    assert "template options: chat, qwen21, qwen_edit, qwen_edit_plus, qwen_t2i, raw" in panel.plan_info.value
     assert "sampler.steps options" not in panel.plan_info.value
 
     grids = []

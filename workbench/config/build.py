@@ -79,13 +79,13 @@ def group_config(group: str, option: str) -> Any:
     return _to_object(compose([f"{group}={option}"])[group])
 
 
-def edit_templates() -> dict[str, tuple[int, int]]:
-    """{name: (min_images, max_images)} of the shipped templates that take reference images."""
+def edit_templates(family: str = "qwen-image") -> dict[str, tuple[int, int]]:
+    """{name: (min_images, max_images)} of the shipped templates of ``family`` that take reference images."""
     found = {}
     try:
         for file in sorted((config_dir() / "template").glob("*.yaml")):
             data = OmegaConf.load(file)
-            if int(data.get("max_images", 0) or 0) > 0:
+            if int(data.get("max_images", 0) or 0) > 0 and data.get("family", "qwen-image") == family:
                 found[str(data.get("name", file.stem))] = (int(data.get("min_images", 0)), int(data.max_images))
     except Exception:  # noqa: BLE001 - only used to word a message; never hide the real error
         pass
@@ -220,7 +220,7 @@ def to_run_config(cfg: DictConfig | Config) -> Config:
     check_known_keys(cfg)
     run_cfg = _to_object(cfg)
     assert isinstance(run_cfg, Config), type(run_cfg)
-    check_run(run_cfg, edit_templates())
+    check_run(run_cfg, edit_templates(run_cfg.model.variant.family))
     return run_cfg
 
 

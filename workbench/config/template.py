@@ -120,6 +120,9 @@ class TemplateConfig:
     min_images: int = 0
     max_images: int = 0
     control_tokens: ControlTokens = ControlTokens.refuse
+    # the model family it was written for (``Variant.family``): error messages suggest only that family's
+    # templates; running it on another family stays allowed (a template ablation across families)
+    family: str = "qwen-image"
 
     def __post_init__(self) -> None:
         try:
@@ -129,6 +132,9 @@ class TemplateConfig:
                 f"template '{self.name}': control_tokens={self.control_tokens!r}; expected one of "
                 f"{[m.value for m in ControlTokens]} (template.control_tokens=refuse|escape)"
             ) from None
+        if self.family not in ("qwen-image", "qwen-image-2.1"):
+            raise ConfigError(f"template '{self.name}': family={self.family!r}; expected qwen-image (the 20B family) or "
+                              "qwen-image-2.1")
         if self.text.count("{prompt}") != 1:
             raise ConfigError(
                 f"template '{self.name}': key 'text' must contain exactly one '{{prompt}}' slot, "
