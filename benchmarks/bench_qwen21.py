@@ -15,6 +15,7 @@ CPU check of the script on the tiny 2.1 model:  python benchmarks/bench_qwen21.p
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,24 @@ def peak_gb() -> float:
     return round(torch.cuda.max_memory_allocated() / 1e9, 2) if torch.cuda.is_available() else 0.0
 
 
+def run_ours(bench, cfg, image, kv: bool) -> torch.Tensor:
+    """encode + latents + denoise through the workbench's stages; the final latents."""
+    bench.clear_conditioning_cache()  # a new prompt each time, as stock re-encodes
+    refs = bench.prepare_references([image], cfg.reference) if image is not None else None
+    h, w = (refs.vae_sizes[-1][1], refs.vae_sizes[-1][0]) if refs else (cfg.height, cfg.width)
+    cond = bench.encode(cfg.prompts, cfg.template, refs.vlm_images if refs else [], tap=cfg.encoder_tap)
+    latents = bench.prepare_latents(cfg.seeds, h, w)
+    return bench.denoise(latents, cond, cfg.sampler, h, w, references=refs, progress=False, prefix_kv_cache=kv)
+
+
+def run_stock(pipe, cfg, image, side: int, steps: int, kv: bool) -> torch.Tensor:
+    """The same through diffusers' ``QwenImage21Pipeline``; its final latents."""
+    return pipe(prompt=cfg.prompts[0], image=[image] if image is not None else None, height=cfg.height,
+                width=cfg.width, output_resolution=side, num_inference_steps=steps,
+                generator=torch.Generator("cpu").manual_seed(cfg.seeds[0]), output_type="latent",
+                use_kv_cache=kv).images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
@@ -153,20 +172,8 @@ def main() -> None:
                                        transformer=c.transformer)
             pipe.set_progress_bar_config(disable=True)
 
-            def ours():
-                bench.clear_conditioning_cache()  # a new prompt each time, as stock re-encodes
-                refs_ = bench.prepare_references([image], cfg.reference) if refs else None
-                h, w = (refs_.vae_sizes[-1][1], refs_.vae_sizes[-1][0]) if refs else (cfg.height, cfg.width)
-                cond = bench.encode(cfg.prompts, cfg.template, refs_.vlm_images if refs else [], tap=cfg.encoder_tap)
-                latents = bench.prepare_latents(cfg.seeds, h, w)
-                return bench.denoise(latents, cond, sampler, h, w, references=refs_, progress=False,
-                                     prefix_kv_cache=kv)
-
-            def stock():
-                return pipe(prompt=cfg.prompts[0], image=[image] if refs else None, height=cfg.height,
-                            width=cfg.width, output_resolution=side, num_inference_steps=args.steps,
-                            generator=torch.Generator("cpu").manual_seed(cfg.seeds[0]), output_type="latent",
-                            use_kv_cache=kv).images
+            ours = functools.partial(run_ours, bench, cfg, image if refs else None, kv)
+            stock = functools.partial(run_stock, pipe, cfg, image if refs else None, side, args.steps, kv)
 
             row = {}
             out = {}
