@@ -6,6 +6,7 @@ make it so (Qwen3 tokenizer, drop count, vision patches, the encoder's pre-norm 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -155,6 +156,9 @@ def test_qwen3_vision_patches_equal_transformers_processor(bench):
     (["sampler.sigmas=[1.0,0.5]"], "sampler.sigmas has 2 values but sampler.steps=4"),
     (["sampler=comfy_euler_cfgnorm"], "sampler.guidance=cfg_norm with model.variant=qwen21"),
     (["sampler.steps=2", "sampler.sigmas=[0.5,0.9]"], "must be strictly decreasing"),
+    (["perf=fast"], "perf.fast_attention=true with model.variant=qwen21: built for the 20B family's transformer only"),
+    (["precision=fp8_torchao"], "precision.quantization=fp8_torchao with model.variant=qwen21"),
+    (["accel=taylorseer"], "accel=taylorseer with model.variant=qwen21"),
     (["model.source=files", "model.transformer=x", "model.text_encoder=y", "model.vae=z"],
      "loading Qwen-Image-2.1 checkpoints is not built yet"),
 ])
@@ -163,3 +167,22 @@ def test_bad_qwen21_configs_are_refused_by_name(make_cfg, overrides, message):
 
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         make_cfg(*overrides)
+
+
+def test_family_members_on_one_sweep_axis_build_once_each(tmp_path):
+    """model=tiny_random,tiny_qwen21 on X: cells grouped by model (one switch), RGB and RGBA tiles in one grid."""
+    from workbench.sweep import Sweep
+
+    sweep = Sweep.plan(["model=tiny_random,tiny_qwen21", "seeds=0,1"],
+                       base=["height=32", "width=32", "sampler.steps=2", "device=cpu", "prompts=[a red fox]"],
+                       out_dir=tmp_path)
+    result = sweep.run(progress=False)
+    assert result.stats["ran"] == 4 and result.stats["failed"] == 0 and result.stats["model_switches"] == 1
+    modes = {cell.cell.values[0]: cell.images[0].mode for cell in result.cells}
+    assert modes == {"tiny_random": "RGB", "tiny_qwen21": "RGBA"}
+    taps = {c.cell.values[0]: json.loads((sweep.cell_dir(c.cell) / "record.json").read_text())["config"]["encoder_tap"]
+            for c in result.cells}
+    assert taps == {"tiny_random": "post_norm", "tiny_qwen21": "pre_norm"}  # each family's default, recorded
+    assert result.grid.width > 2 * 32 and (tmp_path / "grid.png").is_file()
+    cmp = result.compare(0, 1)  # across families: A/B still renders (the tiles are RGB)
+    assert cmp.mean_abs_diff is not None and cmp.mean_abs_diff > 0

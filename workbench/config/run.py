@@ -19,6 +19,7 @@ from workbench.config.reference import ReferenceConfig
 from workbench.config.sampler import SamplerConfig
 from workbench.config.template import TemplateConfig
 from workbench.errors import ConfigError
+from workbench.values import plain
 
 
 @dataclass
@@ -82,6 +83,18 @@ class Config:
             if value is not None and value % 32 and not self.snap_size:
                 raise ConfigError(f"{key}={value} with {variant}: sides must be multiples of 32 (16x VAE x 2x2 encoder "
                                   f"slots); use {value // 32 * 32 or 32} or {(value // 32 + 1) * 32}, or snap_size=true")
+        # the speed levers hook or rewrite the 20B family's block classes (attention processors, layer names,
+        # compile markers, LoRA key maps, cache hooks): refused on 2.1 until each is built and measured there
+        unbuilt = [(self.perf.fast_attention, "perf.fast_attention=true", "perf=eager"),
+                   (self.perf.compile != "none", f"perf.compile={plain(self.perf.compile)}", "perf.compile=none"),
+                   (self.precision.quantization != "none", f"precision.quantization={plain(self.precision.quantization)}",
+                    "precision=bf16 or precision.transformer_storage=float8_e4m3fn"),
+                   (self.accel.method != "none", f"accel={self.accel.name}", "accel=none"),
+                   (bool(self.lora.items), "lora items", "lora=none")]
+        for on, key, fix in unbuilt:
+            if on:
+                raise ConfigError(f"{key} with {variant}: built for the 20B family's transformer only (Qwen-Image-2.1 "
+                                  f"has other block classes); use {fix}")
         if self.sampler.guidance == "cfg_norm":
             raise ConfigError(f"sampler.guidance=cfg_norm with {variant}: ComfyUI's CFGNorm rescales per latent pixel "
                               "of the 20B family's 2x2-packed tokens; use sampler.guidance=cfg (2.1's rule) or true_cfg")
