@@ -186,3 +186,17 @@ def test_family_members_on_one_sweep_axis_build_once_each(tmp_path):
     assert result.grid.width > 2 * 32 and (tmp_path / "grid.png").is_file()
     cmp = result.compare(0, 1)  # across families: A/B still renders (the tiles are RGB)
     assert cmp.mean_abs_diff is not None and cmp.mean_abs_diff > 0
+
+
+def test_token_report_of_a_21_template_is_what_the_encoder_reads(bench, make_cfg):
+    """``workbench tokens --template qwen21 --area A --image ...`` shows exactly the ids a 2.1 run encodes."""
+    from workbench.pipeline import load_image
+    from workbench.token_report import token_report
+
+    cfg = make_cfg("experiment=qwen21_edit_tiny")
+    images = [load_image(p) for p in cfg.images]
+    report = token_report(cfg.template, cfg.prompts[0], images, area=cfg.reference.vae_area)
+    cond = bench.encode(cfg.prompts, cfg.template, bench.prepare_references(images, cfg.reference).vlm_images,
+                        tap="pre_norm")
+    assert report.ids[report.drop:] == cond.token_ids[0] and report.drop == cond.drop[0] == 14
+    assert report.vision_tokens == [16, 15, 16]  # 128x128 -> 4x4 slots, 160x96 -> 5x3

@@ -42,14 +42,23 @@ class TokenReport:
                          for i, (tid, piece) in enumerate(zip(self.ids, self.pieces))]
 
 
-def token_report(template: TemplateConfig, prompt: str, images: Sequence = ()) -> TokenReport:
-    """Render + tokenize ``prompt`` with ``template`` and the reference ``images`` (PIL)."""
+def token_report(template: TemplateConfig, prompt: str, images: Sequence = (), area: int = 1024 * 1024) -> TokenReport:
+    """Render + tokenize ``prompt`` with ``template`` and the reference ``images`` (PIL). A Qwen-Image-2.1
+    template (``family``) tokenizes with the Qwen3 tokenizer, each image sized as 2.1 sizes its condition
+    images: ~``area`` pixels (``reference.vae_area``; diffusers' ``output_resolution``^2), sides of 32."""
     from workbench.templates import render, tokenize
-    from workbench.tokenizer import load_tokenizer
-    from workbench.vision import preprocess
+    from workbench.tokenizer import load_qwen3_tokenizer, load_tokenizer
+    from workbench.vision import QWEN3_VL, preprocess
 
-    tok = load_tokenizer()
-    grids = preprocess(list(images)).grids if images else []
+    if template.family == "qwen-image-2.1":
+        from workbench.stages.reference import area_size
+
+        tok = load_qwen3_tokenizer()
+        sized = [img.resize(area_size(img.width, img.height, area, 32)) for img in images]
+        grids = preprocess(sized, spec=QWEN3_VL).grids if images else []
+    else:
+        tok = load_tokenizer()
+        grids = preprocess(list(images)).grids if images else []
     t = tokenize(tok, render(template, prompt, len(grids), tok), grids)
     return TokenReport(tok.convert_ids_to_tokens(t.input_ids), t.input_ids, t.drop, t.vision_tokens, template.name)
 

@@ -37,10 +37,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--template-file", help="a YAML file with TemplateConfig keys (name, text, drop_until, ...)")
     p.add_argument("--control-tokens", choices=["refuse", "escape"], help="override the template's control_tokens")
     p.add_argument("--image", action="append", default=[], help="reference image (repeatable)")
+    p.add_argument("--area", type=int, default=1024 * 1024,
+                   help="Qwen-Image-2.1 templates: pixels each image is sized to (output_resolution^2)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
     try:
-        report = token_report(_template(args), args.prompt, [load_image(f) for f in args.image])
+        report = token_report(_template(args), args.prompt, [load_image(f) for f in args.image], args.area)
     except (ConfigError, TemplateError, FileNotFoundError) as err:
         print_error(err)
         return getattr(err, "exit_code", 2)
