@@ -47,15 +47,23 @@ def init_on(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def text_encoder_config(spec: TinySpec):
-    from transformers import Qwen2_5_VLConfig
-
-    t, v = spec.text_encoder, spec.vision
+def check_rope_sizes(spec: TinySpec) -> None:
+    """The RoPE splits must fit the head sizes (both families: mRoPE of the encoder, 3-axis RoPE of the DiT)."""
+    t, s = spec.text_encoder, spec.transformer
     head_dim = t.hidden_size // t.num_heads
     if 2 * sum(t.mrope_section) != head_dim:
         raise ValueError(
             f"model.tiny.text_encoder.mrope_section {list(t.mrope_section)} must sum to head_dim/2 = {head_dim // 2}"
         )
+    if sum(s.axes_dims_rope) != s.head_dim:
+        raise ValueError(f"model.tiny.transformer.axes_dims_rope {list(s.axes_dims_rope)} must sum to head_dim={s.head_dim}")
+
+
+def text_encoder_config(spec: TinySpec):
+    from transformers import Qwen2_5_VLConfig
+
+    check_rope_sizes(spec)
+    t, v = spec.text_encoder, spec.vision
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=VOCAB_SIZE,
@@ -141,9 +149,8 @@ def check_text_encoder(model: torch.nn.Module, cfg: ModelConfig) -> None:
 def build_transformer(cfg: ModelConfig):
     from diffusers import QwenImageTransformer2DModel
 
+    check_rope_sizes(cfg.tiny)
     s = cfg.tiny.transformer
-    if sum(s.axes_dims_rope) != s.head_dim:
-        raise ValueError(f"model.tiny.transformer.axes_dims_rope {list(s.axes_dims_rope)} must sum to head_dim={s.head_dim}")
     return _seeded(
         cfg.seed + 1,
         lambda: QwenImageTransformer2DModel(

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from workbench.config import ModelConfig, TinySpec
 from workbench.models import arch21
-from workbench.models.tiny import _seeded
+from workbench.models.tiny import _seeded, check_rope_sizes
 
 
 def text_encoder_config(spec: TinySpec):
     from transformers import Qwen3VLConfig
 
+    check_rope_sizes(spec)
     t, v = spec.text_encoder, spec.vision
     head_dim = t.hidden_size // t.num_heads
-    if 2 * sum(t.mrope_section) != head_dim:
-        raise ValueError(
-            f"model.tiny.text_encoder.mrope_section {list(t.mrope_section)} must sum to head_dim/2 = {head_dim // 2}"
-        )
     return Qwen3VLConfig(
         text_config=dict(
             vocab_size=arch21.VOCAB_SIZE,
@@ -60,9 +57,8 @@ def build_text_encoder(cfg: ModelConfig):
 def build_transformer(cfg: ModelConfig):
     from diffusers import QwenImage21Transformer2DModel
 
+    check_rope_sizes(cfg.tiny)
     s = cfg.tiny.transformer
-    if sum(s.axes_dims_rope) != s.head_dim:
-        raise ValueError(f"model.tiny.transformer.axes_dims_rope {list(s.axes_dims_rope)} must sum to head_dim={s.head_dim}")
     return _seeded(
         cfg.seed + 1,
         lambda: QwenImage21Transformer2DModel(
