@@ -58,7 +58,23 @@ ROWS = {
     "fp8_storage_group_offload_22GB": (["precision=fp8_e4m3fn", "precision.memory=group_offload"], "none", 22),
     "fp8_storage_group_offload_22GB_lora_hooks": (["precision=fp8_e4m3fn", "precision.memory=group_offload"], "hooks", 22),
     "bf16_group_offload_22GB": (["precision=bf16", "precision.memory=group_offload"], "none", 22),
+    # issue 19: the text encoder's placement / storage under the same 22 GB budget (the DiT streamed in fp8)
+    "fp8_storage_group_offload_22GB_encoder_fp8": (
+        ["precision=fp8_e4m3fn", "precision.memory=group_offload", "precision.text_encoder_storage=float8_e4m3fn"],
+        "none", 22),
+    "fp8_storage_group_offload_22GB_encoder_fp8_resident": (
+        ["precision=fp8_e4m3fn", "precision.memory=group_offload", "precision.text_encoder_storage=float8_e4m3fn",
+         "precision.encoder_memory=resident"], "none", 22),
+    "fp8_storage_group_offload_22GB_encode_on_cpu": (
+        ["precision=fp8_e4m3fn", "precision.memory=group_offload", "precision.encoder_memory=cpu"], "none", 22),
 }
+
+
+def encoder_bytes(text_encoder) -> int:
+    """Bytes of the encoder's weights as stored (fp8 storage: one byte each), the LM head left out (never run)."""
+    from workbench.encoder_memory import inner_model
+
+    return sum(p.numel() * p.element_size() for p in inner_model(text_encoder).parameters())
 
 
 def main() -> None:
@@ -72,7 +88,8 @@ def main() -> None:
         BASE[:] = ["height=64", "width=64", "sampler=lightning"]
     from workbench.config import compose, to_run_config
     from workbench.models.tiny import build_transformer
-    from workbench.pipeline import Workbench, free_models
+    from workbench.models.build import free_models
+    from workbench.pipeline import Workbench
 
     res = Results.open(args.out, base=BASE)
     cuda = torch.cuda.is_available()
@@ -108,11 +125,16 @@ def main() -> None:
                 tg = time.perf_counter()
                 out = bench.generate(cfg, progress=False)[0]
                 sync()
+                encoder_gb = encoder_bytes(bench.components.text_encoder) / 1e9
                 res.put(f"{label}/{run}_generation", {
                     "total_s": time.perf_counter() - t0, "build_or_lookup_s": build,
                     "generate_wall_s": time.perf_counter() - tg,
                     **{f"{k}_s": v for k, v in out.timings.items()}, "budget_gb": budget,
-                    "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None})
+                    "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
+                    "encoder_placement": cfg.precision.encoder_placement.value, "encoder_weights_gb": encoder_gb,
+                    # a streamed encoder moves all its weights per prompt: the host-to-device rate it reached
+                    "encoder_h2d_gb_s": (encoder_gb / out.timings["encode"]
+                                         if cfg.precision.encoder_placement.value == "stream" else None)})
             except Exception as err:  # record it and go on with the other rows
                 res.put(f"{label}/{run}_generation", {"error": repr(err)[:800]})
             finally:

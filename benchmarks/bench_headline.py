@@ -42,11 +42,23 @@ SEEDS = (0, 1, 2)
 PROMPT = "a red fox in the snow, photographed at dusk"
 
 
-def base(precision: str, tiny: bool) -> list[str]:
+def base(precision: str, tiny: bool, perf: str = "fast", extra: list[str] = ()) -> list[str]:
     if tiny:  # a CPU check of the script itself
-        return ["height=64", "width=64", "experiment=lightning_8step", f"prompts=[{PROMPT!r}]"]
+        return ["height=64", "width=64", "experiment=lightning_8step", f"prompts=[{PROMPT!r}]", *extra]
     return ["model=random_full", "device=cuda", "height=1328", "width=1328", "experiment=lightning_8step",
-            f"precision={precision}", "perf=fast", f"prompts=[{PROMPT!r}]"]
+            f"precision={precision}", f"perf={perf}", f"prompts=[{PROMPT!r}]", *extra]
+
+
+def set_budget(overrides: list[str], gb: float) -> None:
+    """Build the models first (random weights are drawn on the GPU in bf16, over any 24 GB budget), then cap
+    this process's GPU memory at ``gb`` for the grids (issue 19: a 24 GB card's budget mode)."""
+    from workbench.config import compose, to_run_config
+    from workbench.pipeline import Workbench
+
+    Workbench.from_config(to_run_config(compose(overrides)))  # resident in the process's model cache
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(gb * 1e9 / torch.cuda.get_device_properties(0).total_memory)
+    torch.cuda.reset_peak_memory_stats()
 
 
 def run_grid(overrides: list[str], folder: Path) -> tuple[float, dict]:
@@ -127,6 +139,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--precision", default="bf16")
+    p.add_argument("--perf", default="fast")
+    p.add_argument("--override", action="append", default=[], help="another config override (repeatable)")
+    p.add_argument("--budget-gb", type=float, help="cap GPU memory at this many GB once the models are built")
     p.add_argument("--clear-cache", action="store_true", help="empty the compile cache first (a cold start)")
     p.add_argument("--stock", action="store_true", help="also time the stock QwenImagePipeline loop")
     p.add_argument("--images", help="write the first grid's images (4x pooled) to this .npz")
@@ -138,8 +153,11 @@ def main() -> None:
     if args.clear_cache:
         clear_cache()
     cache_before = cache_size_bytes()
-    overrides = base(args.precision, args.dry_run_tiny)
-    res = Results.open(args.out, base=overrides, compile_cache=str(cache_dir()), cache_bytes_at_start=cache_before)
+    overrides = base(args.precision, args.dry_run_tiny, args.perf, args.override)
+    res = Results.open(args.out, base=overrides, compile_cache=str(cache_dir()), cache_bytes_at_start=cache_before,
+                       budget_gb=args.budget_gb)
+    if args.budget_gb and torch.cuda.is_available():
+        set_budget(overrides, args.budget_gb)
     imports = time.perf_counter() - START
     cfgs = template_configs(overrides) if args.stock else None
     wall, first = run_grid(overrides, Path(args.sweep_dir) / "first")

@@ -115,7 +115,7 @@ def test_shape_mismatch_between_text_encoder_and_transformer(root):
     wide = QwenImageTransformer2DModel(num_layers=1, attention_head_dim=32, num_attention_heads=2, joint_attention_dim=128, axes_dims_rope=(8, 12, 12))
     save_file(state(wide), str(root / "dit_joint128.safetensors"))
     with pytest.raises(LoadError, match=r"text encoder .*te.safetensors gives 64-wide hidden states but transformer .*dit_joint128.safetensors expects 128"):
-        load_all(cfg(root, transformer="dit_joint128.safetensors"), {k: F32 for k in FILES}, CPU)
+        load_all(cfg(root, transformer="dit_joint128.safetensors"), {k: F32 for k in FILES}, {k: CPU for k in FILES})
 
 
 def test_real_rules_on_a_tiny_file_say_what_to_set(root):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,10 @@ class Conditioning:
                 }
             )
         return {"template": self.template, "items": out}
+
+    def to(self, device) -> "Conditioning":
+        """The same conditioning with its tensors on ``device`` (an encoder on the CPU, a DiT on the GPU)."""
+        return dataclasses.replace(self, embeds=self.embeds.to(device), mask=self.mask.to(device))
 
     def select(self, indices: list[int]) -> "Conditioning":
         """A sub-batch, trimmed to its own longest item."""

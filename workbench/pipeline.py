@@ -127,8 +127,8 @@ class Workbench:
             key,
             lambda: encode_stage.encode_prompts(
                 c.tokenizer, c.text_encoder, template, list(prompts), list(images), max_sequence_length, resample, tap,
-                style,
-            ),
+                style, c.encoder_device,
+            ).to(self.device),  # an encoder on the CPU hands its conditioning to the device here
         )
 
     def prepare_references(self, images: list[Image.Image], reference: ReferenceConfig) -> References:

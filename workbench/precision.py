@@ -12,6 +12,8 @@
   (diffusers block-level group offloading of the transformer and the text encoder, VAE resident).
   Both offload modes move weights between CPU and GPU: on a CPU run they have nothing to do, and
   asking for them is an error rather than a silent no-op.
+- the text encoder's placement and storage (``encoder_memory``, ``text_encoder_storage``):
+  ``workbench/encoder_memory.py``.
 - fp16: Qwen-Image's activations overflow float16; the denoise side's numerics guard
   (``stages/numerics.py``) stops the run at the first non-finite prediction and says so.
 """
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from workbench.config import MemoryMode, PrecisionConfig, Quantization, WeightStorage
+from workbench.config import EncoderMemory, MemoryMode, PrecisionConfig, Quantization, WeightStorage
+from workbench.encoder_memory import apply_encoder_storage, place_encoder
 from workbench.errors import InputError
 from workbench.models.components import TORCH_DTYPES
 
@@ -44,6 +47,11 @@ def check_device(precision: PrecisionConfig, device: torch.device) -> None:
                 f"precision.quantization=fp8_torchao needs compute capability >= 8.9 (Ada / Hopper), this GPU "
                 f"has {major}.{minor}; use precision.transformer_storage=float8_e4m3fn instead"
             )
+    if precision.encoder_memory == EncoderMemory.stream and device.type != "cuda":
+        raise PrecisionError(
+            f"precision.encoder_memory=stream streams the text encoder from host memory to a GPU; this run's device "
+            f"is {device}, where it already lives in host memory. Leave precision.encoder_memory null (or cpu) on CPU"
+        )
     if precision.memory != MemoryMode.all_on_device and device.type != "cuda":
         raise PrecisionError(
             f"precision.memory={precision.memory.value} moves weights between CPU and GPU memory; this run's "
@@ -63,6 +71,7 @@ def apply_precision(components, precision: PrecisionConfig):
     if precision.quantization == Quantization.fp8_torchao:
         _quantize_fp8_torchao(transformer)
 
+    apply_encoder_storage(components.text_encoder, precision)
     if precision.memory == MemoryMode.model_offload:
         from accelerate import cpu_offload_with_hook
 
@@ -74,19 +83,15 @@ def apply_precision(components, precision: PrecisionConfig):
         hooks[0].hook.prev_module_hook = hooks[-1]  # ring: the text encoder's forward sends the VAE back
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    elif precision.memory == MemoryMode.group_offload:
-        from diffusers.hooks import apply_group_offloading
+    else:
+        if precision.memory == MemoryMode.group_offload:
+            from diffusers.hooks import apply_group_offloading
 
-        for model in [m for m in (components.text_encoder, transformer) if m is not None]:
-            model.to("cpu")
-            apply_group_offloading(
-                model,
-                onload_device=device,
-                offload_device=torch.device("cpu"),
-                offload_type="block_level",
-                num_blocks_per_group=precision.group_offload_blocks,
-                use_stream=True,
-            )
+            transformer.to("cpu")
+            apply_group_offloading(transformer, onload_device=device, offload_device=torch.device("cpu"),
+                                   offload_type="block_level", num_blocks_per_group=precision.group_offload_blocks,
+                                   use_stream=True)
+        place_encoder(components, precision, device)  # resident, streamed, or on the CPU
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return components

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Optional
 
 from workbench.errors import ConfigError
 
@@ -30,6 +31,15 @@ class MemoryMode(str, Enum):
     group_offload = "group_offload"  # transformer + text encoder streamed block by block (diffusers group offload)
 
 
+class EncoderMemory(str, Enum):
+    """Where the text encoder lives (``precision.encoder_memory``); null follows ``memory``."""
+
+    resident = "resident"  # on the device the whole run
+    stream = "stream"  # block by block from pinned host memory, the next block prefetched on a side stream
+    cpu = "cpu"  # encodes on the CPU; only the conditioning moves to the device
+    model_offload = "model_offload"  # moved whole to the device for each encode (accelerate hook ring)
+
+
 @dataclass
 class PrecisionConfig:
     """Dtypes of each model plus the transformer's storage / quantisation and the memory mode."""
@@ -42,6 +52,19 @@ class PrecisionConfig:
     quantization: Quantization = Quantization.none
     memory: MemoryMode = MemoryMode.all_on_device
     group_offload_blocks: int = 1  # blocks per group in memory=group_offload
+    # the text encoder on its own (issue 19): its placement (null: follows ``memory``: all_on_device ->
+    # resident, model_offload -> model_offload, group_offload -> stream) and its weight storage (fp8: each
+    # layer upcast to precision.text_encoder for its forward; half the bytes to hold or to stream)
+    encoder_memory: Optional[EncoderMemory] = None
+    text_encoder_storage: WeightStorage = WeightStorage.same
+
+    @property
+    def encoder_placement(self) -> EncoderMemory:
+        """``encoder_memory`` with null resolved from ``memory``."""
+        if self.encoder_memory is not None:
+            return EncoderMemory(self.encoder_memory)
+        return {MemoryMode.all_on_device: EncoderMemory.resident, MemoryMode.model_offload: EncoderMemory.model_offload,
+                MemoryMode.group_offload: EncoderMemory.stream}[MemoryMode(self.memory)]
 
     def __post_init__(self) -> None:
         if self.transformer_storage != WeightStorage.same and self.quantization != Quantization.none:
@@ -53,6 +76,23 @@ class PrecisionConfig:
             raise ConfigError(
                 f"precision {self.name!r}: quantization=fp8_torchao needs a bf16 transformer; set "
                 "precision.transformer=bfloat16"
+            )
+        if self.text_encoder_storage != WeightStorage.same and self.text_encoder == DType.float32:
+            raise ConfigError(
+                f"precision {self.name!r}: text_encoder_storage={WeightStorage(self.text_encoder_storage).value} upcasts "
+                "each layer to precision.text_encoder for its forward; set precision.text_encoder=bfloat16"
+            )
+        placement = self.encoder_memory is not None and EncoderMemory(self.encoder_memory)
+        if placement == EncoderMemory.model_offload and self.memory != MemoryMode.model_offload:
+            raise ConfigError(
+                "precision.encoder_memory=model_offload chains the encoder into the model-offload ring of "
+                f"precision.memory=model_offload, but precision.memory={MemoryMode(self.memory).value}; use stream, "
+                "resident or cpu"
+            )
+        if self.memory == MemoryMode.model_offload and placement not in (False, EncoderMemory.model_offload):
+            raise ConfigError(
+                f"precision.encoder_memory={placement.value} with precision.memory=model_offload: the offload ring "
+                "moves every model; leave encoder_memory null, or use precision.memory=group_offload"
             )
         if self.group_offload_blocks < 1:
             raise ConfigError(f"precision.group_offload_blocks must be >= 1, got {self.group_offload_blocks}")

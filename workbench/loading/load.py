@@ -229,8 +229,10 @@ def preflight(cfg: ModelConfig, loras: Sequence[Any] = ()) -> dict[str, Prepared
     return prepared
 
 
-def load_all(cfg: ModelConfig, dtypes: dict[str, torch.dtype], device: torch.device, loras: Sequence[Any] = ()) -> dict[str, Loaded]:
-    """The three components of ``cfg`` (source=files): every file checked first (``preflight``), then loaded."""
+def load_all(cfg: ModelConfig, dtypes: dict[str, torch.dtype], devices: dict[str, torch.device],
+             loras: Sequence[Any] = ()) -> dict[str, Loaded]:
+    """The three components of ``cfg`` (source=files), each onto its device (``devices[slot]``): every file
+    checked first (``preflight``), then loaded."""
     prepared = preflight(cfg, loras)
-    return {slot: load_prepared(prepared[slot], device, dtypes[slot]) for slot in SLOTS}
+    return {slot: load_prepared(prepared[slot], devices[slot], dtypes[slot]) for slot in SLOTS}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from workbench.config import DType, MemoryMode, ModelConfig, ModelSource, PrecisionConfig
+from workbench.config import DType, EncoderMemory, MemoryMode, ModelConfig, ModelSource, PrecisionConfig
 
 TORCH_DTYPES = {DType.float32: torch.float32, DType.bfloat16: torch.bfloat16, DType.float16: torch.float16}
 
@@ -23,6 +23,9 @@ class Components:
     device: torch.device
     identity: dict[str, str] = field(default_factory=dict)  # what was loaded, for records and cache keys
     family: str = "qwen-image"  # or "qwen-image-2.1" (``Variant.family``): which stage branches apply
+    # where the encoder's inputs go (set by ``precision.encoder_memory``): the GPU for a streamed encoder whose
+    # weights rest in host memory, the CPU for one that runs there; None: wherever its weights are
+    encoder_device: Optional[torch.device] = None
 
     @property
     def is_qwen21(self) -> bool:
@@ -106,9 +109,13 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
 
         dtypes = {slot: TORCH_DTYPES[getattr(precision, slot)] for slot in ("text_encoder", "transformer", "vae")}
         # offload modes exist for weights that do not fit the GPU: load them into host memory and let
-        # apply_precision stream them (loading the 41 GB bf16 DiT onto a 24 GB card first would fail)
+        # apply_precision stream them (loading the 41 GB bf16 DiT onto a 24 GB card first would fail);
+        # an encoder that streams or encodes on the CPU is loaded there whatever the DiT does
+        host = torch.device("cpu")
         offload = precision.memory != MemoryMode.all_on_device
-        parts = load_all(model, dtypes, torch.device("cpu") if offload else dev, loras=loras)  # in each dtype
+        devices = {"transformer": host if offload else dev, "vae": host if offload else dev,
+                   "text_encoder": host if offload or precision.encoder_placement != EncoderMemory.resident else dev}
+        parts = load_all(model, dtypes, devices, loras=loras)  # in each dtype
         return Components(
             tokenizer=parts["text_encoder"].tokenizer,
             text_encoder=parts["text_encoder"].module,

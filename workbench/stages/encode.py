@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from workbench.conditioning import Conditioning, pad_stack
+from workbench.encoder_memory import inner_model
 from workbench.errors import InputError
 from workbench.config import TemplateConfig
 from workbench.templates import render, tokenize
@@ -57,9 +58,12 @@ def encode_prompts(
     resample: str = "bicubic",
     tap: str = "post_norm",
     style: EncoderStyle = QWEN25_STYLE,
+    device=None,
 ) -> Conditioning:
     """Encode a batch of prompts (all with the same reference images) into one ``Conditioning``;
-    ``tap`` picks the hidden state (module docstring); ``style`` is the family's (``QWEN3_STYLE`` for 2.1)."""
+    ``tap`` picks the hidden state (module docstring); ``style`` is the family's (``QWEN3_STYLE`` for 2.1);
+    ``device``: where the inputs go (default: the encoder's weights' device; a streamed encoder's is the GPU).
+    The inner VL model runs (hidden states only: the LM head's logits are never computed)."""
     vision: VisionInput | None = preprocess(list(images), resample=resample, spec=style.vision) if images else None
     grids = vision.grids if vision else []
     prompts = [p or style.empty_prompt for p in prompts]
@@ -67,7 +71,7 @@ def encode_prompts(
     if not style.truncate:
         _check_text_length(tokenized, max_sequence_length)
 
-    device = text_encoder.device
+    device = device or text_encoder.device
     length = max(len(t.input_ids) for t in tokenized)
     input_ids = torch.full((len(prompts), length), PAD_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
@@ -81,12 +85,14 @@ def encode_prompts(
     if vision is not None:
         n = len(prompts)  # every prompt carries the same images
         kwargs = dict(
-            pixel_values=vision.pixel_values.repeat(n, 1).to(device, text_encoder.dtype),
+            # the compute dtype: the embedding table's (``text_encoder.dtype`` reads fp8 under fp8 storage)
+            pixel_values=vision.pixel_values.repeat(n, 1).to(device, text_encoder.get_input_embeddings().weight.dtype),
             image_grid_thw=torch.tensor(grids * n, device=device),
             mm_token_type_ids=(input_ids == IMAGE_PAD_ID).int(),
         )
     with _pre_norm_capture(text_encoder, tap) as captured:
-        out = text_encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+        out = inner_model(text_encoder)(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                                        **kwargs)
     hidden = captured[0] if captured else tapped(out.hidden_states, tap)  # (B, L, D)
 
     limit = max_sequence_length if style.truncate else None
