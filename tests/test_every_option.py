@@ -9,7 +9,8 @@ Options a CPU cannot run are refused with their one-line message, asserted:
 - ``model=files_*``: the named files are not under the (empty) model root;
 - ``model=random_full``: 28 B weights drawn on the CPU would not fit its memory: refused from its sizes
   before a weight is drawn (run under a memory limit, so a missing refusal cannot exhaust the machine);
-- ``precision=fp8_torchao``: fp8 matrix multiplies need a CUDA GPU.
+- ``precision=fp8_torchao``: fp8 matrix multiplies need a CUDA GPU; ``precision=budget_22gb`` streams weights
+  to a GPU.
 
 ``hydra/`` holds Hydra's own logging group (every CLI test runs it), not a workbench option.
 """
@@ -173,6 +174,11 @@ def _precision(option, generate, baseline, tmp_path):
     if option == "fp8_torchao":
         with pytest.raises(InputError, match=r"runs fp8 matrix multiplies on a CUDA GPU .* this run's device "
                                              r"is cpu\. On CPU use precision\.transformer_storage=float8_e4m3fn"):
+            generate(f"precision={option}")
+        return
+    if option == "budget_22gb":  # streams weights host -> GPU: nothing to stream on a CPU run
+        with pytest.raises(InputError, match=r"precision\.encoder_memory=stream streams the text encoder .* device "
+                                             r"is cpu"):
             generate(f"precision={option}")
         return
     run = generate(f"precision={option}")

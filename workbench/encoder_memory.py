@@ -8,7 +8,8 @@
   is given, and a VL model's layers sit two levels down (``model.language_model.layers``,
   ``model.visual.blocks``), so the whole encoder became one group, copied in one go, synchronously, for every
   prompt (14.2 s of an 18.9 s generation on an H200, run15/17). ``block_modules`` names the levels to
-  descend into. The LM head is never streamed: the encode stage calls the inner model (hidden states only).
+  descend into. The LM head is never streamed: the encode stage calls the inner model (hidden states only);
+  the token embedding stays resident (``stream_encoder``).
 - ``cpu``: the encoder stays in host memory and runs there; the conditioning alone moves to the device.
 - fp8 storage: diffusers' ``apply_layerwise_casting`` (any ``nn.Module``) stores the linear weights in
   float8_e4m3fn and upcasts each to the compute dtype for its forward; embeddings, norms and the vision
@@ -65,11 +66,18 @@ def stream_encoder(text_encoder, device: torch.device) -> list[str]:
 
     model = inner_model(text_encoder)
     text_encoder.to("cpu")
-    apply_group_offloading(
-        model, onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
-        num_blocks_per_group=1, use_stream=device.type == "cuda", record_stream=device.type == "cuda",
-        block_modules=list(STREAM_LEVELS),
-    )
+    # the token embedding stays resident: the outer model looks the tokens up before the language model's
+    # forward runs (where its group would be onloaded), and a lookup reads a few rows of a 1-1.2 GB table
+    language = model.language_model
+    embed, language.embed_tokens = language.embed_tokens, None
+    try:
+        apply_group_offloading(
+            model, onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+            num_blocks_per_group=1, use_stream=device.type == "cuda", record_stream=device.type == "cuda",
+            block_modules=list(STREAM_LEVELS),
+        )
+    finally:
+        language.embed_tokens = embed.to(device)
     names = {id(m): name for name, m in model.named_modules()}
     groups: list[str] = []
     for sub in model.modules():
