@@ -97,6 +97,10 @@ def _model(option, generate, baseline, tmp_path):
     if option == "random_full":
         _random_full_is_refused(generate)
         return
+    if option == "tiny_layered":  # splits one image, sized by its bucket: run by experiment=layered_tiny below
+        with pytest.raises(InputError, match=r"model\.variant=layered splits one image into layers; images has 0"):
+            generate(f"model={option}")
+        return
     run = generate(f"model={option}")
     assert run.image.size == (64, 64) and run.rows == [1, 1]
     transformer = run.bench.components.transformer
@@ -263,7 +267,7 @@ def test_experiment_runs_as_workbench_run(name, tmp_path):
     assert record["status"] == "complete" and len(record["images"]) == len(config["prompts"]) * len(config["seeds"])
     for entry in record["images"]:
         pixels = np.asarray(Image.open(tmp_path / entry["file"]))
-        channels = 4 if config["model"]["variant"].startswith("qwen21") else 3  # 2.1's VAE is RGBA
+        channels = 4 if config["model"]["variant"].startswith(("qwen21", "layered")) else 3  # RGBA VAEs
         assert pixels.shape == (entry["height"], entry["width"], channels) and pixels.std() > 1.0  # not a flat image
     assert check(config, record), record
 
@@ -278,6 +282,8 @@ EXPERIMENT_CHECKS = {  # name: (overrides that only make it cheaper, what the fi
                                           c["perf"]["prefix_kv_cache"]) == ("qwen21", "qwen21", "pre_norm", True)),
     "qwen21_edit_tiny": ((), lambda c, r: len(r["images"][0]["reference_sha256"]) == 3
                          and (r["images"][0]["width"], r["images"][0]["height"]) == (128, 128)),  # the last image's
+    "layered_tiny": (("layers=1", "sampler.steps=2"), lambda c, r: c["model"]["variant"] == "layered"
+                     and len(r["images"][0]["layers"]) == 1 and r["images"][0]["width"] == 640),
     "qwen21_turbo_tiny": ((), lambda c, r: (c["model"]["variant"], c["sampler"]["steps"], c["sampler"]["cfg"],
                                             len(c["sampler"]["sigmas"])) == ("qwen21_turbo", 8, 1.0, 8)),
 }

@@ -28,6 +28,7 @@ from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
 from workbench.stages import encode as encode_stage
 from workbench.stages import latents as latents_stage
+from workbench.stages import layers as layers_stage
 from workbench.stages.reference import References, prepare_references, prepare_references_qwen21
 from workbench.stages.schedule import Schedule
 from workbench.values import plain
@@ -43,6 +44,7 @@ class GeneratedImage:
     latents: torch.Tensor  # (1, tokens, 64) final packed latents (CPU)
     timings: dict[str, float] = field(default_factory=dict)  # seconds, shared per forward batch
     notes: list[str] = field(default_factory=list)  # what the run changed on its own (e.g. size snapping)
+    layers: list[Image.Image] = field(default_factory=list)  # Layered: the RGBA layers (``image``: the whole, frame 0)
 
 
 def load_image(path: str, key: str = "images") -> Image.Image:
@@ -138,6 +140,10 @@ class Workbench:
             return prepare_references_qwen21(self.components.vae, images, reference.vae_area)
         return prepare_references(self.components.vae, images, reference)
 
+    def prepare_layered_input(self, image: Image.Image, resolution: int = 640) -> References:
+        """Qwen-Image-Layered: the image to split, sized to the ``resolution`` bucket, as its RGBA VAE latent."""
+        return layers_stage.prepare_input(self.components.vae, image, resolution)
+
     @property
     def layout(self) -> latents_stage.Layout:
         """How this family's latents become tokens (``stages/latents.py``)."""
@@ -179,10 +185,11 @@ class Workbench:
         start_step: int = 0,
         schedule: Optional[Schedule] = None,
         prefix_kv_cache: bool = True,
+        frames: int = 1,
     ) -> torch.Tensor:
         """``schedule``: the one ``prepare_img2img_latents`` returned (else a fresh one from ``start_step``).
-        ``prefix_kv_cache``: Qwen-Image-2.1 only (``perf.prefix_kv_cache``)."""
-        shapes = [(1, height // 16, width // 16)] + (references.shapes if references else [])
+        ``prefix_kv_cache``: Qwen-Image-2.1 only (``perf.prefix_kv_cache``). ``frames``: Layered's layers + 1."""
+        shapes = [(1, height // 16, width // 16)] * frames + (references.shapes if references else [])
         ref = references.latents.to(latents.dtype) if references else None
         return denoise_stage.denoise(
             self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress, start_step,
@@ -218,18 +225,31 @@ class Workbench:
             t: dict[str, float] = dict(timings)
             latents = self._run_batch(cfg, run, chunk, t, callback, progress)
             with self._timed(t, "decode"):
-                pil = self.decode(latents, run.height, run.width)
+                pil, layers = self._decode_run(cfg, latents, run)
             for k, ((p, s), img) in enumerate(zip(chunk, pil)):
                 image_notes = run.notes + ([run.cut[p]] if p in run.cut else [])
-                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, image_notes))
+                results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, image_notes,
+                                              layers[k] if layers else []))
         self.last_compile = None if before is None else (CompileCounts.now() - before).as_record()
         return results
+
+    def _decode_run(self, cfg: Config, latents: torch.Tensor, run: "_Run"):
+        """(images, layers per image): Layered decodes every frame (frame 0 the whole, then the layers)."""
+        if cfg.model.variant != "layered":
+            return self.decode(latents, run.height, run.width), None
+        f = self.components.vae_scale_factor
+        frames = layers_stage.decode_frames(self.components.vae, latents, run.height // f, run.width // f, cfg.layers + 1)
+        pil = [decode_stage.to_pil(item) for item in frames]
+        return [p[0] for p in pil], [p[1:] for p in pil]
 
     def _prepare_run(self, cfg: Config, timings: dict[str, float]) -> "_Run":
         """What every forward batch of ``cfg`` shares: references, output size, init latents, conditionings."""
         with self._timed(timings, "references"):
             images = [load_image(p, f"images[{i}]") for i, p in enumerate(cfg.images)]
-            refs = self.prepare_references(images, cfg.reference) if images else None
+            if cfg.model.variant == "layered":  # the image to split: the VAE's alone
+                refs = self.prepare_layered_input(images[0], cfg.layered_resolution)
+            else:
+                refs = self.prepare_references(images, cfg.reference) if images else None
             init = load_image(cfg.init_image, "init_image") if cfg.init_image else None
         height, width = cfg.height, cfg.width
         if height is None:  # edit: the size of the last reference, like diffusers
@@ -270,14 +290,21 @@ class Workbench:
         cond = run.cond.select([p for p, _ in chunk])
         uncond = run.uncond.select([0] * len(chunk)) if run.uncond is not None else None
         seeds = [s for _, s in chunk]
+        frames = cfg.layers + 1 if cfg.model.variant == "layered" else 1
         with self._timed(t, "latents"):
-            if run.init_latents is None:
+            if frames > 1:  # Layered: layers + 1 frames of noise, its own shift
+                f = self.components.vae_scale_factor
+                latents = layers_stage.noise(seeds, run.height // f, run.width // f, frames, self.device,
+                                             self.components.transformer.dtype)
+                mu = layers_stage.shift_mu(run.refs.latents.shape[1])
+                schedule = Schedule(cfg.sampler, latents.shape[1], self.device, mu=mu)
+            elif run.init_latents is None:
                 latents, schedule = self.prepare_latents(seeds, run.height, run.width), None
             else:
                 latents, schedule = self.prepare_img2img_latents(seeds, run.init_latents, cfg.sampler, cfg.strength)
         with self._timed(t, "denoise"):
             return self.denoise(latents, cond, cfg.sampler, run.height, run.width, uncond, run.refs, callback,
-                                progress, schedule=schedule, prefix_kv_cache=cfg.perf.prefix_kv_cache)
+                                progress, schedule=schedule, prefix_kv_cache=cfg.perf.prefix_kv_cache, frames=frames)
 
     def _timed(self, timings: dict[str, float], name: str):
         return timed(timings, name, self.device)

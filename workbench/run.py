@@ -90,6 +90,8 @@ def _write_images(output_dir: Path, head: dict, entries: list[dict], images: lis
     for entry, image in zip(entries, images):
         try:
             rec.save_png(output_dir / entry["file"], image.image, rec.png_chunk(head, entry))
+            for file, layer in zip(entry.get("layers", []), image.layers):  # Layered: each RGBA layer
+                rec.save_png(output_dir / file, layer, rec.png_chunk(head, entry))
         except OSError as err:  # disk full, quota, removed folder: the rest would fail alike
             return written, (entry["file"], err)
         written.append(entry)

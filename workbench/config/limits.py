@@ -22,6 +22,7 @@ from workbench.errors import ConfigError
 # ----------------------------------------------------------------------------- documented limits
 MAX_SIDE = 8192  # pixels per side of the output image (latent 1024, 512 patches of 16)
 MAX_PIXELS = 4096 * 4096  # pixels per image (65,536 image tokens per forward)
+MAX_LAYERS = 16  # Qwen-Image-Layered layers (the sequence grows by one image per layer)
 MAX_STEPS = 1000  # sampler.steps (ComfyUI's KSampler allows 10000; nothing useful needs > 1000)
 MAX_BATCH = 64  # batch_size: images per forward pass
 MAX_IMAGES = 1024  # len(prompts) x len(seeds): images per run

@@ -20,6 +20,7 @@ class Variant(str, Enum):
     edit_2509 = "edit_2509"
     edit_2511 = "edit_2511"  # transformer with zero_cond_t=True
     t2i_2512 = "t2i_2512"  # Qwen-Image-2512: the t2i architecture, refreshed weights
+    layered = "layered"  # Qwen-Image-Layered: an image -> N RGBA layers (RGBA VAE, layer-3D RoPE)
     qwen21 = "qwen21"  # Qwen-Image-2.1: Qwen3-VL encoder, single-stream DiT, RGBA VAE (t2i + up to 10 refs)
     qwen21_turbo = "qwen21_turbo"  # 2.1-Turbo: the same architecture, 8 fixed sigmas (sampler=qwen21_turbo)
 

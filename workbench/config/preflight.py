@@ -37,7 +37,7 @@ def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
 def check_image_count(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
     """The reference images must fit the template; the message says what each edit template takes."""
     n, t = len(cfg.images), cfg.template
-    if t.min_images <= n <= t.max_images:
+    if t.min_images <= n <= t.max_images or cfg.model.variant == "layered":  # Layered's image goes to the VAE only
         return
     want = f"{t.min_images}" if t.min_images == t.max_images else f"{t.min_images}-{t.max_images}"
     takes = ", ".join(f"{name} {lo if lo == hi else f'{lo}-{hi}'}" for name, (lo, hi) in edit_templates.items())

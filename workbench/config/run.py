@@ -48,6 +48,10 @@ class Config:
     # the text encoder's state the DiT reads: post_norm | pre_norm | -k (stages/encode.py); null: the family's
     # reference (diffusers): post_norm for the 20B family, pre_norm for Qwen-Image-2.1 (resolved here)
     encoder_tap: Optional[str] = None
+    # Qwen-Image-Layered (model.variant=layered): RGBA layers to split images[0] into, and the resolution bucket
+    # its side is sized to (area bucket^2, sides of 32; diffusers' ``resolution``: 640 recommended, or 1024)
+    layers: int = 4
+    layered_resolution: int = 640
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
@@ -69,6 +73,26 @@ class Config:
         check_lora_fits(self.lora, self.precision, self.perf)
         check_accel_fits(self.accel, self.sampler, self.perf)
         self._check_family()
+        self._check_layered()
+
+    def _check_layered(self) -> None:
+        """Layered splits one image; its size comes from that image and the bucket."""
+        if not 1 <= self.layers <= limits.MAX_LAYERS:
+            raise ConfigError(f"layers={self.layers}: expected 1..{limits.MAX_LAYERS} (RGBA layers to split the image into)")
+        if self.layered_resolution not in (640, 1024):
+            raise ConfigError(f"layered_resolution={self.layered_resolution}: expected 640 (recommended) or 1024, the "
+                              "buckets Qwen-Image-Layered was trained at")
+        if self.model.variant != "layered":
+            return
+        if len(self.images) != 1:
+            raise ConfigError(f"model.variant=layered splits one image into layers; images has {len(self.images)}: "
+                              "give exactly one, e.g. images='[photo.png]'")
+        if self.height is not None or self.init_image:
+            raise ConfigError("model.variant=layered takes its size from images[0] and layered_resolution: set "
+                              "height=null width=null (and no init_image)")
+        if self.batch_size != 1:
+            raise ConfigError("model.variant=layered runs one image per forward (its sequence holds layers + 1 frames); "
+                              "set batch_size=1")
 
     def _check_family(self) -> None:
         """What Qwen-Image-2.1 does not take (its sides: multiples of 32, one encoder slot per 2x2 tokens)."""

@@ -163,6 +163,8 @@ def build_transformer(cfg: ModelConfig):
             joint_attention_dim=cfg.tiny.text_encoder.hidden_size,
             axes_dims_rope=tuple(s.axes_dims_rope),
             zero_cond_t=cfg.variant == Variant.edit_2511,
+            use_additional_t_cond=cfg.variant == Variant.layered,  # Layered: an extra "is RGB" time condition
+            use_layer3d_rope=cfg.variant == Variant.layered,  # Layered: RoPE over (layer, h, w)
         ),
     ).eval()
 
@@ -175,7 +177,8 @@ def build_vae(cfg: ModelConfig, stats: Optional[dict] = None):
     # z_dim, dim_mult and temporal flags are the real model's (diffusers defaults).
     return _seeded(
         cfg.seed + 2,
-        lambda: AutoencoderKLQwenImage(base_dim=s.base_dim, num_res_blocks=s.num_res_blocks, **(stats or {})),
+        lambda: AutoencoderKLQwenImage(base_dim=s.base_dim, num_res_blocks=s.num_res_blocks,
+                                       input_channels=4 if cfg.variant == Variant.layered else 3, **(stats or {})),
     ).eval()
 
 

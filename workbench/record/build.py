@@ -36,6 +36,12 @@ def image_file(index: int, seed: int, prompt: str) -> str:
     return f"images/{index:03d}-seed{seed}-{slug(prompt)}.png"
 
 
+def layer_files(index: int, seed: int, prompt: str, layers: int) -> list[str]:
+    """Qwen-Image-Layered's RGBA layers beside the image: ``images/NNN-seedS-slug-layerK.png``, K from 1."""
+    stem = image_file(index, seed, prompt).removesuffix(".png")
+    return [f"{stem}-layer{k}.png" for k in range(1, layers + 1)]
+
+
 def record_head(bench, cfg: Config, resolved: dict, **extra: Any) -> dict:
     """Config, provenance and the peak memory so far: read after generation, so the peak is the run's.
     A compiled transformer adds ``compile``: graphs compiled, compile-cache hits / misses and seconds."""
@@ -58,7 +64,8 @@ def image_entry(index: int, generated: GeneratedImage, cfg: Config, head: dict) 
         "height": generated.image.height,
         "timings_s": {k: round(v, 6) for k, v in generated.timings.items()},
         "notes": list(generated.notes),
-    }
+    } | ({"layers": layer_files(index, generated.seed, generated.prompt, len(generated.layers))}
+         if generated.layers else {})
 
 
 def png_chunk(record: dict, entry: dict) -> dict:

@@ -58,7 +58,10 @@ def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, ref
 
 def _call(transformer, x, cond: Conditioning, timestep, latents, img_shapes) -> torch.Tensor:
     n = latents.shape[0]
-    return transformer(
+    extra = {}
+    if getattr(transformer.config, "use_additional_t_cond", False):  # Layered: "is RGB" = 0, RGBA layers
+        extra["additional_t_cond"] = torch.zeros(n, dtype=torch.long, device=latents.device)
+    return transformer(**extra,
         hidden_states=x,
         timestep=timestep.expand(n).to(latents.dtype) / 1000,
         encoder_hidden_states=cond.embeds.to(latents.dtype),

@@ -51,10 +51,11 @@ def make_scheduler(s: SamplerConfig):
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **_shift_kwargs(s))
 
 
-def set_schedule(scheduler, s: SamplerConfig, image_tokens: int, device) -> None:
-    """Set sigmas/timesteps on ``scheduler`` for ``s.steps`` steps at this image size."""
+def set_schedule(scheduler, s: SamplerConfig, image_tokens: int, device, mu: float | None = None) -> None:
+    """Set sigmas/timesteps on ``scheduler`` for ``s.steps`` steps at this image size (``mu``: a family's own
+    shift, e.g. Layered's, in place of the one computed from ``image_tokens``)."""
     sigmas = np.array(s.sigmas, dtype=np.float64) if s.sigmas is not None else np.linspace(1.0, 1.0 / s.steps, s.steps)
-    kwargs = {"mu": calculate_mu(image_tokens, s)} if s.shift_mode == ShiftMode.dynamic else {}
+    kwargs = {"mu": calculate_mu(image_tokens, s) if mu is None else mu} if s.shift_mode == ShiftMode.dynamic else {}
     scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(0)
@@ -74,10 +75,11 @@ class Schedule:
     batch gets its own ``Schedule``.
     """
 
-    def __init__(self, sampler: SamplerConfig, image_tokens: int, device="cpu", start_step: int = 0):
+    def __init__(self, sampler: SamplerConfig, image_tokens: int, device="cpu", start_step: int = 0,
+                 mu: float | None = None):
         self.sampler, self.start_step = sampler, start_step
         self.scheduler = make_scheduler(sampler)
-        set_schedule(self.scheduler, sampler, image_tokens, device)
+        set_schedule(self.scheduler, sampler, image_tokens, device, mu)
         if start_step and hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(start_step)
         self.sigmas: list[float] = self.scheduler.sigmas.tolist()  # steps + 1 values, the last 0

@@ -1,0 +1,87 @@
+"""Qwen-Image-Layered (model.variant=layered) through the workbench's stages equals diffusers 0.42.1's
+``QwenImageLayeredPipeline`` on the tiny layered model, and a run writes the whole image plus N RGBA layers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from workbench.stages.schedule import make_scheduler
+
+
+@pytest.fixture(scope="module")
+def make_cfg(make_cfg):
+    return lambda *overrides: make_cfg("experiment=layered_tiny", "layers=1", "sampler.steps=2", *overrides)
+
+
+@pytest.fixture(scope="module")
+def bench(make_cfg):
+    from workbench.pipeline import Workbench
+
+    return Workbench.from_config(make_cfg())
+
+
+def _diffusers_latents(bench, cfg) -> torch.Tensor:
+    """diffusers' final latents, taken from the step callback: ``output_type="latent"`` fails in 0.42.1
+    (``images`` is unbound at the end of ``__call__``)."""
+    from diffusers import QwenImageLayeredPipeline
+
+    from workbench.pipeline import load_image
+
+    c = bench.components
+    pipe = QwenImageLayeredPipeline(scheduler=make_scheduler(cfg.sampler), vae=c.vae, text_encoder=c.text_encoder,
+                                    tokenizer=c.tokenizer, processor=None, transformer=c.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    seen = {}
+
+    def keep(_pipe, step, _t, kwargs):
+        seen["latents"] = kwargs["latents"].clone()
+        return {}
+
+    pipe(image=load_image(cfg.images[0]).convert("RGBA"), prompt=cfg.prompts[0], layers=cfg.layers,
+         num_inference_steps=cfg.sampler.steps, resolution=cfg.layered_resolution,
+         generator=torch.Generator("cpu").manual_seed(cfg.seeds[0]), callback_on_step_end=keep,
+         output_type="np")
+    return seen["latents"]
+
+
+def test_layered_latents_equal_diffusers(bench, make_cfg):
+    cfg = make_cfg("seeds=[3]")
+    (ours,) = bench.generate(cfg, progress=False)
+    ref = _diffusers_latents(bench, cfg)
+    tokens = (640 // 16) ** 2  # the 64 px image sized to the 640 bucket: 40 x 40 tokens per frame
+    assert ours.latents.shape == ref.shape == (1, (cfg.layers + 1) * tokens, 64)
+    assert (ours.latents - ref).abs().max().item() <= 1e-5
+    assert ours.image.mode == "RGBA" and [im.mode for im in ours.layers] == ["RGBA"] * cfg.layers
+
+
+def test_a_run_writes_the_image_and_its_layers(make_cfg, tmp_path):
+    from PIL import Image
+
+    from workbench.config import compose
+    from workbench.run import run
+
+    record = json.loads(run(compose(["experiment=layered_tiny", "layers=2", "sampler.steps=2", "device=cpu"]),
+                            tmp_path, progress=False).read_text())
+    (entry,) = record["images"]
+    assert len(entry["layers"]) == 2 and entry["layers"][0].endswith("-layer1.png")
+    for file in [entry["file"], *entry["layers"]]:
+        image = Image.open(tmp_path / file)
+        assert image.mode == "RGBA" and image.size == (640, 640)
+    assert record["config"]["layers"] == 2 and record["config"]["model"]["variant"] == "layered"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["images=[asset:world_red_circle.png,asset:sample_reference.png]"],
+     "model.variant=layered splits one image into layers; images has 2"),
+    (["layers=0"], r"layers=0: expected 1\.\.16"),
+    (["layered_resolution=512"], "layered_resolution=512: expected 640 .* or 1024"),
+    (["height=64", "width=64"], "model.variant=layered takes its size from images\\[0\\]"),
+])
+def test_bad_layered_configs_are_refused_by_name(make_cfg, overrides, message):
+    from workbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_cfg(*overrides)
