@@ -173,8 +173,8 @@ def test_qwen3_vision_patches_equal_transformers_processor(bench):
     (["sampler.sigmas=[1.0,0.5]"], "sampler.sigmas has 2 values but sampler.steps=4"),
     (["sampler=comfy_euler_cfgnorm"], "sampler.guidance=cfg_norm with model.variant=qwen21"),
     (["sampler.steps=2", "sampler.sigmas=[0.5,0.9]"], "must be strictly decreasing"),
-    (["model.source=files", "model.transformer=x", "model.text_encoder=y", "model.vae=z"],
-     "loading Qwen-Image-2.1 checkpoints is not built yet"),
+    (["model.source=files", "model.variant=qwen21_turbo", "model.transformer=x", "model.text_encoder=y", "model.vae=z"],
+     "model.variant=qwen21_turbo with sampler.sigmas null: Turbo samples on a fixed sigma grid"),
 ])
 def test_bad_qwen21_configs_are_refused_by_name(make_cfg, overrides, message):
     from workbench.config import ConfigError

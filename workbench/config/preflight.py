@@ -28,6 +28,7 @@ def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
     for i, path in enumerate(cfg.images):
         limits.open_image(path, f"images[{i}]", decode=False, error=ConfigError)
     check_lora_files(cfg)
+    check_turbo_sigmas(cfg)
     check_weights_memory(cfg)
     if cfg.height is not None:  # else sized by the reference images: the pipeline checks once known
         check_run_memory(cfg, cfg.height, cfg.width, cfg.device)
@@ -79,6 +80,35 @@ def check_lora_files(cfg: Config) -> None:
             resolve_lora_file(item.file, cfg.model.roots or None)
         except FileNotFoundError as err:
             raise ConfigError(f"lora.items[{i}].file: {err}") from None
+
+
+def check_turbo_sigmas(cfg: Config) -> None:
+    """Qwen-Image-2.1-Turbo files sample on their fixed sigma grid: a run of them with ``sampler.sigmas`` null
+    is refused, naming the grid (a diffusers folder's model_index.json ``sample_sigmas``) and the overrides.
+
+    Why refuse instead of taking the folder's grid silently: the config (and every record of it) then holds
+    the schedule that ran; a record re-run or a sweep never depends on what a model folder says, and
+    switching Turbo to another grid stays an explicit ``sampler.sigmas`` value."""
+    if cfg.model.source != ModelSource.files or cfg.model.variant.family != "qwen-image-2.1" or cfg.sampler.sigmas:
+        return
+    from workbench.loading.discover import resolve
+    from workbench.loading.errors import LoadError
+
+    try:
+        entry = resolve(cfg.model.transformer, "transformer", cfg.model.roots or None)
+    except LoadError:
+        return  # not found: the load names it
+    grid = entry.detected.sample_sigmas if entry.detected else None
+    if grid:
+        raise ConfigError(
+            f"model.transformer={cfg.model.transformer} is Qwen-Image-2.1-Turbo: its model_index.json ships sample_sigmas "
+            f"{grid} (diffusers samples on this grid, CFG off) but sampler.sigmas is null; add "
+            f"sampler=qwen21_turbo 'sampler.sigmas={grid}' sampler.steps={len(grid)}")
+    if cfg.model.variant.value == "qwen21_turbo":
+        raise ConfigError(
+            "model.variant=qwen21_turbo with sampler.sigmas null: Turbo samples on a fixed sigma grid, which single "
+            "files do not carry; set sampler.sigmas (and sampler.steps) to the grid of the Turbo release (the "
+            "sample_sigmas of its diffusers model_index.json), or use model.variant=qwen21")
 
 
 def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:

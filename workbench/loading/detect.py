@@ -47,11 +47,14 @@ class Detected:
     refused: str = ""  # why this file cannot be loaded although it is a component (a quantised format ...)
     sample_sigmas: list[float] | None = None  # a 2.1-Turbo folder's model_index.json grid
 
+    def what(self) -> str:
+        """``a diffusion transformer of Qwen-Image-2.1``."""
+        return f"a {KINDS[self.kind]}" + (f" of {FAMILY_WORDS[self.family]}" if self.family else "")
+
     def describe(self) -> str:
         if self.kind == "unknown":
             return f"not a Qwen-Image component ({self.looks_like})"
-        family = f" of {FAMILY_WORDS[self.family]}" if self.family else ""
-        return f"a {KINDS[self.kind]}{family} ({self.layout}, {self.dtype})"
+        return f"{self.what()} ({self.layout}, {self.dtype})"
 
 
 def classify(names) -> tuple[str, str, str]:

@@ -77,7 +77,7 @@ def entry_for(path: Path, name: str) -> Entry:
         return Entry(name, path, "refused" if pickle else "unreadable", size=_size(path), note=note)
     if det.refused:  # a component in a form the loaders do not read (int8_convrot ...): listed with the reason
         return Entry(name, path, "refused", det.layout, det.dtype, _size(path), det.variant,
-                     f"{det.describe()}: {det.refused}", det, det.family)
+                     f"{det.what()}: {det.refused}", det, det.family)
     note = det.looks_like or (f"variant from {det.variant_from}" if det.variant else "")
     if det.sample_sigmas:
         note += f" ({len(det.sample_sigmas)} fixed sigmas {det.sample_sigmas}: give them as sampler.sigmas)"
