@@ -216,6 +216,9 @@ def test_2512_file_loads_as_the_t2i_architecture(root):
     assert loaded.report["zero_cond_t"] == "False (model.variant=t2i_2512)"
     assert_equal_to(loaded.module, root.exp["dit_2512"])
     assert arch(loaded.module) == arch(reference()[1])
+    from workbench.models import tiny
+
+    assert tiny.build_transformer(ModelConfig(variant=Variant.t2i_2512)).config.zero_cond_t is False  # model.source=tiny too
 
 
 # ----------------------------------------------------------------------------- same images

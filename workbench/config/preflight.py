@@ -96,9 +96,9 @@ def check_turbo_sigmas(cfg: Config) -> None:
 
     try:
         entry = resolve(cfg.model.transformer, "transformer", cfg.model.roots or None)
+        grid = entry.detected.sample_sigmas if entry.detected else None
     except LoadError:
-        return  # not found: the load names it
-    grid = entry.detected.sample_sigmas if entry.detected else None
+        grid = None  # not found: the load names it
     if grid:
         raise ConfigError(
             f"model.transformer={cfg.model.transformer} is Qwen-Image-2.1-Turbo: its model_index.json ships sample_sigmas "
