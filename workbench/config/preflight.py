@@ -113,14 +113,20 @@ def check_turbo_sigmas(cfg: Config) -> None:
 
 def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:
     """``limits.check_memory`` for one forward batch of ``cfg`` at ``height`` x ``width`` on ``device``,
-    with the model's own widths (the tiny spec, or the real Qwen-Image's for model files)."""
+    with the model's own widths (the tiny spec, or the real Qwen-Image's / Qwen-Image-2.1's for model files)."""
     bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
     tiny = cfg.model.source == ModelSource.tiny
     batch = min(cfg.batch_size, len(cfg.prompts) * len(cfg.seeds))
+    if tiny:
+        hidden, vae_base = cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim, cfg.model.tiny.vae.base_dim
+    elif cfg.model.variant.family == "qwen-image-2.1":
+        from workbench.models import arch21
+
+        hidden, vae_base = arch21.DIT_HIDDEN, arch21.VAE_DECODER_BASE_DIM
+    else:
+        hidden, vae_base = limits.REAL_HIDDEN, limits.REAL_VAE_BASE_DIM
     estimate = limits.estimate_bytes(
-        batch, height, width,
-        hidden=cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim if tiny else limits.REAL_HIDDEN,
-        vae_base_dim=cfg.model.tiny.vae.base_dim if tiny else limits.REAL_VAE_BASE_DIM,
+        batch, height, width, hidden=hidden, vae_base_dim=vae_base,
         transformer_bytes=bytes_of[DType(cfg.precision.transformer)], vae_bytes=bytes_of[DType(cfg.precision.vae)],
         cfg_batch=2 if cfg.sampler.cfg > 1 else 1,
     )

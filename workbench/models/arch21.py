@@ -38,6 +38,8 @@ VAE_SCALE = 16  # one latent token = one 16x16 pixel tile
 IMAGE_CHANNELS = 4  # RGBA in and out
 SIZE_MULTIPLE = 32  # sides are multiples of 2 x 16 (one encoder image slot = 2x2 latent tokens)
 ROPE_AXES = (16, 56, 56)
+DIT_HIDDEN = 4096  # 32 heads x 128: the released transformer's width (memory estimates for files)
+VAE_DECODER_BASE_DIM = 144  # the released VAE's decoder base width (its encoder's is 96)
 SYSTEM_PROMPT = "Comprehend and analyze the provided prompt."
 
 
