@@ -1,4 +1,6 @@
-"""Each component from a discovered entry into the classes the tiny model uses.
+"""Each component from a discovered entry into the classes the tiny model uses (the 20B family here;
+Qwen-Image-2.1's files go to ``load21.py`` by the family discovery read off their names, and a file of
+the other family than ``model.variant`` builds is refused: ``check_family``).
 
 Single files carry no config: the architecture is inferred from shapes (``infer.py``). Folders
 (diffusers ``transformer/`` / ``vae/``, HF Qwen2.5-VL folders, HF cache snapshots) bring config.json.
