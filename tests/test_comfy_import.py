@@ -332,3 +332,11 @@ def test_comfy_sampler_names_map_onto_our_schedulers():
     from workbench.config import SchedulerKind
 
     assert set(SCHEDULER_KINDS.values()) <= {k.value for k in SchedulerKind}
+
+
+def test_a_2512_unet_makes_the_t2i_variant_t2i_2512(tmp_path):
+    """Qwen-Image-2512 is the t2i architecture under its own name (as `workbench models` lists its files)."""
+    text = (FIXTURES / "qwen_image_t2i.json").read_text().replace("qwen_image_fp8_e4m3fn.safetensors", "qwen_image_2512_bf16.safetensors")
+    r = import_workflow(write(tmp_path, json.loads(text)))
+    assert (r.template, r.variant) == ("qwen_t2i", "t2i_2512")
+    assert r.models["diffusion_model"]["file"] == "qwen_image_2512_bf16.safetensors"

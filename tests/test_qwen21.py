@@ -159,8 +159,8 @@ def test_qwen3_vision_patches_equal_transformers_processor(bench):
     (["perf=fast"], "perf.fast_attention=true with model.variant=qwen21: built for the 20B family's transformer only"),
     (["precision=fp8_torchao"], "precision.quantization=fp8_torchao with model.variant=qwen21"),
     (["accel=taylorseer"], "accel=taylorseer with model.variant=qwen21"),
-    (["model.source=files", "model.transformer=x", "model.text_encoder=y", "model.vae=z"],
-     "loading Qwen-Image-2.1 checkpoints is not built yet"),
+    (["model.source=files", "model.variant=qwen21_turbo", "model.transformer=x", "model.text_encoder=y", "model.vae=z"],
+     "model.variant=qwen21_turbo with sampler.sigmas null: Turbo samples on a fixed sigma grid"),
 ])
 def test_bad_qwen21_configs_are_refused_by_name(make_cfg, overrides, message):
     from workbench.config import ConfigError

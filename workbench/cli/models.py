@@ -31,8 +31,11 @@ def main(argv: list[str]) -> int:
     if not entries:
         print(f"no model files found; put them under a root (ComfyUI folders text_encoders/, diffusion_models/, vae/, loras/) or set ${ENV}")
         return 0
-    rows = [(e.kind, e.name, e.variant or "", e.dtype, _size(e.size), e.layout or e.note) for e in entries]
-    widths = [max(len(r[i]) for r in rows + [("kind", "name", "variant", "dtype", "size", "layout / note")]) for i in range(5)]
-    for row in [("kind", "name", "variant", "dtype", "size", "layout / note")] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
+    head = ("kind", "name", "family", "variant", "dtype", "size", "layout / note")
+    # the note where it says more than the layout: a refusal's reason, a Turbo folder's sigmas
+    rows = [(e.kind, e.name, e.family, e.variant or "", e.dtype, _size(e.size),
+             e.note if e.kind == "refused" or "sigmas" in e.note else e.layout or e.note) for e in entries]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(6)]
+    for row in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:6], widths)) + "  " + row[6])
     return 0

@@ -88,6 +88,8 @@ def map_workflow(nodes: dict[str, Node], source: str) -> Imported:
         unet = (r.models.get("diffusion_model") or {}).get("file") or ""
         if r.variant == "edit_2509" and "2511" in unet:
             r.variant = "edit_2511"
+        if r.variant == "t2i" and "2512" in unet:  # Qwen-Image-2512: the t2i architecture (loading.detect names it so)
+            r.variant = "t2i_2512"
     _latent(ev, k, r)
     _vae(ev, k, r)
     _leftovers(ev, r)

@@ -104,11 +104,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         slots = ("transformer", "text_encoder", "vae")
-        if self.variant.family == "qwen-image-2.1" and self.source == ModelSource.files:
-            raise ConfigError(
-                f"model.variant={self.variant.value} with model.source=files: loading Qwen-Image-2.1 checkpoints is "
-                "not built yet (issue 17); use model=tiny_qwen21 for the embedded 2.1 model"
-            )
         if self.variant.family == "qwen-image-2.1" and self.weights:
             raise ConfigError(
                 f"model.weights is set with model.variant={self.variant.value}: trained tiny weights exist for "

@@ -28,6 +28,7 @@ def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
     for i, path in enumerate(cfg.images):
         limits.open_image(path, f"images[{i}]", decode=False, error=ConfigError)
     check_lora_files(cfg)
+    check_turbo_sigmas(cfg)
     check_weights_memory(cfg)
     if cfg.height is not None:  # else sized by the reference images: the pipeline checks once known
         check_run_memory(cfg, cfg.height, cfg.width, cfg.device)
@@ -81,16 +82,51 @@ def check_lora_files(cfg: Config) -> None:
             raise ConfigError(f"lora.items[{i}].file: {err}") from None
 
 
+def check_turbo_sigmas(cfg: Config) -> None:
+    """Qwen-Image-2.1-Turbo files sample on their fixed sigma grid: a run of them with ``sampler.sigmas`` null
+    is refused, naming the grid (a diffusers folder's model_index.json ``sample_sigmas``) and the overrides.
+
+    Why refuse instead of taking the folder's grid silently: the config (and every record of it) then holds
+    the schedule that ran; a record re-run or a sweep never depends on what a model folder says, and
+    switching Turbo to another grid stays an explicit ``sampler.sigmas`` value."""
+    if cfg.model.source != ModelSource.files or cfg.model.variant.family != "qwen-image-2.1" or cfg.sampler.sigmas:
+        return
+    from workbench.loading.discover import resolve
+    from workbench.loading.errors import LoadError
+
+    try:
+        entry = resolve(cfg.model.transformer, "transformer", cfg.model.roots or None)
+        grid = entry.detected.sample_sigmas if entry.detected else None
+    except LoadError:
+        grid = None  # not found: the load names it
+    if grid:
+        raise ConfigError(
+            f"model.transformer={cfg.model.transformer} is Qwen-Image-2.1-Turbo: its model_index.json ships sample_sigmas "
+            f"{grid} (diffusers samples on this grid, CFG off) but sampler.sigmas is null; add "
+            f"sampler=qwen21_turbo 'sampler.sigmas={grid}' sampler.steps={len(grid)}")
+    if cfg.model.variant.value == "qwen21_turbo":
+        raise ConfigError(
+            "model.variant=qwen21_turbo with sampler.sigmas null: Turbo samples on a fixed sigma grid, which single "
+            "files do not carry; set sampler.sigmas (and sampler.steps) to the grid of the Turbo release (the "
+            "sample_sigmas of its diffusers model_index.json), or use model.variant=qwen21")
+
+
 def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:
     """``limits.check_memory`` for one forward batch of ``cfg`` at ``height`` x ``width`` on ``device``,
-    with the model's own widths (the tiny spec, or the real Qwen-Image's for model files)."""
+    with the model's own widths (the tiny spec, or the real Qwen-Image's / Qwen-Image-2.1's for model files)."""
     bytes_of = {DType.float32: 4, DType.bfloat16: 2, DType.float16: 2}
     tiny = cfg.model.source == ModelSource.tiny
     batch = min(cfg.batch_size, len(cfg.prompts) * len(cfg.seeds))
+    if tiny:
+        hidden, vae_base = cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim, cfg.model.tiny.vae.base_dim
+    elif cfg.model.variant.family == "qwen-image-2.1":
+        from workbench.models import arch21
+
+        hidden, vae_base = arch21.DIT_HIDDEN, arch21.VAE_DECODER_BASE_DIM
+    else:
+        hidden, vae_base = limits.REAL_HIDDEN, limits.REAL_VAE_BASE_DIM
     estimate = limits.estimate_bytes(
-        batch, height, width,
-        hidden=cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim if tiny else limits.REAL_HIDDEN,
-        vae_base_dim=cfg.model.tiny.vae.base_dim if tiny else limits.REAL_VAE_BASE_DIM,
+        batch, height, width, hidden=hidden, vae_base_dim=vae_base,
         transformer_bytes=bytes_of[DType(cfg.precision.transformer)], vae_bytes=bytes_of[DType(cfg.precision.vae)],
         cfg_batch=2 if cfg.sampler.cfg > 1 else 1,
     )

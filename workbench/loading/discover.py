@@ -35,6 +35,7 @@ class Entry:
     variant: str | None = None
     note: str = ""  # detection evidence or the reason it cannot be used
     detected: Detected | None = None
+    family: str = ""  # qwen-image | qwen-image-2.1 (Variant.family): which architecture the file is
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -74,8 +75,13 @@ def entry_for(path: Path, name: str) -> Entry:
         note = str(unreadable(path, err) if isinstance(err, OSError) else err).removeprefix(f"{path}: ")
         pickle = path.suffix.lower() in PICKLE_SUFFIXES or "Python pickle" in note
         return Entry(name, path, "refused" if pickle else "unreadable", size=_size(path), note=note)
+    if det.refused:  # a component in a form the loaders do not read (int8_convrot ...): listed with the reason
+        return Entry(name, path, "refused", det.layout, det.dtype, _size(path), det.variant,
+                     f"{det.what()}: {det.refused}", det, det.family)
     note = det.looks_like or (f"variant from {det.variant_from}" if det.variant else "")
-    return Entry(name, path, det.kind, det.layout, det.dtype, _size(path), det.variant, note, det)
+    if det.sample_sigmas:
+        note += f" ({len(det.sample_sigmas)} fixed sigmas {det.sample_sigmas}: give them as sampler.sigmas)"
+    return Entry(name, path, det.kind, det.layout, det.dtype, _size(path), det.variant, note, det, det.family)
 
 
 def _scan_root(root: Path) -> list[Entry]:

@@ -29,6 +29,7 @@ class TensorInfo:
     dtype: str  # safetensors name (BF16, F8_E4M3, F32...) or GGUF type name (Q8_0, F16...)
     shape: tuple[int, ...]
     nbytes: int
+    begin: int = -1  # safetensors: offset of the data from Header.data_start (small companions are read from it)
 
 
 @dataclass
@@ -37,6 +38,16 @@ class Header:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str] = field(default_factory=dict)
     format: str = "safetensors"  # or "gguf"
+    data_start: int = 0  # safetensors: where the tensor data begins (8 + header length)
+
+    def read_bytes(self, name: str, limit: int = 4096) -> bytes:
+        """The raw bytes of a small tensor (a ``comfy_quant`` JSON blob), without a tensor library."""
+        t = self.tensors[name]
+        if self.format != "safetensors" or t.begin < 0 or t.nbytes > limit:
+            return b""
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + t.begin)
+            return f.read(t.nbytes)
 
     @property
     def nbytes(self) -> int:
@@ -123,7 +134,7 @@ def _read_safetensors_header(path: Path) -> Header:
     for name, e in entries.items():
         try:
             begin, stop = (int(x) for x in e["data_offsets"])
-            tensors[name] = TensorInfo(str(e["dtype"]), tuple(int(d) for d in e["shape"]), stop - begin)
+            tensors[name] = TensorInfo(str(e["dtype"]), tuple(int(d) for d in e["shape"]), stop - begin, begin)
         except (KeyError, TypeError, ValueError):
             raise LoadError(
                 f"{path}: corrupt safetensors: header entry {name!r} lacks a valid dtype / shape / data_offsets; re-download the file"
@@ -134,7 +145,7 @@ def _read_safetensors_header(path: Path) -> Header:
             f"{path}: truncated safetensors: tensors need {8 + n + end} bytes but the file has {size} "
             f"({(8 + n + end - size) / 2**20:.1f} MiB missing); the download or copy was cut short, fetch it again"
         )
-    return Header(path, tensors, metadata)
+    return Header(path, tensors, metadata, data_start=8 + n)
 
 
 def _read_gguf_header(path: Path) -> Header:

@@ -8,6 +8,7 @@ to their weights; markers only inform detection).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from workbench.loading.errors import LoadError
 
@@ -35,6 +36,37 @@ def strip_dit_prefix(name: str) -> str:
 def transformer_names(names) -> dict[str, str]:
     """DiT files already use diffusers names, sometimes under ComfyUI's `model.diffusion_model.`."""
     return {strip_dit_prefix(n): n for n in names if not is_aux(strip_dit_prefix(n))}
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Part ``index`` of ``chunks`` equal row blocks (dim 0) of the file tensor ``name``: one half of a
+    fused weight. Name maps give it where a model tensor is a slice of a file tensor."""
+
+    name: str
+    index: int
+    chunks: int
+
+
+FUSED_GATE_UP = "img_mlp.gate_up.weight"
+
+
+def transformer21_names(names) -> dict[str, str | Chunk]:
+    """Qwen-Image-2.1 DiT files: diffusers names, or ComfyUI's (optional `model.diffusion_model.` prefix,
+    the SwiGLU gate and up projections fused into one `img_mlp.gate_up` GEMM, gate rows first), which
+    diffusers' ``convert_qwen_image21_transformer_checkpoint_to_diffusers`` splits the same way."""
+    out: dict[str, str | Chunk] = {}
+    for n in names:
+        bare = strip_dit_prefix(n)
+        if is_aux(bare):
+            continue
+        if bare.endswith(FUSED_GATE_UP):
+            stem = bare[: -len(FUSED_GATE_UP)] + "img_mlp."
+            out[stem + "gate_layer.weight"] = Chunk(n, 0, 2)
+            out[stem + "proj.weight"] = Chunk(n, 1, 2)
+        else:
+            out[bare] = n
+    return out
 
 
 def text_encoder_name(name: str) -> str:

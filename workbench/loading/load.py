@@ -1,4 +1,6 @@
-"""Each component from a discovered entry into the classes the tiny model uses.
+"""Each component from a discovered entry into the classes the tiny model uses (the 20B family here;
+Qwen-Image-2.1's files go to ``load21.py`` by the family discovery read off their names, and a file of
+the other family than ``model.variant`` builds is refused: ``check_family``).
 
 Single files carry no config: the architecture is inferred from shapes (``infer.py``). Folders
 (diffusers ``transformer/`` / ``vae/``, HF Qwen2.5-VL folders, HF cache snapshots) bring config.json.
@@ -18,33 +20,22 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from workbench.config import ModelConfig, Variant
-from workbench.loading import infer
-from workbench.loading.detect import KINDS, weight_files
+from workbench.loading import infer, load21
+from workbench.loading.detect import FAMILY_21, FAMILY_WORDS, KINDS
 from workbench.loading.discover import Entry, resolve
-from workbench.loading.errors import LoadError, few
+from workbench.loading.errors import LoadError
 from workbench.loading.header import read_header
 from workbench.loading.keys import MARKERS, identity_names, strip_dit_prefix, text_encoder_names, transformer_names, wan_vae_names
+from workbench.loading.prepared import Prepared, folder_source
 from workbench.loading.stream import TensorSource, check_names, empty_model, fill
 
 SLOTS = ("text_encoder", "transformer", "vae")
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Prepared:
-    """A component checked from its headers, weights not read yet: ``load(device, dtype)`` reads them."""
-
-    slot: str
-    entry: Entry
-    model: Any  # the module with empty (meta) parameters: its config and Linear shapes are known
-    report: dict
-    load: Callable[[torch.device, torch.dtype], Any]
-    tokenizer: Any = None
 
 
 @dataclass
@@ -56,6 +47,18 @@ class Loaded:
     tokenizer: Any = None  # text encoder only
 
 
+def check_family(entry: Entry, slot: str, cfg: ModelConfig) -> None:
+    """A file of the other family than ``model.variant`` builds: one line naming both and the fix."""
+    want = cfg.variant.family
+    if not entry.family or entry.family == want:
+        return
+    fix = ("model.variant=qwen21 (or qwen21_turbo)" if entry.family == FAMILY_21
+           else "model.variant=t2i (or t2i_2512 / edit / edit_2509 / edit_2511)")
+    raise LoadError(f"{entry.path} given as model.{slot} is a {KINDS[slot]} of {FAMILY_WORDS[entry.family]}, but "
+                    f"model.variant={cfg.variant.value} builds {FAMILY_WORDS[want]}; set {fix}, or give a {KINDS[slot]} "
+                    f"of {FAMILY_WORDS[want]} (the two families share no component)")
+
+
 def check_slot(entry: Entry, slot: str) -> None:
     """Refuse a file given for the wrong slot, saying what it is and where it belongs."""
     if entry.kind == slot:
@@ -63,7 +66,8 @@ def check_slot(entry: Entry, slot: str) -> None:
     if entry.kind in ("unreadable", "refused"):
         raise LoadError(f"{entry.path}: {entry.note}")
     found = entry.detected.describe() if entry.detected else entry.kind
-    expected = f"expected a {KINDS[slot]} (Qwen2.5-VL / Qwen-Image)" if slot != "transformer" else "expected a Qwen-Image diffusion transformer"
+    expected = (f"expected a {KINDS[slot]} (Qwen2.5-VL / Qwen3-VL / Qwen-Image)" if slot != "transformer"
+                else "expected a Qwen-Image diffusion transformer")
     if entry.kind in SLOTS:
         hint = f"; give it as model.{entry.kind} instead"
     elif entry.kind == "lora":
@@ -71,22 +75,6 @@ def check_slot(entry: Entry, slot: str) -> None:
     else:
         hint = " (unknown architecture)"
     raise LoadError(f"{entry.path} given as model.{slot} is {found}, {expected}{hint}")
-
-
-def folder_source(folder: Path, rename) -> TensorSource:
-    files = weight_files(folder)
-    if not files:
-        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth"))
-        why = f" (only pickle files {few(others)}, which are refused: they can run code when loaded)" if others else ""
-        raise LoadError(f"{folder}: no .safetensors weights in this folder{why}")
-    names: dict = {}
-    for file in files:
-        header = read_header(file)
-        for model_name, file_name in rename(header.tensors).items():
-            if model_name in names:
-                raise LoadError(f"{folder}: tensor {model_name} is in both {names[model_name][0].path.name} and {file.name}")
-            names[model_name] = (header, file_name)
-    return TensorSource(names)
 
 
 # ----------------------------------------------------------------------------- text encoder
@@ -183,8 +171,15 @@ PREPARERS = {"text_encoder": prepare_text_encoder, "transformer": prepare_transf
 
 
 def prepare_component(slot: str, cfg: ModelConfig) -> Prepared:
-    """Resolve ``model.<slot>``, read its header(s), check slot, names and shapes: no tensor data read."""
-    return PREPARERS[slot](resolve(getattr(cfg, slot), slot, cfg.roots or None), cfg)
+    """Resolve ``model.<slot>``, read its header(s), check slot, family, names and shapes: no tensor data read."""
+    return prepare_entry(resolve(getattr(cfg, slot), slot, cfg.roots or None), slot, cfg)
+
+
+def prepare_entry(entry: Entry, slot: str, cfg: ModelConfig) -> Prepared:
+    """``entry`` checked for ``slot`` and ``model.variant``'s family, then prepared by its family's preparer."""
+    check_slot(entry, slot)
+    check_family(entry, slot, cfg)
+    return (load21.PREPARERS if entry.family == FAMILY_21 else PREPARERS)[slot](entry, cfg)
 
 
 def load_prepared(prepared: Prepared, device: torch.device, dtype: torch.dtype) -> Loaded:
@@ -198,15 +193,15 @@ def load_component(slot: str, cfg: ModelConfig, device: torch.device, dtype: tor
 
 
 def load_text_encoder(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
-    return load_prepared(prepare_text_encoder(entry, cfg), device, dtype)
+    return load_prepared(prepare_entry(entry, "text_encoder", cfg), device, dtype)
 
 
 def load_transformer(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
-    return load_prepared(prepare_transformer(entry, cfg), device, dtype)
+    return load_prepared(prepare_entry(entry, "transformer", cfg), device, dtype)
 
 
 def load_vae(entry: Entry, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Loaded:
-    return load_prepared(prepare_vae(entry, cfg), device, dtype)
+    return load_prepared(prepare_entry(entry, "vae", cfg), device, dtype)
 
 
 def preflight(cfg: ModelConfig, loras: Sequence[Any] = ()) -> dict[str, Prepared]:
@@ -216,11 +211,12 @@ def preflight(cfg: ModelConfig, loras: Sequence[Any] = ()) -> dict[str, Prepared
     minutes of loading the transformer."""
     prepared = {slot: prepare_component(slot, cfg) for slot in SLOTS}
     te, dit = prepared["text_encoder"], prepared["transformer"]
-    width, joint = te.model.config.text_config.hidden_size, dit.model.config.joint_attention_dim
+    width = te.model.config.text_config.hidden_size
+    joint = dit.model.config.get("joint_attention_dim") or dit.model.config.get("context_in_dim")  # 20B / 2.1
     if width != joint:
         raise LoadError(
             f"shape mismatch between components: text encoder {te.entry.path} gives {width}-wide hidden states but "
-            f"transformer {dit.entry.path} expects {joint} (joint_attention_dim); use the text encoder of that model"
+            f"transformer {dit.entry.path} expects {joint} (its text input width); use the text encoder of that model"
         )
     if loras:
         from workbench.lora import check_lora_files

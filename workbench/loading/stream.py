@@ -18,6 +18,7 @@ import torch
 from workbench.loading import quant
 from workbench.loading.errors import LoadError, few
 from workbench.loading.header import Header
+from workbench.loading.keys import Chunk
 
 PROGRESS_BYTES = 512 * 2**20  # show a bar when the component is larger than this
 ALIGNMENT = 64  # bytes: what PyTorch's CPU allocator gives every fresh tensor
@@ -58,19 +59,32 @@ def realign(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _file_name(ref: str | Chunk) -> str:
+    return ref.name if isinstance(ref, Chunk) else ref
+
+
+def _shape(header: Header, ref: str | Chunk) -> tuple[int, ...]:
+    shape = header.tensors[_file_name(ref)].shape
+    if not isinstance(ref, Chunk):
+        return shape
+    rows = shape[0] / ref.chunks if shape else 0  # a fraction never equals a model shape: check_names says so
+    return (int(rows) if rows == int(rows) else rows, *shape[1:])
+
+
 @dataclass
 class TensorSource:
-    """Where each model tensor lives: ``names[model name] = (header, file name)``."""
+    """Where each model tensor lives: ``names[model name] = (header, file name)``; the file name is a
+    ``keys.Chunk`` where the model tensor is one part of a fused file tensor."""
 
-    names: dict[str, tuple[Header, str]]
+    names: dict[str, tuple[Header, str | Chunk]]
 
     @classmethod
-    def single(cls, header: Header, name_map: dict[str, str]) -> "TensorSource":
+    def single(cls, header: Header, name_map: dict[str, str | Chunk]) -> "TensorSource":
         return cls({model: (header, file) for model, file in name_map.items()})
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {model: h.tensors[file].shape for model, (h, file) in self.names.items()}
+        return {model: _shape(h, file) for model, (h, file) in self.names.items()}
 
     @property
     def where(self) -> str:
@@ -111,6 +125,21 @@ def check_names(model: torch.nn.Module, source: TensorSource, what: str, optiona
         )
 
 
+def _nbytes(header: Header, ref: str | Chunk) -> int:
+    return header.tensors[_file_name(ref)].nbytes // (ref.chunks if isinstance(ref, Chunk) else 1)
+
+
+def _read(f, ref: str | Chunk, header: Header, path: Path) -> torch.Tensor:
+    """One model tensor from an open file: de-scaled if scaled fp8, then its part if it is a ``Chunk``."""
+    file_name = _file_name(ref)
+    tensor = f.get_tensor(file_name)
+    quant.check_format(f.get_tensor, file_name, header.tensors, path)
+    scale = quant.scale_name(file_name, header.tensors)
+    if scale is not None:
+        tensor = quant.descale(tensor, f.get_tensor(scale), file_name, path)
+    return tensor.chunk(ref.chunks, dim=0)[ref.index] if isinstance(ref, Chunk) else tensor
+
+
 def fill(model: torch.nn.Module, source: TensorSource, device: torch.device, dtype: torch.dtype, what: str,
          finish: Callable[[torch.nn.Module], None] | None = None) -> torch.nn.Module:
     """Read, de-scale, cast and assign every tensor; cast floating buffers like ``Module.to`` would.
@@ -120,23 +149,18 @@ def fill(model: torch.nn.Module, source: TensorSource, device: torch.device, dty
     from safetensors import safe_open
     from tqdm.auto import tqdm
 
-    by_file: dict[Path, list[tuple[str, str, Header]]] = defaultdict(list)
-    for model_name, (header, file_name) in source.names.items():
-        by_file[header.path].append((model_name, file_name, header))
-    total = sum(h.tensors[f].nbytes for h, f in source.names.values())
+    by_file: dict[Path, list[tuple[str, str | Chunk, Header]]] = defaultdict(list)
+    for model_name, (header, ref) in source.names.items():
+        by_file[header.path].append((model_name, ref, header))
+    total = sum(_nbytes(h, ref) for h, ref in source.names.values())
     state = {}
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"loading {what}", disable=total < PROGRESS_BYTES) as bar:
         for path, items in by_file.items():
             try:
                 with safe_open(str(path), framework="pt", device="cpu") as f:
-                    for model_name, file_name, header in items:
-                        tensor = f.get_tensor(file_name)
-                        quant.check_format(f.get_tensor, file_name, header.tensors, path)
-                        scale = quant.scale_name(file_name, header.tensors)
-                        if scale is not None:
-                            tensor = quant.descale(tensor, f.get_tensor(scale), file_name, path)
-                        state[model_name] = fresh(tensor, device, dtype)  # never the file's (unaligned) storage
-                        bar.update(header.tensors[file_name].nbytes)
+                    for model_name, ref, header in items:
+                        state[model_name] = fresh(_read(f, ref, header, path), device, dtype)  # never the file's storage
+                        bar.update(_nbytes(header, ref))
             except LoadError:
                 raise
             except Exception as err:  # safetensors raises its own error type for damaged data

@@ -16,6 +16,10 @@ FAMILY = "qwen-image-2.1"
 VOCAB_SIZE = 151936  # Qwen3-VL embedding rows (the Qwen3 tokenizer's 151669 ids fit inside)
 VIDEO_PAD_ID = 151656
 TEXT_HIDDEN = 4096  # = the transformer's context_in_dim
+MROPE_SECTION = (24, 20, 20)  # interleaved mRoPE split of a text head (t, h, w), sums to head_dim / 2
+MAX_POSITIONS = 262144  # the released Qwen3-VL-8B's max_position_embeddings
+VISION_HEAD_DIM = 72  # 1152 wide / 16 heads
+DEEPSTACK = (8, 16, 24)  # the 8B's vision layers whose features feed the first decoder layers
 ROPE_THETA = 5000000.0
 RMS_NORM_EPS = 1e-6
 TINY_MAX_POSITIONS = 32768
@@ -34,6 +38,8 @@ VAE_SCALE = 16  # one latent token = one 16x16 pixel tile
 IMAGE_CHANNELS = 4  # RGBA in and out
 SIZE_MULTIPLE = 32  # sides are multiples of 2 x 16 (one encoder image slot = 2x2 latent tokens)
 ROPE_AXES = (16, 56, 56)
+DIT_HIDDEN = 4096  # 32 heads x 128: the released transformer's width (memory estimates for files)
+VAE_DECODER_BASE_DIM = 144  # the released VAE's decoder base width (its encoder's is 96)
 SYSTEM_PROMPT = "Comprehend and analyze the provided prompt."
 
 

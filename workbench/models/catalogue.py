@@ -46,12 +46,13 @@ def _diffusers_folder(dit, entries, base: list[str], variant: list[str]) -> Opti
 
 
 def _paired_files(dit, by_kind: dict, base: list[str], variant: list[str]) -> Optional[tuple[str, list[str], list]]:
-    # nearest on disk first; on a tie, a standalone file before a part of some diffusers folder
+    # of the transformer's family; nearest on disk first; on a tie, a standalone file before a part of some diffusers folder
     def near(e):
         return -len(os.path.commonpath([e.path, dit.path])), (e.path.parent / "model_index.json").is_file()
 
-    te = min(by_kind["text_encoder"], key=near, default=None)
-    vae = min(by_kind["vae"], key=near, default=None)
+    same = lambda kind: [e for e in by_kind[kind] if e.family == dit.family]  # noqa: E731 - the families share nothing
+    te = min(same("text_encoder"), key=near, default=None)
+    vae = min(same("vae"), key=near, default=None)
     if te is None or vae is None:  # not a complete model: nothing to load it with
         return None
     return f"files:{dit.name}", ["model=files_comfyui", *base, *variant, f"model.arch_rules={arch_rules(dit)}",
@@ -98,7 +99,8 @@ def catalogue(roots: Optional[list[str]] = None, hf_cache: bool = True) -> dict[
 
 
 # ----------------------------------------------------------------------------- labels and fit
-VARIANT_WORDS = {"t2i": "text-to-image", "edit": "edit", "edit_2509": "2509 edit", "edit_2511": "2511 edit"}
+VARIANT_WORDS = {"t2i": "text-to-image", "t2i_2512": "2512 text-to-image", "edit": "edit", "edit_2509": "2509 edit",
+                 "edit_2511": "2511 edit", "qwen21": "Qwen-Image-2.1", "qwen21_turbo": "Qwen-Image-2.1-Turbo"}
 _DISK_WIDTH = {"fp32": 4, "fp64": 8}  # bytes per weight on disk by dtype_summary; fp8 / GGUF ~1, others 2
 
 

@@ -123,6 +123,7 @@ def build_components(model: ModelConfig, precision: PrecisionConfig, device: str
             vae=parts["vae"].module,
             device=dev,
             identity=_files_identity(parts),
+            family=model.variant.family,  # the loaders refuse files of the other family (load.check_family)
         )
     if model.source != ModelSource.tiny:  # pragma: no cover - every member is handled above
         raise ValueError(f"model.source={model.source.value!r} is not supported")

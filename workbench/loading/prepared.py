@@ -1,0 +1,41 @@
+"""What both families' preparers share: the ``Prepared`` component and folder tensor sources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.loading.detect import weight_files
+from workbench.loading.discover import Entry
+from workbench.loading.errors import LoadError, few
+from workbench.loading.header import read_header
+from workbench.loading.stream import TensorSource
+
+
+@dataclass
+class Prepared:
+    """A component checked from its headers, weights not read yet: ``load(device, dtype)`` reads them."""
+
+    slot: str
+    entry: Entry
+    model: Any  # the module with empty (meta) parameters: its config and Linear shapes are known
+    report: dict
+    load: Callable[[Any, Any], Any]  # (torch.device, torch.dtype) -> the module
+    tokenizer: Any = None
+
+
+def folder_source(folder: Path, rename) -> TensorSource:
+    files = weight_files(folder)
+    if not files:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".ckpt", ".pth"))
+        why = f" (only pickle files {few(others)}, which are refused: they can run code when loaded)" if others else ""
+        raise LoadError(f"{folder}: no .safetensors weights in this folder{why}")
+    names: dict = {}
+    for file in files:
+        header = read_header(file)
+        for model_name, file_name in rename(header.tensors).items():
+            if model_name in names:
+                raise LoadError(f"{folder}: tensor {model_name} is in both {names[model_name][0].path.name} and {file.name}")
+            names[model_name] = (header, file_name)
+    return TensorSource(names)
