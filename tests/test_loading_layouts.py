@@ -281,10 +281,13 @@ def test_offload_modes_load_files_into_host_memory(root, make_cfg, monkeypatch, 
 
     seen = []
     real = load_module.load_all
-    monkeypatch.setattr(load_module, "load_all", lambda model, dtypes, dev, **kw: seen.append(dev.type) or real(model, dtypes, torch.device("cpu"), **kw))
+    cpu = {slot: torch.device("cpu") for slot in ("text_encoder", "transformer", "vae")}
+    monkeypatch.setattr(load_module, "load_all", lambda model, dtypes, devices, **kw: seen.append(
+        sorted({d.type for d in devices.values()})) or real(model, dtypes, cpu, **kw))
     monkeypatch.setattr(comp, "resolve_device", lambda name: torch.device(name))  # "cuda" without a GPU: placement only
     files = cfg_for(root, transformer="diffusion_models/qwen_image_tiny_bf16.safetensors",
                     text_encoder="text_encoders/qwen_2.5_vl_tiny_bf16.safetensors", vae="vae/qwen_image_vae.safetensors")
     comp.build_components(files, make_cfg(f"precision.memory={memory}").precision, "cuda")
     comp.build_components(files, make_cfg().precision, "cuda")
-    assert seen == ["cpu", "cuda"]
+    comp.build_components(files, make_cfg("precision.encoder_memory=cpu").precision, "cuda")
+    assert seen == [["cpu"], ["cuda"], ["cpu", "cuda"]]  # an encoder on the CPU is loaded there, the rest on the GPU

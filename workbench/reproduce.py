@@ -84,8 +84,10 @@ def recorded_config(record: dict, source: Path):
 
     recorded = record["config"]
     # executor: never recorded by cells; accel: records older than the group ran without cache hooks,
-    # which is exactly its default (none), so its absence is filled and reported like a nested key
-    required = [f.name for f in dataclasses.fields(Config) if f.name not in ("executor", "accel")]
+    # which is exactly its default (none), so its absence is filled and reported like a nested key;
+    # layers / layered_resolution act only with model.variant=layered, which no older record can hold
+    optional = ("executor", "accel", "layers", "layered_resolution")
+    required = [f.name for f in dataclasses.fields(Config) if f.name not in optional]
     missing = [k for k in required if k not in recorded]
     if missing:
         raise ReproduceError(
