@@ -31,7 +31,7 @@ from workbench.loading.discover import Entry, resolve
 from workbench.loading.errors import LoadError
 from workbench.loading.header import read_header
 from workbench.loading.keys import MARKERS, identity_names, strip_dit_prefix, text_encoder_names, transformer_names, wan_vae_names
-from workbench.loading.prepared import Prepared, folder_source
+from workbench.loading.prepared import Prepared, folder_source, prepare_vl_encoder
 from workbench.loading.stream import TensorSource, check_names, empty_model, fill
 
 SLOTS = ("text_encoder", "transformer", "vae")
@@ -107,17 +107,7 @@ def prepare_text_encoder(entry: Entry, cfg: ModelConfig) -> Prepared:
             text_config=text, vision_config=vision, tie_word_embeddings=text["tie_word_embeddings"], **vision_token_ids(),
         )
         tokenizer, report["tokenizer"] = _tokenizer_for(None)
-    tied = "lm_head.weight" not in source.names
-    model = empty_model(lambda: Qwen2_5_VLForConditionalGeneration(config))
-    check_names(model, source, "text encoder", optional=("lm_head.weight",) if tied else ())
-
-    def tie(m):  # the file has no lm_head: share the embeddings (lm_head is unused for conditioning)
-        m.lm_head.weight = m.model.language_model.embed_tokens.weight
-
-    def load(device, dtype):
-        return fill(model, source, device, dtype, "text encoder", finish=tie if tied else None)
-
-    return Prepared("text_encoder", entry, model, report, load, tokenizer)
+    return prepare_vl_encoder(entry, Qwen2_5_VLForConditionalGeneration, config, source, report, tokenizer)
 
 
 # ----------------------------------------------------------------------------- transformer

@@ -18,7 +18,7 @@ from workbench.loading.discover import Entry
 from workbench.loading.errors import LoadError
 from workbench.loading.header import read_header
 from workbench.loading.keys import identity_names, text_encoder_names, transformer21_names
-from workbench.loading.prepared import Prepared, folder_source
+from workbench.loading.prepared import Prepared, folder_source, prepare_vl_encoder
 from workbench.loading.stream import TensorSource, check_names, empty_model, fill
 
 
@@ -59,17 +59,7 @@ def prepare_text_encoder(entry: Entry, cfg: ModelConfig):
         config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings="lm_head.weight" not in source.names,
                                **vision_token_ids())
         tokenizer, report["tokenizer"] = _qwen3_tokenizer_for(None)
-    tied = "lm_head.weight" not in source.names
-    model = empty_model(lambda: Qwen3VLForConditionalGeneration(config))
-    check_names(model, source, "text encoder", optional=("lm_head.weight",) if tied else ())
-
-    def tie(m):  # no lm_head in the file: share the embeddings (lm_head is unused for conditioning)
-        m.lm_head.weight = m.model.language_model.embed_tokens.weight
-
-    def load(device, dtype):
-        return fill(model, source, device, dtype, "text encoder", finish=tie if tied else None)
-
-    return Prepared("text_encoder", entry, model, report, load, tokenizer)
+    return prepare_vl_encoder(entry, Qwen3VLForConditionalGeneration, config, source, report, tokenizer)
 
 
 def prepare_transformer(entry: Entry, cfg: ModelConfig):

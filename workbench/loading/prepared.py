@@ -39,3 +39,21 @@ def folder_source(folder: Path, rename) -> TensorSource:
                 raise LoadError(f"{folder}: tensor {model_name} is in both {names[model_name][0].path.name} and {file.name}")
             names[model_name] = (header, file_name)
     return TensorSource(names)
+
+
+def prepare_vl_encoder(entry: Entry, model_class, config, source: TensorSource, report: dict, tokenizer) -> Prepared:
+    """A Qwen VL text encoder of either family, checked against ``source``; a file without ``lm_head`` gets
+    the embeddings tied in (the head is never run for conditioning)."""
+    from workbench.loading.stream import check_names, empty_model, fill
+
+    tied = "lm_head.weight" not in source.names
+    model = empty_model(lambda: model_class(config))
+    check_names(model, source, "text encoder", optional=("lm_head.weight",) if tied else ())
+
+    def tie(m):
+        m.lm_head.weight = m.model.language_model.embed_tokens.weight
+
+    def load(device, dtype):
+        return fill(model, source, device, dtype, "text encoder", finish=tie if tied else None)
+
+    return Prepared("text_encoder", entry, model, report, load, tokenizer)
