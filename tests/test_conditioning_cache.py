@@ -17,7 +17,8 @@ from workbench.pipeline import Workbench
 def calls(bench):
     """Counts forward calls of the resident tiny text encoder."""
     n = [0]
-    handle = bench.components.text_encoder.register_forward_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+    # the inner VL model is what encoding runs (no LM head: workbench/encoder_memory.py)
+    handle = bench.components.text_encoder.model.register_forward_hook(lambda *_: n.__setitem__(0, n[0] + 1))
     yield n
     handle.remove()
 
