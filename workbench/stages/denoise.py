@@ -59,7 +59,7 @@ def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, ref
 def _call(transformer, x, cond: Conditioning, timestep, latents, img_shapes) -> torch.Tensor:
     n = latents.shape[0]
     extra = {}
-    if getattr(transformer.config, "use_additional_t_cond", False):  # Layered: "is RGB" = 0, RGBA layers
+    if getattr(getattr(transformer, "config", None), "use_additional_t_cond", False):  # Layered: "is RGB" = 0
         extra["additional_t_cond"] = torch.zeros(n, dtype=torch.long, device=latents.device)
     return transformer(**extra,
         hidden_states=x,
