@@ -70,9 +70,11 @@ def run_grid(overrides: list[str], folder: Path) -> tuple[float, dict]:
     sweep = Sweep.plan([f"template={','.join(TEMPLATES)}", f"seeds={','.join(map(str, SEEDS))}"],
                        base=overrides, out_dir=folder)
     plan = time.perf_counter() - t0
-    result = sweep.run(progress=False)
+    finished: list[float] = []  # when each cell was handed back (its write and the summary come after)
+    result = sweep.run(progress=False, on_cell=lambda *_: finished.append(time.perf_counter()))
     sync()
-    wall = time.perf_counter() - t0
+    end = time.perf_counter()
+    wall = end - t0
     cells = []
     for cell, res in zip(sweep.cells, result.cells):
         record = json.loads((sweep.cell_dir(cell) / "record.json").read_text())
@@ -80,7 +82,10 @@ def run_grid(overrides: list[str], folder: Path) -> tuple[float, dict]:
                       "denoise_s": round(res.timings.get("denoise", 0.0), 3), "compile": record.get("compile")})
     in_cells = sum(c["total_s"] for c in cells)
     summary = {"wall_s": round(wall, 3), "plan_s": round(plan, 3), "cells_total_s": round(in_cells, 3),
-               "outside_cells_s": round(wall - plan - in_cells, 3), "stats": result.stats, "cells": cells,
+               "outside_cells_s": round(wall - plan - in_cells, 3),
+               # from the last cell's return to run()'s: its PNG write, the summary grid / table / sweep.json
+               "after_last_cell_s": round(end - finished[-1], 3) if finished else None,
+               "stats": result.stats, "cells": cells,
                "graphs_compiled": sum((c["compile"] or {}).get("graphs", 0) for c in cells),
                "cells_that_compiled": sum(1 for c in cells if (c["compile"] or {}).get("graphs", 0))}
     return wall, {"summary": summary, "result": result}

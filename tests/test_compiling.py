@@ -131,3 +131,28 @@ def test_cli_cache_shows_and_clears(monkeypatch, tmp_path, capsys):
     assert main(["cache", "--clear"]) == 2
     assert "does not look like a torch compile cache" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("tuning", [False, True])
+def test_coordinate_descent_is_a_per_compile_inductor_option(eager, monkeypatch, tuning):
+    """Inductor's coordinate-descent tuning goes to each compile as an option, never into the process-wide
+    config (torchao's default set it there: every later compile of the process paid for it)."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    before = inductor_config.coordinate_descent_tuning
+    perf = PerfConfig(fast_attention=True, compile=CompileMode.regional, coordinate_descent=tuning)
+    compile_transformer(copy.deepcopy(eager), perf)
+    assert seen and all(kw["options"] == {"coordinate_descent_tuning": tuning} for kw in seen)
+    assert "mode" not in seen[0]
+    assert inductor_config.coordinate_descent_tuning == before
+
+
+def test_coordinate_descent_with_an_autotune_mode_is_refused():
+    from workbench.config import compose, to_run_config
+    from workbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"perf.coordinate_descent=true with perf.inductor_mode=max_autotune: that mode "
+                                          r"already tunes the kernels"):
+        to_run_config(compose(["perf=fast", "perf.coordinate_descent=true", "perf.inductor_mode=max_autotune"]))

@@ -202,16 +202,18 @@ def test_a_client_without_the_token_is_refused(ray_cluster, tmp_path):
     # an empty home (no ~/.ray/auth_token); loopback addresses kept as given, so the client reaches the GCS
     env.update(HOME=str(tmp_path), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
 
-    def client(**extra) -> tuple[str, str]:
-        proc = subprocess.run([sys.executable, "-c", CLIENT, address], env={**env, **extra}, capture_output=True,
-                              text=True, timeout=300)
-        return proc.stdout.strip(), proc.stderr
+    def client(**extra) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", CLIENT, address], env={**env, **extra},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     refused = "Unauthenticated: RPC error: InvalidAuthToken: Authentication token is missing or incorrect"
-    for extra in ({}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}):  # no token, a wrong one
-        out, err = client(**extra)
+    # the three clients at once (each mostly waits on Ray's connection attempts): no token, a wrong one, the token
+    procs = [client(), client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64),
+             client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "auth_token"))]
+    results = [(out.strip(), err) for out, err in (p.communicate(timeout=300) for p in procs)]
+    for out, err in results[:2]:
         assert out.startswith("REFUSED ConnectionError") and refused in err, (out, err[-2000:])
-    out, err = client(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "auth_token"))
+    out, err = results[2]
     assert out == f"RAN {os.getuid()}", (out, err[-2000:])  # the same client with the token gets in
 
 

@@ -157,6 +157,8 @@ def compile_transformer(transformer, perf: PerfConfig, backend=None):
     options = {"fullgraph": True, "dynamic": False}
     if perf.inductor_mode != InductorMode.default:
         options["mode"] = perf.inductor_mode.value
+    elif backend is None:  # Inductor's option, per compile: a process-wide setting leaks into later compiles
+        options["options"] = {"coordinate_descent_tuning": perf.coordinate_descent}  # (see precision.py)
     if backend is not None:
         options["backend"] = backend
     if perf.compile == CompileMode.regional:

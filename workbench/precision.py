@@ -117,4 +117,8 @@ def _quantize_fp8_torchao(transformer) -> None:
             "precision.quantization=fp8_torchao needs the torchao package (matching your torch); "
             f"pip install torchao ({err})"
         ) from None
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fp8_compute_filter)
+    # set_inductor_config=False: torchao's default switches on Inductor's coordinate-descent tuning for the whole
+    # process, which compiled and timed ~280 Triton kernel variants in-process on the first fp8 call (180 s on
+    # the H200 vs 17 s for bf16) and ~70 of them again in every warm process. perf.coordinate_descent opts in.
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(transformer, config, filter_fn=fp8_compute_filter)

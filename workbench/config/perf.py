@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
+from workbench.errors import ConfigError
+
 
 class CompileMode(str, Enum):
     none = "none"
@@ -30,8 +32,19 @@ class PerfConfig:
     fast_attention: bool = False  # fused QKV + real-valued RoPE attention processor
     compile: CompileMode = CompileMode.none
     inductor_mode: InductorMode = InductorMode.default  # only used when compile != none
+    # TorchInductor's coordinate-descent tuning of the compiled kernels' launch configs (inductor_mode=default
+    # only; the max-autotune modes tune already). Off: on the H200 it added minutes to the first fp8 compile
+    # and ~1 min to every warm start (kernels compiled and timed in-process), see benchmarks/README.md.
+    coordinate_descent: bool = False
     attention_backend: Optional[str] = None  # diffusers attention dispatcher backend, e.g. _native_cudnn
     # Qwen-Image-2.1: keep the text / condition-image keys and values of the first step for the later ones
     # (diffusers' use_kv_cache; only the target's tokens are recomputed). Changes low-precision bits, not
     # the image's content (diffusers' docstring); no effect on the 20B family.
     prefix_kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.coordinate_descent and InductorMode(self.inductor_mode) != InductorMode.default:
+            raise ConfigError(
+                f"perf.coordinate_descent=true with perf.inductor_mode={InductorMode(self.inductor_mode).name}: that mode "
+                "already tunes the kernels. Use perf.inductor_mode=default with perf.coordinate_descent=true, or drop "
+                "perf.coordinate_descent")
