@@ -3,6 +3,7 @@
     build       the one record and image naming rule (``workbench run``, sweep cells, ``workbench reproduce``)
     provenance  what a result depends on besides its config (models, file hashes, versions, git, memory)
     png         the PNG text chunk, and reading records back (refusing paths outside a record's folder)
+    png_encode  the PNG writer: row bands filtered and deflated on several threads (pigz's technique)
     files       valid JSON, atomic writes, the output folder check, dotted keys
 
 Writers call these through the package (``from workbench import record as rec``; ``rec.save_png``),
