@@ -88,3 +88,19 @@ def test_decoded_image_equals_diffusers(bench, make_cfg):
     a, b = np.asarray(ours, dtype=np.int16), np.asarray(ref, dtype=np.int16)
     assert a.shape == b.shape == (128, 128, 3)
     assert np.abs(a - b).max() <= 1  # uint8 rounding of float noise at most
+
+
+def test_to_pil_equals_diffusers_postprocess_bit_for_bit():
+    """The uint8 conversion (run where the images are) rounds exactly as diffusers' VaeImageProcessor, at
+    the .5 boundaries too."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from workbench.stages.decode import to_pil
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 37, 29, generator=g) * 0.8
+    x[0, 0, 0, :20] = torch.tensor([(k + 0.5) / 255 * 2 - 1 for k in range(20)])  # halfway between two levels
+    ours = np.stack([np.asarray(img) for img in to_pil(x)])
+    ref = np.stack([np.asarray(img) for img in VaeImageProcessor().postprocess(x, output_type="pil")])
+    assert ours.dtype == ref.dtype == np.uint8
+    assert np.array_equal(ours, ref)

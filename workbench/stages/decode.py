@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -19,6 +18,11 @@ def decode(vae, tokens: torch.Tensor, latent_height: int, latent_width: int, pat
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3 or 4, H, W) in [-1, 1] -> RGB or RGBA PIL, rounded like diffusers' ``VaeImageProcessor.postprocess``."""
-    x = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray((img * 255).round().astype(np.uint8)) for img in x]
+    """(B, 3 or 4, H, W) in [-1, 1] -> RGB or RGBA PIL, rounded like diffusers' ``VaeImageProcessor.postprocess``.
+
+    The same float32 operations in the same order as diffusers' numpy code (each an exact IEEE operation, and
+    eager kernels do not fuse them), run where the images are: on a GPU only the uint8 result crosses to the
+    host (4x fewer bytes, and no numpy pass over the floats: 50 ms of a 1328x1328 generation on the H200 host)."""
+    x = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    pixels = (x * 255).round().to(torch.uint8).cpu().numpy()
+    return [Image.fromarray(img) for img in pixels]
