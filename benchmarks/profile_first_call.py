@@ -81,6 +81,7 @@ def main() -> None:
     phases["first_generate_s"] = time.perf_counter() - t
     phases["first_stages"] = first.timings
     phases["first_compile"] = bench.last_compile
+    phases["first_latents_abs_sum"] = float(first.latents.double().abs().sum())  # same code path, same numbers
     bench.clear_conditioning_cache()
     t = time.perf_counter()
     second = bench.generate(cfg, progress=False)[0]

@@ -125,6 +125,9 @@ def test_contradictory_precision_configs_fail_at_compose(make_cfg):
         make_cfg("precision=fp8_torchao", "precision.transformer_storage=float8_e4m3fn")
     with pytest.raises(ConfigError, match="fp8_torchao needs a bf16 transformer"):
         make_cfg("precision.quantization=fp8_torchao")
+    with pytest.raises(ConfigError, match="fp8_scale=tensor sets the scales of quantization=fp8_torchao, but "
+                                          "quantization=none; use precision=fp8_torchao"):
+        make_cfg("precision=bf16", "precision.fp8_scale=tensor")
     with pytest.raises(ConfigError, match="group_offload_blocks must be >= 1"):
         make_cfg("precision.group_offload_blocks=0")
     from hydra.errors import ConfigCompositionException
@@ -161,10 +164,12 @@ def test_fp8_torchao_on_gpu(make_cfg):
         with pytest.raises(PrecisionError, match="compute capability"):
             Workbench.from_config(make_cfg(*common, "precision=fp8_torchao"))
         return
-    lat8 = Workbench.from_config(make_cfg(*common, "precision=fp8_torchao")).generate(make_cfg(*common, "precision=fp8_torchao"), progress=False)[0].latents
     lat16 = Workbench.from_config(make_cfg(*common, "precision=bf16")).generate(make_cfg(*common, "precision=bf16"), progress=False)[0].latents
-    print(f"fp8_torchao vs bf16, 2-step latents: rel. error {_rel(lat8, lat16):.4f}")
-    assert torch.isfinite(lat8).all() and _rel(lat8, lat16) <= 0.1
+    for scale in ("row", "tensor"):
+        cfg = make_cfg(*common, "precision=fp8_torchao", f"precision.fp8_scale={scale}")
+        lat8 = Workbench.from_config(cfg).generate(cfg, progress=False)[0].latents
+        print(f"fp8_torchao ({scale} scales) vs bf16, 2-step latents: rel. error {_rel(lat8, lat16):.4f}")
+        assert torch.isfinite(lat8).all() and _rel(lat8, lat16) <= 0.1
 
 
 def test_fp8_compute_quantises_exactly_the_image_stream_block_linears():

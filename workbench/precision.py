@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from workbench.config import EncoderMemory, MemoryMode, PrecisionConfig, Quantization, WeightStorage
+from workbench.config import EncoderMemory, Fp8Scale, MemoryMode, PrecisionConfig, Quantization, WeightStorage
 from workbench.encoder_memory import apply_encoder_storage, place_encoder
 from workbench.errors import InputError
 from workbench.models.components import TORCH_DTYPES
@@ -69,7 +69,7 @@ def apply_precision(components, precision: PrecisionConfig):
     if precision.transformer_storage == WeightStorage.float8_e4m3fn:
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
     if precision.quantization == Quantization.fp8_torchao:
-        _quantize_fp8_torchao(transformer)
+        _quantize_fp8_torchao(transformer, Fp8Scale(precision.fp8_scale))
 
     apply_encoder_storage(components.text_encoder, precision)
     if precision.memory == MemoryMode.model_offload:
@@ -109,9 +109,9 @@ def fp8_compute_filter(module: torch.nn.Module, name: str) -> bool:
             and name.split(".", 2)[2] in FP8_COMPUTE_LAYERS)
 
 
-def _quantize_fp8_torchao(transformer) -> None:
+def _quantize_fp8_torchao(transformer, scale: Fp8Scale) -> None:
     try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
     except ImportError as err:
         raise PrecisionError(
             "precision.quantization=fp8_torchao needs the torchao package (matching your torch); "
@@ -120,5 +120,6 @@ def _quantize_fp8_torchao(transformer) -> None:
     # set_inductor_config=False: torchao's default switches on Inductor's coordinate-descent tuning for the whole
     # process, which compiled and timed ~280 Triton kernel variants in-process on the first fp8 call (180 s on
     # the H200 vs 17 s for bf16) and ~70 of them again in every warm process. perf.coordinate_descent opts in.
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    granularity = PerRow() if scale == Fp8Scale.row else PerTensor()
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False)
     quantize_(transformer, config, filter_fn=fp8_compute_filter)

@@ -28,7 +28,7 @@ from workbench.config.model import (
 )
 from workbench.config.overrides import escape_interpolation, literal, override_value
 from workbench.config.perf import CompileMode, InductorMode, PerfConfig
-from workbench.config.precision import DType, EncoderMemory, MemoryMode, PrecisionConfig, Quantization, WeightStorage
+from workbench.config.precision import DType, EncoderMemory, Fp8Scale, MemoryMode, PrecisionConfig, Quantization, WeightStorage
 from workbench.config.reference import ReferenceConfig, ReferencePolicy, Resample, VaeFit
 from workbench.config.run import Config
 from workbench.config.sampler import CfgBatching, Guidance, SamplerConfig, SchedulerKind, ShiftMode
@@ -42,7 +42,7 @@ _BUILD = ("ComposeError", "compose", "compose_many", "config_dir", "describe_err
 __all__ = [
     "AccelConfig", "AccelMethod", "CfgBatching", "CompileMode", "Config", "ConfigError", "ControlTokens", "DType", "ExecutorConfig",
     "EncoderMemory", "ExecutorName", "Guidance", "InductorMode", "LoraAlpha", "LoraConfig", "LoraItem", "MemoryMode",
-    "ModelConfig", "ModelSource", "PerfConfig", "PrecisionConfig", "Quantization", "ReferenceConfig",
+    "Fp8Scale", "ModelConfig", "ModelSource", "PerfConfig", "PrecisionConfig", "Quantization", "ReferenceConfig",
     "ReferencePolicy", "Resample", "SamplerConfig", "SchedulerKind", "ShiftMode", "TemplateConfig",
     "TextEncoderSize", "TinySpec", "TransformerSize", "VaeFit", "VaeSize", "Variant", "VisionSize",
     "WeightStorage", "check_accel_fits", "check_lora_fits", "escape_interpolation", "literal", "override_value", *_BUILD,

@@ -25,6 +25,14 @@ class Quantization(str, Enum):
     fp8_torchao = "fp8_torchao"  # fp8 GEMMs (torchao dynamic activation + weight, rowwise); CUDA, sm >= 89
 
 
+class Fp8Scale(str, Enum):
+    """How many scales fp8_torchao keeps: per row (activations per token, weights per output channel) or one
+    per tensor (cuBLAS's plain fp8 GEMM; speed and error in benchmarks/README.md)."""
+
+    row = "row"
+    tensor = "tensor"
+
+
 class MemoryMode(str, Enum):
     all_on_device = "all_on_device"  # every model resident on the device
     model_offload = "model_offload"  # one model on the GPU at a time (accelerate cpu_offload_with_hook)
@@ -50,6 +58,7 @@ class PrecisionConfig:
     vae: DType = DType.float32
     transformer_storage: WeightStorage = WeightStorage.same
     quantization: Quantization = Quantization.none
+    fp8_scale: Fp8Scale = Fp8Scale.row  # quantization=fp8_torchao only
     memory: MemoryMode = MemoryMode.all_on_device
     group_offload_blocks: int = 1  # blocks per group in memory=group_offload
     # the text encoder on its own (issue 19): its placement (null: follows ``memory``: all_on_device ->
@@ -76,6 +85,12 @@ class PrecisionConfig:
             raise ConfigError(
                 f"precision {self.name!r}: quantization=fp8_torchao needs a bf16 transformer; set "
                 "precision.transformer=bfloat16"
+            )
+        if Fp8Scale(self.fp8_scale) != Fp8Scale.row and self.quantization != Quantization.fp8_torchao:
+            raise ConfigError(
+                f"precision {self.name!r}: fp8_scale={Fp8Scale(self.fp8_scale).value} sets the scales of "
+                f"quantization=fp8_torchao, but quantization={Quantization(self.quantization).value}; use "
+                "precision=fp8_torchao or drop precision.fp8_scale"
             )
         if self.text_encoder_storage != WeightStorage.same and self.text_encoder == DType.float32:
             raise ConfigError(
