@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -200,3 +201,36 @@ def test_token_report_of_a_21_template_is_what_the_encoder_reads(bench, make_cfg
                         tap="pre_norm")
     assert report.ids[report.drop:] == cond.token_ids[0] and report.drop == cond.drop[0] == 14
     assert report.vision_tokens == [16, 15, 16]  # 128x128 -> 4x4 slots, 160x96 -> 5x3
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model=tiny_qwen21"], ("qwen21", "qwen21")),  # the model alone brings its family's template and sampler
+    (["model=tiny_qwen21_turbo"], ("qwen21", "qwen21_turbo")),
+    (["model=tiny_qwen21", "template=raw", "sampler=flow_euler"], ("raw", "flow_euler")),  # named ones win
+    (["sampler=heun", "model=tiny_qwen21"], ("qwen21", "heun")),  # whatever the order on the command line
+    (["experiment=qwen21_turbo_tiny"], ("qwen21", "qwen21_turbo")),
+    (["model=tiny"], ("qwen_t2i", "flow_euler")),
+])
+def test_a_model_of_the_21_family_brings_its_template_and_sampler(overrides, expected):
+    from workbench.config import compose, to_run_config
+
+    cfg = to_run_config(compose(overrides))
+    assert (cfg.template.name, cfg.sampler.name) == expected
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=tiny_qwen21", "template=qwen_t2i"], "template=qwen_t2i was written for qwen-image, but model.variant=qwen21 "
+     "is qwen-image-2.1: use template=qwen21, a template of no family (raw, chat), or run it across families on purpose "
+     "with template.family=qwen-image-2.1"),
+    (["template=qwen21"], "template=qwen21 was written for qwen-image-2.1, but model.variant=t2i is qwen-image: use "
+     "template=qwen_t2i"),
+    (["template.family=qwen-image-3"], "family='qwen-image-3'; expected qwen-image (the 20B family), qwen-image-2.1 or any"),
+])
+def test_another_familys_template_is_refused_unless_asked_for(overrides, message):
+    from workbench.config import ConfigError, compose, to_run_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        to_run_config(compose(overrides))
+    if "template.family" not in " ".join(overrides) and "model=tiny_qwen21" in overrides:  # the opt-in runs it
+        cfg = to_run_config(compose(overrides + ["template.family=qwen-image-2.1"]))
+        assert cfg.template.name == "qwen_t2i" and cfg.model.variant.family == "qwen-image-2.1"

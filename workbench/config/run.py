@@ -94,8 +94,21 @@ class Config:
             raise ConfigError("model.variant=layered runs one image per forward (its sequence holds layers + 1 frames); "
                               "set batch_size=1")
 
+    def _check_template_family(self) -> None:
+        """A template written for the other family runs only when the run says so (template.family)."""
+        family, template = self.model.variant.family, self.template
+        if template.family in ("any", family):
+            return
+        own = "qwen21" if family == "qwen-image-2.1" else "qwen_t2i (qwen_edit / qwen_edit_plus for edit models)"
+        raise ConfigError(
+            f"template={template.name} was written for {template.family}, but model.variant={self.model.variant.value} "
+            f"is {family}: use template={own}, a template of no family (raw, chat), or run it across families on "
+            f"purpose with template.family={family}"
+        )
+
     def _check_family(self) -> None:
         """What Qwen-Image-2.1 does not take (its sides: multiples of 32, one encoder slot per 2x2 tokens)."""
+        self._check_template_family()
         if self.model.variant.family != "qwen-image-2.1":
             return
         variant = f"model.variant={self.model.variant.value}"

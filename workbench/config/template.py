@@ -120,8 +120,9 @@ class TemplateConfig:
     min_images: int = 0
     max_images: int = 0
     control_tokens: ControlTokens = ControlTokens.refuse
-    # the model family it was written for (``Variant.family``): error messages suggest only that family's
-    # templates; running it on another family stays allowed (a template ablation across families)
+    # the model family it was written for (``Variant.family``), or ``any`` (no family's text: raw, chat). A run
+    # refuses another family's template unless it says so (template.family=<the model's family>): picking a
+    # model never silently runs the other family's template, and a cross-family ablation stays one key away
     family: str = "qwen-image"
 
     def __post_init__(self) -> None:
@@ -132,9 +133,9 @@ class TemplateConfig:
                 f"template '{self.name}': control_tokens={self.control_tokens!r}; expected one of "
                 f"{[m.value for m in ControlTokens]} (template.control_tokens=refuse|escape)"
             ) from None
-        if self.family not in ("qwen-image", "qwen-image-2.1"):
-            raise ConfigError(f"template '{self.name}': family={self.family!r}; expected qwen-image (the 20B family) or "
-                              "qwen-image-2.1")
+        if self.family not in ("qwen-image", "qwen-image-2.1", "any"):
+            raise ConfigError(f"template '{self.name}': family={self.family!r}; expected qwen-image (the 20B family), "
+                              "qwen-image-2.1 or any (a template of no family's text)")
         if self.text.count("{prompt}") != 1:
             raise ConfigError(
                 f"template '{self.name}': key 'text' must contain exactly one '{{prompt}}' slot, "
