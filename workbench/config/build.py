@@ -68,8 +68,12 @@ def options(group: str) -> list[str]:
 def option_data(group: str, option: str) -> dict:
     """The keys one option file sets (``conf/<group>/<option>.yaml``) as plain data, unresolved and as
     written (a ``# @package _global_`` file nests its keys under the group's name): what a panel shows
-    about an option without composing (``option_data("model", "files_comfyui")["source"]``)."""
-    return OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
+    about an option without composing (``option_data("model", "files_comfyui")["source"]``). Its ``defaults``
+    list (the other groups' options a model of another family brings) is Hydra's, not a key, and is left out."""
+    data = OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
+    if isinstance(data, dict):
+        data.pop("defaults", None)
+    return data
 
 
 def group_config(group: str, option: str) -> Any:
