@@ -40,7 +40,7 @@ def _diffusers_latents(bench, cfg) -> torch.Tensor:
         seen["latents"] = kwargs["latents"].clone()
         return {}
 
-    pipe(image=load_image(cfg.images[0]).convert("RGBA"), prompt=cfg.prompts[0], layers=cfg.layers,
+    pipe(image=load_image(cfg.images[0], mode="RGBA"), prompt=cfg.prompts[0], layers=cfg.layers,
          num_inference_steps=cfg.sampler.steps, resolution=cfg.layered_resolution,
          generator=torch.Generator("cpu").manual_seed(cfg.seeds[0]), callback_on_step_end=keep,
          output_type="np")
@@ -55,6 +55,28 @@ def test_layered_latents_equal_diffusers(bench, make_cfg):
     assert ours.latents.shape == ref.shape == (1, (cfg.layers + 1) * tokens, 64)
     assert (ours.latents - ref).abs().max().item() <= 1e-5
     assert ours.image.mode == "RGBA" and [im.mode for im in ours.layers] == ["RGBA"] * cfg.layers
+
+
+def test_a_transparent_input_keeps_its_alpha_as_in_diffusers(bench, make_cfg, tmp_path):
+    """The RGBA VAE encodes the input's alpha: a PNG with transparency gives diffusers' latents (it takes the
+    RGBA image as is), and differs from the same pixels made opaque (the alpha was dropped before)."""
+    import numpy as np
+    from PIL import Image
+
+    from workbench.pipeline import load_image
+
+    rgb = np.asarray(load_image("asset:sample_reference.png"))
+    alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))  # clear to opaque, left to right
+    path = tmp_path / "transparent.png"
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(path)
+    assert load_image(str(path), mode="RGBA").getchannel("A").getextrema() == (0, 255)
+    cfg = make_cfg(f"images=[{path}]", "seeds=[4]")
+    (ours,) = bench.generate(cfg, progress=False)
+    assert (ours.latents - _diffusers_latents(bench, cfg)).abs().max().item() <= 1e-5
+    opaque = tmp_path / "opaque.png"
+    Image.fromarray(rgb).save(opaque)
+    (flat,) = bench.generate(make_cfg(f"images=[{opaque}]", "seeds=[4]"), progress=False)
+    assert (flat.latents - ours.latents).abs().max().item() > 1e-2
 
 
 def test_a_run_writes_the_image_and_its_layers(make_cfg, tmp_path):

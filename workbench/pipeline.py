@@ -47,14 +47,15 @@ class GeneratedImage:
     layers: list[Image.Image] = field(default_factory=list)  # Layered: the RGBA layers (``image``: the whole, frame 0)
 
 
-def load_image(path: str, key: str = "images") -> Image.Image:
-    """Open a reference / init image as RGB; ``asset:NAME`` refers to the images shipped in
-    workbench/assets. A missing, non-image, truncated or decompression-bomb file is a one-line
-    ``ConfigError`` naming the file and the config ``key`` (checked at config time too)."""
+def load_image(path: str, key: str = "images", mode: str = "RGB") -> Image.Image:
+    """Open a reference / init image as RGB (``mode="RGBA"``: with its transparency, for Layered's RGBA VAE);
+    ``asset:NAME`` refers to the images shipped in workbench/assets. A missing, non-image, truncated or
+    decompression-bomb file is a one-line ``ConfigError`` naming the file and the config ``key`` (checked at
+    config time too)."""
     from workbench.config.limits import open_image
     from workbench.config import ConfigError
 
-    return open_image(path, key, decode=True, error=ConfigError)
+    return open_image(path, key, decode=True, error=ConfigError, mode=mode)
 
 
 @dataclass
@@ -245,8 +246,9 @@ class Workbench:
     def _prepare_run(self, cfg: Config, timings: dict[str, float]) -> "_Run":
         """What every forward batch of ``cfg`` shares: references, output size, init latents, conditionings."""
         with self._timed(timings, "references"):
-            images = [load_image(p, f"images[{i}]") for i, p in enumerate(cfg.images)]
-            if cfg.model.variant == "layered":  # the image to split: the VAE's alone
+            layered = cfg.model.variant == "layered"  # its RGBA VAE encodes the input's alpha too, as diffusers'
+            images = [load_image(p, f"images[{i}]", "RGBA" if layered else "RGB") for i, p in enumerate(cfg.images)]
+            if layered:  # the image to split: the VAE's alone
                 refs = self.prepare_layered_input(images[0], cfg.layered_resolution)
             else:
                 refs = self.prepare_references(images, cfg.reference) if images else None

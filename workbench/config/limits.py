@@ -163,12 +163,13 @@ def resolve_asset(path: str) -> Path:
     return ASSETS / path.removeprefix("asset:") if path.startswith("asset:") else Path(path).expanduser()
 
 
-def open_image(path: str, key: str, *, decode: bool, error=ConfigError):
+def open_image(path: str, key: str, *, decode: bool, error=ConfigError, mode: str = "RGB"):
     """Open ``path`` as an image given by config key ``key``; one-line ``error`` naming both otherwise.
 
     ``decode=False`` (config time) reads the header and verifies the file's structure (PNG chunk CRCs)
-    without decoding pixels; ``decode=True`` returns the RGB image. Images over PIL's decompression-bomb
-    limit (``Image.MAX_IMAGE_PIXELS``, left as PIL sets it) are refused, not decoded.
+    without decoding pixels; ``decode=True`` returns the image in ``mode`` (RGB; RGBA keeps the file's
+    transparency, opaque where it has none). Images over PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, left as PIL sets it) are refused, not decoded.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -186,7 +187,7 @@ def open_image(path: str, key: str, *, decode: bool, error=ConfigError):
                     img.verify()
                     return None
                 img.load()
-                return img.convert("RGB")
+                return img.convert(mode)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise error(f"{where}: the image is too large to decode safely ({err}); downscale it below "
                     f"{Image.MAX_IMAGE_PIXELS} pixels") from None
