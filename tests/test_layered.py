@@ -23,16 +23,34 @@ def bench(make_cfg):
     return Workbench.from_config(make_cfg())
 
 
-def _diffusers_latents(bench, cfg) -> torch.Tensor:
+def _qwen2vl_processor(tokenizer):
+    """transformers' Qwen2VLProcessor (diffusers' ``vl_processor`` for captions) with its PIL image processor; its
+    video processor needs torchvision (absent beside the CPU torch wheel) and is never used for images."""
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class NoVideoProcessor(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, name, arg):
+            return None if arg is None else super().check_argument_for_proper_class(name, arg)
+
+    return NoVideoProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tokenizer, video_processor=None)
+
+
+def _diffusers_latents(bench, cfg, spy: dict | None = None) -> torch.Tensor:
     """diffusers' final latents, taken from the step callback: ``output_type="latent"`` fails in 0.42.1
-    (``images`` is unbound at the end of ``__call__``)."""
+    (``images`` is unbound at the end of ``__call__``). ``spy``: receives the caption diffusers made, if any."""
     from diffusers import QwenImageLayeredPipeline
 
     from workbench.pipeline import load_image
 
     c = bench.components
     pipe = QwenImageLayeredPipeline(scheduler=make_scheduler(cfg.sampler), vae=c.vae, text_encoder=c.text_encoder,
-                                    tokenizer=c.tokenizer, processor=None, transformer=c.transformer)
+                                    tokenizer=c.tokenizer, processor=_qwen2vl_processor(c.tokenizer),
+                                    transformer=c.transformer)
+    if spy is not None:  # the real get_image_caption, its result kept
+        caption = pipe.get_image_caption
+        pipe.get_image_caption = lambda *a, **k: spy.setdefault("caption", caption(*a, **k))
+        spy["instructions"] = {"en": pipe.image_caption_prompt_en, "cn": pipe.image_caption_prompt_cn}
     pipe.set_progress_bar_config(disable=True)
     seen = {}
 
@@ -42,6 +60,7 @@ def _diffusers_latents(bench, cfg) -> torch.Tensor:
 
     pipe(image=load_image(cfg.images[0], mode="RGBA"), prompt=cfg.prompts[0], layers=cfg.layers,
          num_inference_steps=cfg.sampler.steps, resolution=cfg.layered_resolution,
+         use_en_prompt=cfg.layered_caption == "en",
          generator=torch.Generator("cpu").manual_seed(cfg.seeds[0]), callback_on_step_end=keep,
          output_type="np")
     return seen["latents"]
@@ -79,15 +98,32 @@ def test_a_transparent_input_keeps_its_alpha_as_in_diffusers(bench, make_cfg, tm
     assert (flat.latents - ours.latents).abs().max().item() > 1e-2
 
 
+def test_an_empty_prompt_is_the_encoders_caption_as_in_diffusers(bench, make_cfg):
+    """prompts=[""]: the encoder captions the sized image with diffusers' instruction (copied as data, still
+    equal to diffusers'), the same caption word for word, and the layers are generated from it: same latents."""
+    from workbench.stages.caption import instruction
+
+    # the random encoder's caption runs to 512 tokens: diffusers' __call__ keeps 512 (max_sequence_length), ours 1024
+    cfg = make_cfg("prompts=['']", "layered_caption=en", "seeds=[1]", "max_sequence_length=512")
+    (ours,) = bench.generate(cfg, progress=False)
+    spy: dict = {}
+    ref = _diffusers_latents(bench, cfg, spy)
+    assert spy["instructions"] == {"en": instruction("en"), "cn": instruction("cn")}
+    assert ours.caption == spy["caption"] and len(ours.caption) > 20  # the tiny random encoder's 512 tokens
+    assert (ours.latents - ref).abs().max().item() <= 1e-5
+    assert ours.prompt == "" and any("generated from the encoder's caption" in n for n in ours.notes)
+
+
 def test_a_run_writes_the_image_and_its_layers(make_cfg, tmp_path):
     from PIL import Image
 
     from workbench.config import compose
     from workbench.run import run
 
-    record = json.loads(run(compose(["experiment=layered_tiny", "layers=2", "sampler.steps=2", "device=cpu"]),
-                            tmp_path, progress=False).read_text())
+    record = json.loads(run(compose(["experiment=layered_tiny", "layers=2", "sampler.steps=2", "device=cpu",
+                                     "prompts=['']"]), tmp_path, progress=False).read_text())
     (entry,) = record["images"]
+    assert entry["prompt"] == "" and entry["caption"] and entry["file"].endswith("-image.png")  # the caption is kept
     assert len(entry["layers"]) == 2 and entry["layers"][0].endswith("-layer1.png")
     for file in [entry["file"], *entry["layers"]]:
         image = Image.open(tmp_path / file)
@@ -100,6 +136,7 @@ def test_a_run_writes_the_image_and_its_layers(make_cfg, tmp_path):
      "model.variant=layered splits one image into layers; images has 2"),
     (["layers=0"], r"layers=0: expected 1\.\.16"),
     (["layered_resolution=512"], "layered_resolution=512: expected 640 .* or 1024"),
+    (["layered_caption=fr"], "layered_caption='fr': expected cn \\(diffusers' default\\) or en"),
     (["height=64", "width=64"], "model.variant=layered takes its size from images\\[0\\]"),
 ])
 def test_bad_layered_configs_are_refused_by_name(make_cfg, overrides, message):

@@ -24,6 +24,7 @@ from workbench.lora import apply_loras
 from workbench.models.build import components_for
 from workbench.models.components import Components
 from workbench.resolutions import snap
+from workbench.stages import caption as caption_stage
 from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
 from workbench.stages import encode as encode_stage
@@ -45,6 +46,7 @@ class GeneratedImage:
     timings: dict[str, float] = field(default_factory=dict)  # seconds, shared per forward batch
     notes: list[str] = field(default_factory=list)  # what the run changed on its own (e.g. size snapping)
     layers: list[Image.Image] = field(default_factory=list)  # Layered: the RGBA layers (``image``: the whole, frame 0)
+    caption: Optional[str] = None  # Layered with an empty prompt: the encoder's caption it was generated from
 
 
 def load_image(path: str, key: str = "images", mode: str = "RGB") -> Image.Image:
@@ -70,6 +72,7 @@ class _Run:
     uncond: Optional[Conditioning]  # the negative prompt, once (guided runs)
     notes: list[str]  # size snapping, a cut negative prompt: said for every image
     cut: dict[int, str]  # prompt index -> its truncation note
+    captions: dict[int, str] = field(default_factory=dict)  # Layered: empty prompt index -> the encoder's caption
 
 
 class Workbench:
@@ -229,8 +232,11 @@ class Workbench:
                 pil, layers = self._decode_run(cfg, latents, run)
             for k, ((p, s), img) in enumerate(zip(chunk, pil)):
                 image_notes = run.notes + ([run.cut[p]] if p in run.cut else [])
+                if p in run.captions:
+                    image_notes = image_notes + [f"prompts[{p}] is empty: generated from the encoder's caption of the "
+                                                 f"image (layered_caption={cfg.layered_caption}, as diffusers)"]
                 results.append(GeneratedImage(img, cfg.prompts[p], s, latents[k : k + 1].float().cpu(), t, image_notes,
-                                              layers[k] if layers else []))
+                                              layers[k] if layers else [], run.captions.get(p)))
         self.last_compile = None if before is None else (CompileCounts.now() - before).as_record()
         return results
 
@@ -262,13 +268,20 @@ class Workbench:
 
             check_run_memory(cfg, height, width, str(self.device))
         notes = [size_note] if size_note else []
+        captions: dict[int, str] = {}
+        if layered and any(not p.strip() for p in cfg.prompts):  # an empty prompt is the image's caption (diffusers)
+            with self._timed(timings, "caption"):
+                sized = layers_stage.sized_input(images[0], cfg.layered_resolution)
+                captions = caption_stage.caption_empty_prompts(cfg.prompts, self.components.tokenizer,
+                                                               self.components.text_encoder, sized, cfg.layered_caption)
+        prompts = [captions.get(i, p) for i, p in enumerate(cfg.prompts)]
         vlm_images = refs.vlm_images if refs else []
         with self._timed(timings, "references"):  # the init image is encoded once, for every chunk
             init_latents = self.encode_init(init, height, width) if init is not None else None
 
         with self._timed(timings, "encode"):
             resample = cfg.reference.vlm_resample
-            cond = self.encode(cfg.prompts, cfg.template, vlm_images, cfg.max_sequence_length, resample, cfg.encoder_tap)
+            cond = self.encode(prompts, cfg.template, vlm_images, cfg.max_sequence_length, resample, cfg.encoder_tap)
             uncond = (
                 self.encode([cfg.negative_prompt], cfg.template, vlm_images, cfg.max_sequence_length, resample,
                             cfg.encoder_tap)
@@ -276,7 +289,7 @@ class Workbench:
                 else None
             )
         if self.components.is_qwen21:  # 2.1 never cuts a prompt (encode refuses one over the limit)
-            return _Run(height, width, refs, init_latents, cond, uncond, notes, {})
+            return _Run(height, width, refs, init_latents, cond, uncond, notes, {}, captions)
         # prompts cut at max_sequence_length: said in each image's notes (the run prints them)
         tokenizer = self.components.tokenizer
         cut = encode_stage.truncation_notes(tokenizer, cfg.template, cond, cfg.max_sequence_length)
@@ -284,7 +297,7 @@ class Workbench:
             cut_negative = encode_stage.truncation_notes(
                 tokenizer, cfg.template, uncond, cfg.max_sequence_length, label="negative_prompt")
             notes = notes + list(cut_negative.values())
-        return _Run(height, width, refs, init_latents, cond, uncond, notes, cut)
+        return _Run(height, width, refs, init_latents, cond, uncond, notes, cut, captions)
 
     def _run_batch(self, cfg: Config, run: "_Run", chunk: list[tuple[int, int]], t: dict[str, float],
                    callback: Optional[Callable], progress: bool) -> torch.Tensor:

@@ -85,8 +85,8 @@ def recorded_config(record: dict, source: Path):
     recorded = record["config"]
     # executor: never recorded by cells; accel: records older than the group ran without cache hooks,
     # which is exactly its default (none), so its absence is filled and reported like a nested key;
-    # layers / layered_resolution act only with model.variant=layered, which no older record can hold
-    optional = ("executor", "accel", "layers", "layered_resolution")
+    # layers / layered_resolution / layered_caption act only with model.variant=layered, which no older record can hold
+    optional = ("executor", "accel", "layers", "layered_resolution", "layered_caption")
     required = [f.name for f in dataclasses.fields(Config) if f.name not in optional]
     missing = [k for k in required if k not in recorded]
     if missing:

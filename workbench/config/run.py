@@ -52,6 +52,9 @@ class Config:
     # its side is sized to (area bucket^2, sides of 32; diffusers' ``resolution``: 640 recommended, or 1024)
     layers: int = 4
     layered_resolution: int = 640
+    # Layered with an empty prompt: the encoder captions the image first, in this instruction's language (cn | en;
+    # diffusers' use_en_prompt, default False = cn), and the layers are generated from that caption
+    layered_caption: str = "cn"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
@@ -79,6 +82,9 @@ class Config:
         """Layered splits one image; its size comes from that image and the bucket."""
         if not 1 <= self.layers <= limits.MAX_LAYERS:
             raise ConfigError(f"layers={self.layers}: expected 1..{limits.MAX_LAYERS} (RGBA layers to split the image into)")
+        if self.layered_caption not in ("cn", "en"):
+            raise ConfigError(f"layered_caption={self.layered_caption!r}: expected cn (diffusers' default) or en, the "
+                              "language of the instruction the encoder captions an empty prompt's image with")
         if self.layered_resolution not in (640, 1024):
             raise ConfigError(f"layered_resolution={self.layered_resolution}: expected 640 (recommended) or 1024, the "
                               "buckets Qwen-Image-Layered was trained at")
@@ -142,7 +148,7 @@ class Config:
         if not self.prompts:
             raise ConfigError("prompts is empty: give at least one prompt, e.g. prompts='[a cat]'")
         for i, prompt in enumerate(self.prompts):
-            if not prompt.strip():
+            if not prompt.strip() and self.model.variant != "layered":  # Layered captions its image instead
                 raise ConfigError(f"prompts[{i}] is empty: write what the image should show")
         for key, text in [(f"prompts[{i}]", p) for i, p in enumerate(self.prompts)] + [("negative_prompt", self.negative_prompt)]:
             if len(text) > limits.MAX_PROMPT_CHARS:

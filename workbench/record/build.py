@@ -65,7 +65,7 @@ def image_entry(index: int, generated: GeneratedImage, cfg: Config, head: dict) 
         "timings_s": {k: round(v, 6) for k, v in generated.timings.items()},
         "notes": list(generated.notes),
     } | ({"layers": layer_files(index, generated.seed, generated.prompt, len(generated.layers))}
-         if generated.layers else {})
+         if generated.layers else {}) | ({"caption": generated.caption} if generated.caption is not None else {})
 
 
 def png_chunk(record: dict, entry: dict) -> dict:

@@ -23,13 +23,18 @@ def input_size(image: Image.Image, resolution: int) -> tuple[int, int]:
     return area_size(image.width, image.height, resolution * resolution, 32)
 
 
+def sized_input(image: Image.Image, resolution: int) -> Image.Image:
+    """The image as Layered sees it: RGBA (its alpha kept), at ``input_size`` (Lanczos, as diffusers)."""
+    return image.convert("RGBA").resize(input_size(image, resolution), resample=Image.Resampling.LANCZOS)
+
+
 @torch.no_grad()
 def prepare_input(vae, image: Image.Image, resolution: int) -> References:
     """The image to split, as an RGBA VAE latent (mode, normalised, 2x2-packed) appended after the frames."""
     from workbench.stages.latents import to_vae_input
 
-    w, h = input_size(image, resolution)
-    sized = image.convert("RGBA").resize((w, h), resample=Image.Resampling.LANCZOS)
+    sized = sized_input(image, resolution)
+    w, h = sized.size
     z = normalise(vae.encode(to_vae_input(sized, vae)).latent_dist.mode(), vae)[:, :, 0]  # (1, 16, h/8, w/8)
     return References([], pack(z), [(1, z.shape[-2] // 2, z.shape[-1] // 2)], [(w, h)])
 
