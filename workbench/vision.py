@@ -58,6 +58,15 @@ class VisionInput:
         return [t * h * w // MERGE**2 for t, h, w in self.grids]
 
 
+def on_white(image: Image.Image) -> Image.Image:
+    """RGB for a vision encoder: transparency composited onto white, as transformers' processors do
+    (``convert_to_rgb``; what 2.1's encoder was trained to see); an image without alpha is only converted."""
+    if "A" not in image.getbands() and image.info.get("transparency") is None:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
 def smart_resize(height: int, width: int, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """Sides rounded to multiples of 28 with the pixel count clamped to [min_pixels, max_pixels]."""
     if max(height, width) / min(height, width) > 200:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from workbench.tokenizer import IMAGE_PAD_ID
-from workbench.vision import QWEN25_VL, preprocess
+from workbench.vision import QWEN25_VL, on_white, preprocess
 
 INSTRUCTIONS = Path(__file__).resolve().parents[1] / "assets" / "layered_caption"
 LANGUAGES = ("cn", "en")  # diffusers' use_en_prompt=False / True; False is its default
@@ -26,15 +26,6 @@ def instruction(language: str) -> str:
     if language not in LANGUAGES:
         raise ValueError(f"caption language {language!r}: expected one of {LANGUAGES}")
     return (INSTRUCTIONS / f"{language}.txt").read_text(encoding="utf-8")
-
-
-def on_white(image: Image.Image) -> Image.Image:
-    """RGB for the vision encoder: transparency composited onto white, as transformers' processors do
-    (``convert_to_rgb``); an image without alpha is only converted."""
-    if "A" not in image.getbands() and image.info.get("transparency") is None:
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from workbench.stages.latents import QWEN21, normalise, pack, resize, to_vae_input
 from workbench.values import plain
+from workbench.vision import on_white
 
 
 @dataclass
@@ -127,15 +128,6 @@ def prepare_references(vae, images: list[Image.Image], reference) -> References:
         shapes.append(shape)
         sizes.append(plan.vae)
     return References(vlm, torch.cat(latents, dim=1), shapes, sizes)
-
-
-def on_white(image: Image.Image) -> Image.Image:
-    """An RGBA image composited over white (what 2.1's encoder was trained to see); RGB unchanged."""
-    if image.mode != "RGBA":
-        return image.convert("RGB")
-    white = Image.new("RGB", image.size, (255, 255, 255))
-    white.paste(image, mask=image.getchannel("A"))
-    return white
 
 
 @torch.no_grad()
