@@ -21,7 +21,6 @@ from safetensors.torch import save_file
 from helpers.checkpoints import reference, write_dit, write_dit_gguf, write_pipeline_folder, write_te_comfy, write_vae
 from workbench.config import LoraItem, ModelConfig, ModelSource
 from workbench.loading import header as header_module
-from workbench.loading import load as load_module
 from workbench.loading.errors import LoadError
 from workbench.loading.load import load_component
 from workbench.lora import LoraError, LoraNotFound, linear_shapes, load_lora, read_lora_file
@@ -326,9 +325,12 @@ def test_models_listing_marks_broken_entries_and_lists_the_rest(tmp_path, capsys
 # ----------------------------------------------------------------------------- every header before any weight
 @pytest.fixture
 def no_weights_read(monkeypatch):
-    """Fails the test if any component's weights are read (``fill`` is where tensor data is read)."""
+    """Fails the test if any component's weights are read (``stream.fill`` is where tensor data is read; every
+    preparer looks it up there when its load runs)."""
+    from workbench.loading import stream
+
     calls = []
-    monkeypatch.setattr(load_module, "fill", lambda model, source, *a, **k: calls.append(source.where))
+    monkeypatch.setattr(stream, "fill", lambda model, source, *a, **k: calls.append(source.where))
     return calls
 
 

@@ -31,8 +31,8 @@ from workbench.loading.discover import Entry, resolve
 from workbench.loading.errors import LoadError
 from workbench.loading.header import read_header
 from workbench.loading.keys import MARKERS, identity_names, strip_dit_prefix, text_encoder_names, transformer_names, wan_vae_names
-from workbench.loading.prepared import Prepared, folder_source, prepare_vl_encoder
-from workbench.loading.stream import TensorSource, check_names, empty_model, fill
+from workbench.loading.prepared import Prepared, folder_source, prepare_module, prepare_vl_encoder
+from workbench.loading.stream import TensorSource
 
 SLOTS = ("text_encoder", "transformer", "vae")
 log = logging.getLogger(__name__)
@@ -128,13 +128,15 @@ def prepare_transformer(entry: Entry, cfg: ModelConfig) -> Prepared:
         config, report["inferred"] = infer.transformer(source.shapes, cfg.arch_rules, cfg.tiny, entry.path)
     config["zero_cond_t"] = marker or cfg.variant == Variant.edit_2511
     report["zero_cond_t"] = f"{config['zero_cond_t']} (" + ("from the file" if marker else f"model.variant={cfg.variant.value}") + ")"
-    model = empty_model(lambda: QwenImageTransformer2DModel.from_config(config))
-    check_names(model, source, "diffusion transformer")
+    load = None
     if not entry.path.is_dir() and header.format == "gguf":
         from workbench.loading.gguf import load_gguf_transformer
 
-        return Prepared("transformer", entry, model, report, lambda device, dtype: load_gguf_transformer(entry.path, config, device, dtype))
-    return Prepared("transformer", entry, model, report, lambda device, dtype: fill(model, source, device, dtype, "diffusion transformer"))
+        def load(device, dtype):
+            return load_gguf_transformer(entry.path, config, device, dtype)
+
+    return prepare_module("transformer", entry, QwenImageTransformer2DModel, config, source, report,
+                          "diffusion transformer", load)
 
 
 # ----------------------------------------------------------------------------- VAE
@@ -152,9 +154,7 @@ def prepare_vae(entry: Entry, cfg: ModelConfig) -> Prepared:
         wan = "decoder.middle.0.residual.0.gamma" in header.tensors
         source = TensorSource.single(header, (wan_vae_names if wan else identity_names)(header.tensors))
         config, report["inferred"] = infer.vae(source.shapes, entry.path)
-    model = empty_model(lambda: AutoencoderKLQwenImage.from_config(config))
-    check_names(model, source, "VAE")
-    return Prepared("vae", entry, model, report, lambda device, dtype: fill(model, source, device, dtype, "VAE"))
+    return prepare_module("vae", entry, AutoencoderKLQwenImage, config, source, report, "VAE")
 
 
 PREPARERS = {"text_encoder": prepare_text_encoder, "transformer": prepare_transformer, "vae": prepare_vae}

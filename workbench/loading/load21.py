@@ -18,8 +18,8 @@ from workbench.loading.discover import Entry
 from workbench.loading.errors import LoadError
 from workbench.loading.header import read_header
 from workbench.loading.keys import identity_names, text_encoder_names, transformer21_names
-from workbench.loading.prepared import Prepared, folder_source, prepare_vl_encoder
-from workbench.loading.stream import TensorSource, check_names, empty_model, fill
+from workbench.loading.prepared import folder_source, prepare_module, prepare_vl_encoder
+from workbench.loading.stream import TensorSource
 
 
 def _qwen3_tokenizer_for(folder: Path | None):
@@ -78,9 +78,7 @@ def prepare_transformer(entry: Entry, cfg: ModelConfig):
         header = read_header(entry.path)
         source = TensorSource.single(header, transformer21_names(header.tensors))
         config, report["inferred"] = infer21.transformer(source.shapes, cfg.arch_rules, cfg.tiny, entry.path)
-    model = empty_model(lambda: QwenImage21Transformer2DModel.from_config(config))
-    check_names(model, source, "diffusion transformer")
-    return Prepared("transformer", entry, model, report, lambda device, dtype: fill(model, source, device, dtype, "diffusion transformer"))
+    return prepare_module("transformer", entry, QwenImage21Transformer2DModel, config, source, report, "diffusion transformer")
 
 
 def prepare_vae(entry: Entry, cfg: ModelConfig):
@@ -95,9 +93,7 @@ def prepare_vae(entry: Entry, cfg: ModelConfig):
         header = read_header(entry.path)
         source = TensorSource.single(header, identity_names(header.tensors))
         config, report["inferred"] = infer21.vae(source.shapes, entry.path)
-    model = empty_model(lambda: AutoencoderKLQwenImage21.from_config(config))
-    check_names(model, source, "VAE")
-    return Prepared("vae", entry, model, report, lambda device, dtype: fill(model, source, device, dtype, "VAE"))
+    return prepare_module("vae", entry, AutoencoderKLQwenImage21, config, source, report, "VAE")
 
 
 PREPARERS = {"text_encoder": prepare_text_encoder, "transformer": prepare_transformer, "vae": prepare_vae}

@@ -57,3 +57,14 @@ def prepare_vl_encoder(entry: Entry, model_class, config, source: TensorSource, 
         return fill(model, source, device, dtype, "text encoder", finish=tie if tied else None)
 
     return Prepared("text_encoder", entry, model, report, load, tokenizer)
+
+
+def prepare_module(slot: str, entry: Entry, model_class, config: dict, source: TensorSource, report: dict,
+                   label: str, load: Callable[[Any, Any], Any] | None = None) -> Prepared:
+    """A diffusers model (transformer, VAE) of either family built empty from ``config`` and checked against
+    ``source``; ``load``: how its weights are read (default: streamed from ``source``)."""
+    from workbench.loading.stream import check_names, empty_model, fill
+
+    model = empty_model(lambda: model_class.from_config(config))
+    check_names(model, source, label)
+    return Prepared(slot, entry, model, report, load or (lambda device, dtype: fill(model, source, device, dtype, label)))
