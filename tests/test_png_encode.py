@@ -226,3 +226,13 @@ def test_bad_text_keys_are_refused_naming_the_key(key):
 def test_latin1_keys_up_to_79_characters_are_accepted():
     text = {"é" * 79: PROMPT, "a b": "c"}
     assert _decode(encode_png(_synthetic("L", 5, 5), text)).text == text
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"compress_level": 10}, "compress_level must be 0-9 (zlib; -1: its default, 6), got 10"),
+    ({"compress_level": -2}, "compress_level must be 0-9 (zlib; -1: its default, 6), got -2"),
+    ({"workers": 0}, "workers must be at least 1 (or None: up to 8), got 0"),
+])
+def test_bad_level_or_thread_count_is_refused_naming_it(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        encode_png(Image.new("RGB", (4, 4)), **kwargs)
