@@ -202,7 +202,7 @@ def kernel_profile(fn, steps: int = 1) -> dict:
 
 
 def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cfg_ratio: bool = False) -> None:
-    """Variants: [fast_][eager|cudnn|regional|regional_infer|full][_autotune][_fp8].
+    """Variants: [fast_][eager|cudnn|regional|regional_infer|full][_autotune][_fp8][_fa8].
 
     ``fast_`` switches to the workbench attention processor (in place: it stays on for later
     variants). ``regional`` compiles with dynamic=False; ``regional_infer`` runs under
@@ -211,28 +211,31 @@ def run_variant(model, variant: str, sizes, refs, res, profile: bool = False, cf
     the fast processor now always uses for unmasked attention; runs 1-8 used Inductor's lowering.)
     ``_fp8`` quantises with the workbench's torchao path (fp8 rowwise GEMMs) AFTER the q/k/v fusion
     and BEFORE compiling, the order ``cached_components`` uses; it is irreversible, so the caller
-    hands fp8 variants a fresh model. ``profile`` adds a kernel breakdown; ``cfg_ratio`` times true CFG (batched and as two forwards).
+    hands fp8 variants a fresh model. ``_fa8`` runs the attention through cuDNN's fp8 kernel
+    (``perf.attention_kernel=fp8_cudnn``; needs ``fast_``). ``profile`` adds a kernel breakdown; ``cfg_ratio`` times true CFG (batched and as two forwards).
     """
     from torch._dynamo.utils import counters
 
-    from workbench.config.schema import CompileMode, InductorMode, PerfConfig
+    from workbench.config import AttentionKernel, CompileMode, Fp8Scale, InductorMode, PerfConfig
     from workbench.compiling import compile_transformer
     from workbench.perf import prepare_attention
     from workbench.precision import _quantize_fp8_torchao
 
     counters.clear()
     fast = variant.startswith("fast_")
-    fp8 = variant.endswith("_fp8")
+    fa8 = variant.endswith("_fa8")
+    fp8 = variant.removesuffix("_fa8").endswith("_fp8")
     autotune = "_autotune" in variant
-    mode = variant.removeprefix("fast_").removesuffix("_fp8").replace("_autotune", "")
+    mode = variant.removeprefix("fast_").removesuffix("_fa8").removesuffix("_fp8").replace("_autotune", "")
     compile_mode = {"regional": CompileMode.regional, "regional_infer": CompileMode.regional,
                     "full": CompileMode.full, "eager": CompileMode.none, "cudnn": CompileMode.none}[mode]
     perf = PerfConfig(fast_attention=fast, compile=compile_mode,
                       inductor_mode=InductorMode.max_autotune_no_cudagraphs if autotune else InductorMode.default,
-                      attention_backend="_native_cudnn" if mode == "cudnn" else None)
+                      attention_backend="_native_cudnn" if mode == "cudnn" else None,
+                      attention_kernel=AttentionKernel.fp8_cudnn if fa8 else AttentionKernel.sdpa)
     prepare_attention(model, perf)
     if fp8:
-        _quantize_fp8_torchao(model)
+        _quantize_fp8_torchao(model, Fp8Scale.row)
     fwd = compile_transformer(model, perf)
     grad_ctx = torch.inference_mode if mode == "regional_infer" else torch.no_grad
     run_sizes = sizes if mode in ("regional", "eager", "cudnn") else [1328]
@@ -349,7 +352,7 @@ def main() -> None:
         for variant in variants:
             if variant == "eager":
                 continue
-            if variant.endswith("_fp8"):  # quantisation is in place: a fresh model for each fp8 variant
+            if "_fp8" in variant:  # quantisation is in place: a fresh model for each fp8 variant
                 model = None
                 torch.cuda.empty_cache()
                 model = build_transformer()
@@ -362,7 +365,7 @@ def main() -> None:
                 uncompile(model)
 
     if e2e is not None:
-        from workbench.config.schema import CompileMode, PerfConfig
+        from workbench.config import CompileMode, PerfConfig
         from workbench.perf import apply_perf
 
         fwd = apply_perf(model, PerfConfig(fast_attention=True, compile=CompileMode.regional))
@@ -401,7 +404,7 @@ class E2E:
     def stock(self, res: Results) -> None:
         from diffusers import QwenImagePipeline
 
-        from workbench.config.schema import SamplerConfig
+        from workbench.config import SamplerConfig
         from workbench.stages.schedule import make_scheduler
 
         size = self.SIZE
@@ -426,7 +429,7 @@ class E2E:
         res.put(f"stock/vae_decode/{size}", cuda_time(lambda: self.bench.decode(lat, size, size), warmup=1, repeat=3))
 
     def ours(self, res: Results, label: str, transformer) -> None:
-        from workbench.config.schema import SamplerConfig
+        from workbench.config import SamplerConfig
 
         self.bench.components.transformer = transformer
         size = self.SIZE

@@ -65,7 +65,7 @@ def main() -> None:
         model = None
         free()
         dropped = subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=False).returncode == 0
-        from workbench.config.schema import ModelConfig
+        from workbench.config import ModelConfig
         from workbench.loading.discover import entry_for
         from workbench.loading.load import load_transformer
 
@@ -86,7 +86,7 @@ def main() -> None:
         loaded = None
 
     # fp8 compute: torchao rowwise dynamic float8 on the fast attention processor + regional compile
-    from workbench.config.schema import CompileMode, PerfConfig
+    from workbench.config import CompileMode, PerfConfig
     from workbench.perf import apply_perf
     from workbench.precision import _quantize_fp8_torchao
 

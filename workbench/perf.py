@@ -11,16 +11,21 @@
   (``max-autotune-no-cudagraphs`` benchmarks GEMM configs and fuses epilogues; minutes on first use).
   How it compiles (text length dynamic, the persistent cache) is ``workbench.compiling``.
 - ``attention_backend``: diffusers' dispatcher backend name (e.g. ``_native_cudnn``), or null.
+- ``attention_kernel``: the fast processor's unmasked attention in fp8 (``fp8_cudnn``: cuDNN's fused kernel on
+  Hopper; ``fp8_emulated``: its arithmetic in torch ops, any device): ``workbench.fp8_attention``.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 from workbench.errors import InputError
 import torch
 from torch import nn
 
 from workbench.compiling import compile_transformer
-from workbench.config import CompileMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
+from workbench.config import AttentionKernel, CompileMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
+from workbench.fp8_attention import check_fp8_cudnn, fp8_joint_attention
 
 
 class PerfError(InputError):
@@ -71,10 +76,14 @@ def _(query, key, value):
 
 
 class FastQwenAttnProcessor:
-    """Joint text + image attention with fused QKV projections and real-valued RoPE."""
+    """Joint text + image attention with fused QKV projections and real-valued RoPE; ``kernel`` is
+    ``perf.attention_kernel`` (the unmasked attention in the model's dtype, or in fp8)."""
 
     _attention_backend = None
     _parallel_config = None
+
+    def __init__(self, kernel: AttentionKernel = AttentionKernel.sdpa):
+        self.kernel = AttentionKernel(kernel)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None,
                  attention_mask=None, image_rotary_emb=None):
@@ -98,7 +107,16 @@ class FastQwenAttnProcessor:
         txt_q, txt_k = rope_real(txt_q, txt_cos, txt_sin), rope_real(txt_k, txt_cos, txt_sin)
 
         q, k, v = torch.cat([txt_q, img_q], dim=1), torch.cat([txt_k, img_k], dim=1), torch.cat([txt_v, img_v], dim=1)
-        if attention_mask is None and self._attention_backend is None and self._parallel_config is None:
+        plain = attention_mask is None and self._attention_backend is None and self._parallel_config is None
+        if self.kernel != AttentionKernel.sdpa:
+            if not plain:
+                raise PerfError(
+                    f"perf.attention_kernel={self.kernel.value} runs unmasked, single-device attention; this forward has "
+                    f"{'a padding mask (prompts of different lengths in one batch, or sampler.cfg_batching=padded)' if attention_mask is not None else 'context parallelism'}. "
+                    "Run prompts of different lengths as separate cells (or sampler.cfg_batching=auto), or use "
+                    "perf.attention_kernel=sdpa")
+            out = fp8_joint_attention(q, k, v, self.kernel.value)
+        elif plain:
             out = joint_attention(q, k, v)
         else:
             out = dispatch_attention_fn(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
@@ -109,21 +127,27 @@ class FastQwenAttnProcessor:
         return img_out, attn.to_add_out(txt_out.contiguous())
 
 
-def enable_fast_attention(transformer) -> None:
+def enable_fast_attention(transformer, kernel: AttentionKernel = AttentionKernel.sdpa) -> None:
     """Fuse QKV weights, switch every block to ``FastQwenAttnProcessor`` and the RoPE to real cos / sin."""
     if isinstance(transformer.pos_embed, RealRope):
+        for block in transformer.transformer_blocks:
+            block.attn.processor.kernel = AttentionKernel(kernel)
         return
     for block in transformer.transformer_blocks:
         block.attn.fuse_projections()
         # the separate projections are dead weight once fused: drop them to save memory
         for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
             delattr(block.attn, name)
-        block.attn.set_processor(FastQwenAttnProcessor())
+        block.attn.set_processor(FastQwenAttnProcessor(kernel))
     transformer.pos_embed = RealRope(transformer.pos_embed)
 
 
-def check_perf(perf: PerfConfig, precision: PrecisionConfig) -> None:
-    """Refuse combinations that cannot compile, before any model is built."""
+def check_perf(perf: PerfConfig, precision: PrecisionConfig, device: Optional[str] = None) -> None:
+    """Refuse combinations that cannot compile or run on ``device``, before any model is built."""
+    if AttentionKernel(perf.attention_kernel) == AttentionKernel.fp8_cudnn and device is not None:
+        reason = check_fp8_cudnn(device)
+        if reason:
+            raise PerfError(reason)
     if perf.compile == CompileMode.none:
         return
     hooks = []
@@ -147,7 +171,7 @@ def prepare_attention(transformer, perf: PerfConfig) -> None:
     if perf.attention_backend:
         transformer.set_attention_backend(perf.attention_backend)
     if perf.fast_attention:
-        enable_fast_attention(transformer)
+        enable_fast_attention(transformer, perf.attention_kernel)
 
 
 def apply_perf(transformer, perf: PerfConfig):

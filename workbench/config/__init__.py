@@ -27,7 +27,7 @@ from workbench.config.model import (
     VisionSize,
 )
 from workbench.config.overrides import escape_interpolation, literal, override_value
-from workbench.config.perf import CompileMode, InductorMode, PerfConfig
+from workbench.config.perf import AttentionKernel, CompileMode, InductorMode, PerfConfig
 from workbench.config.precision import DType, EncoderMemory, Fp8Scale, MemoryMode, PrecisionConfig, Quantization, WeightStorage
 from workbench.config.reference import ReferenceConfig, ReferencePolicy, Resample, VaeFit
 from workbench.config.run import Config
@@ -41,7 +41,7 @@ _BUILD = ("ComposeError", "compose", "compose_many", "config_dir", "describe_err
 
 __all__ = [
     "AccelConfig", "AccelMethod", "CfgBatching", "CompileMode", "Config", "ConfigError", "ControlTokens", "DType", "ExecutorConfig",
-    "EncoderMemory", "ExecutorName", "Guidance", "InductorMode", "LoraAlpha", "LoraConfig", "LoraItem", "MemoryMode",
+    "AttentionKernel", "EncoderMemory", "ExecutorName", "Guidance", "InductorMode", "LoraAlpha", "LoraConfig", "LoraItem", "MemoryMode",
     "Fp8Scale", "ModelConfig", "ModelSource", "PerfConfig", "PrecisionConfig", "Quantization", "ReferenceConfig",
     "ReferencePolicy", "Resample", "SamplerConfig", "SchedulerKind", "ShiftMode", "TemplateConfig",
     "TextEncoderSize", "TinySpec", "TransformerSize", "VaeFit", "VaeSize", "Variant", "VisionSize",

@@ -24,6 +24,14 @@ class InductorMode(str, Enum):
     reduce_overhead = "reduce-overhead"  # CUDA graphs only
 
 
+class AttentionKernel(str, Enum):
+    """The kernel of the fast processor's unmasked joint attention (workbench/fp8_attention.py)."""
+
+    sdpa = "sdpa"  # torch's SDPA in the model's dtype (cuDNN flash attention on Hopper)
+    fp8_cudnn = "fp8_cudnn"  # cuDNN's fused fp8 attention, per-tensor scales (Hopper+, nvidia-cudnn-frontend)
+    fp8_emulated = "fp8_emulated"  # the same fp8 arithmetic in float32 torch ops: its quality cost on any device
+
+
 @dataclass
 class PerfConfig:
     """Speed switches of the diffusion transformer (workbench/perf.py); each measured in benchmarks/."""
@@ -37,12 +45,20 @@ class PerfConfig:
     # and ~1 min to every warm start (kernels compiled and timed in-process), see benchmarks/README.md.
     coordinate_descent: bool = False
     attention_backend: Optional[str] = None  # diffusers attention dispatcher backend, e.g. _native_cudnn
+    # fp8 attention trades exactness for speed: measured speed and error in benchmarks/README.md
+    attention_kernel: AttentionKernel = AttentionKernel.sdpa
     # Qwen-Image-2.1: keep the text / condition-image keys and values of the first step for the later ones
     # (diffusers' use_kv_cache; only the target's tokens are recomputed). Changes low-precision bits, not
     # the image's content (diffusers' docstring); no effect on the 20B family.
     prefix_kv_cache: bool = True
 
     def __post_init__(self) -> None:
+        kernel = AttentionKernel(self.attention_kernel)
+        if kernel != AttentionKernel.sdpa and (not self.fast_attention or self.attention_backend):
+            raise ConfigError(
+                f"perf.attention_kernel={kernel.value} runs inside the workbench's fused attention processor: it needs "
+                f"perf.fast_attention=true and perf.attention_backend=null (got fast_attention={self.fast_attention}, "
+                f"attention_backend={self.attention_backend}). Use perf=fast, or perf.attention_kernel=sdpa")
         if self.coordinate_descent and InductorMode(self.inductor_mode) != InductorMode.default:
             raise ConfigError(
                 f"perf.coordinate_descent=true with perf.inductor_mode={InductorMode(self.inductor_mode).name}: that mode "

@@ -14,6 +14,7 @@ from workbench.config.model import ModelSource
 from workbench.config.precision import DType
 from workbench.config.run import Config
 from workbench.config.template import TemplateConfig
+from workbench.values import plain
 from workbench.errors import ConfigError
 
 
@@ -23,6 +24,7 @@ def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
     check_image_count(cfg, edit_templates)
     check_template_boundary(cfg.template)
     limits.check_device(cfg.device, ConfigError)
+    check_attention_kernel(cfg)
     if cfg.init_image is not None:
         limits.open_image(cfg.init_image, "init_image", decode=False, error=ConfigError)
     for i, path in enumerate(cfg.images):
@@ -33,6 +35,27 @@ def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
     if cfg.height is not None:  # else sized by the reference images: the pipeline checks once known
         check_run_memory(cfg, cfg.height, cfg.width, cfg.device)
     check_control_tokens(cfg)
+
+
+def check_attention_kernel(cfg: Config) -> None:
+    """``perf.attention_kernel=fp8_cudnn`` needs a Hopper-class GPU and the cuDNN frontend; no fp8 kernel takes
+    a padding mask, which ``sampler.cfg_batching=padded`` always makes."""
+    kernel = plain(cfg.perf.attention_kernel)
+    if kernel == "sdpa":
+        return
+    if plain(cfg.sampler.cfg_batching) == "padded" and cfg.sampler.cfg > 1:
+        raise ConfigError(f"perf.attention_kernel={kernel} with sampler.cfg_batching=padded: the fp8 attention takes no "
+                          "padding mask; use sampler.cfg_batching=auto (cond and uncond batched when equally long) or "
+                          "perf.attention_kernel=sdpa")
+    if kernel == "fp8_cudnn":
+        import torch
+
+        from workbench.fp8_attention import check_fp8_cudnn
+
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        reason = check_fp8_cudnn(device)
+        if reason:
+            raise ConfigError(reason)
 
 
 def check_image_count(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
