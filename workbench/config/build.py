@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 import typing
 from pathlib import Path
@@ -114,12 +115,36 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        try:
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
-        except HydraException as err:
-            raise _composition_error(err) from (err.__cause__ or err)
+    key = (config_name, tuple(overrides), _conf_tree_state(), os.getcwd())
+    if key not in _COMPOSED:
+        register_configs()
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            try:
+                composed = hydra_compose(config_name=config_name, overrides=list(overrides))
+            except HydraException as err:
+                raise _composition_error(err) from (err.__cause__ or err)
+        if len(_COMPOSED) >= _COMPOSED_MAX:
+            _COMPOSED.pop(next(iter(_COMPOSED)))
+        _COMPOSED[key] = composed
+    return copy.deepcopy(_COMPOSED[key])  # callers may edit their tree; the cached one stays as Hydra made it
+
+
+# Hydra re-reads and re-merges every YAML file on each compose (0.1-0.3 s a call); a notebook re-running a sweep,
+# or a sweep re-planned with other seeds, composes the same group choices again. Kept while the config tree's files
+# are unchanged (a template edited in place composes afresh); failures are never kept.
+_COMPOSED: dict[tuple, DictConfig] = {}
+_COMPOSED_MAX = 256
+
+
+def _conf_tree_state() -> tuple:
+    """Each file under the config folder with its size and modification time (a few milliseconds to read)."""
+    root = config_dir()
+    state = []
+    for dirpath, _, files in os.walk(root, followlinks=True):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            state.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(state))
 
 
 def compose_many(override_lists: Sequence[Sequence[str]], config_name: str = "config") -> list[DictConfig | Exception]:
@@ -224,7 +249,7 @@ def to_run_config(cfg: DictConfig | Config) -> Config:
     check_known_keys(cfg)
     run_cfg = _to_object(cfg)
     assert isinstance(run_cfg, Config), type(run_cfg)
-    check_run(run_cfg, edit_templates(run_cfg.model.variant.family))
+    check_run(run_cfg, lambda: edit_templates(run_cfg.model.variant.family))  # read only to word a refusal
     return run_cfg
 
 

@@ -9,6 +9,8 @@ activations fit the free memory, and prompts carry no control tokens.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from workbench.config import limits
 from workbench.config.model import ModelSource
 from workbench.config.precision import DType
@@ -18,9 +20,9 @@ from workbench.values import plain
 from workbench.errors import ConfigError
 
 
-def check_run(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
-    """Every machine / file check of ``cfg``, in order; ``edit_templates`` ({name: (min, max)} of the
-    shipped edit templates) words the image-count message."""
+def check_run(cfg: Config, edit_templates: Callable[[], dict[str, tuple[int, int]]]) -> None:
+    """Every machine / file check of ``cfg``, in order; ``edit_templates()`` ({name: (min, max)} of the
+    shipped edit templates, read from their files when called) words the image-count message."""
     check_image_count(cfg, edit_templates)
     check_template_boundary(cfg.template)
     limits.check_device(cfg.device, ConfigError)
@@ -58,11 +60,12 @@ def check_attention_kernel(cfg: Config) -> None:
             raise ConfigError(reason)
 
 
-def check_image_count(cfg: Config, edit_templates: dict[str, tuple[int, int]]) -> None:
+def check_image_count(cfg: Config, edit_templates: Callable[[], dict[str, tuple[int, int]]]) -> None:
     """The reference images must fit the template; the message says what each edit template takes."""
     n, t = len(cfg.images), cfg.template
     if t.min_images <= n <= t.max_images or cfg.model.variant == "layered":  # Layered's image goes to the VAE only
         return
+    edit_templates = edit_templates()
     want = f"{t.min_images}" if t.min_images == t.max_images else f"{t.min_images}-{t.max_images}"
     takes = ", ".join(f"{name} {lo if lo == hi else f'{lo}-{hi}'}" for name, (lo, hi) in edit_templates.items())
     fits = [name for name, (lo, hi) in edit_templates.items() if lo <= n <= hi and name != t.name]
