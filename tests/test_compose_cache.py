@@ -58,3 +58,13 @@ def test_failures_are_not_kept(conf_copy):
     with pytest.raises(build.ComposeError, match="stepz"):
         build.compose(["sampler.stepz=3"])
     assert not build._COMPOSED
+
+
+def test_files_hydra_does_not_read_leave_the_cache_in_place(conf_copy, monkeypatch):
+    build.compose(["template=raw"])
+    (conf_copy / "__pycache__").mkdir(exist_ok=True)
+    (conf_copy / "__pycache__" / "__init__.cpython-312.pyc").write_bytes(b"\0")  # the package's first import
+    import hydra
+
+    monkeypatch.setattr(hydra, "compose", lambda **kw: pytest.fail("composed again"))
+    build.compose(["template=raw"])

@@ -138,5 +138,10 @@ def test_cudnn_kernel_matches_the_emulation():
     ref = _attention_fp32(q.float(), k.float(), v.float())
     cudnn = fp8_joint_attention(q, k, v, "fp8_cudnn")
     emulated = fp8_joint_attention(q, k, v, "fp8_emulated")
-    assert _rel(cudnn, emulated) < _rel(emulated, ref) / 2  # online-softmax tiles differ in P's last bits only
-    assert math.isfinite(_rel(cudnn, ref))
+    # The emulation predicts cuDNN's error against float32 attention (H200: 13.78 % vs 13.81 % at 7017 tokens), but
+    # not its bits: where the two differ slightly before O's fp8 rounding, that rounding flips by a step (cuDNN's
+    # online softmax rescales P per tile), so cuDNN vs emulation is a few percent too (3.0-3.4 % measured).
+    error_cudnn, error_emulated = _rel(cudnn, ref), _rel(emulated, ref)
+    assert abs(error_cudnn - error_emulated) < 0.2 * error_emulated, (error_cudnn, error_emulated)
+    assert _rel(cudnn, emulated) < error_emulated, (_rel(cudnn, emulated), error_emulated)
+    assert math.isfinite(error_cudnn) and error_cudnn > _rel(_attention_fp32(q, k, v), ref)  # fp8, not bf16

@@ -137,11 +137,14 @@ _COMPOSED_MAX = 256
 
 
 def _conf_tree_state() -> tuple:
-    """Each file under the config folder with its size and modification time (a few milliseconds to read)."""
+    """Each YAML file under the config folder with its size and modification time (a few milliseconds to read);
+    other files (the package's ``__pycache__``, written on first import) are not what Hydra composes."""
     root = config_dir()
     state = []
     for dirpath, _, files in os.walk(root, followlinks=True):
         for name in files:
+            if not name.endswith((".yaml", ".yml")):
+                continue
             st = os.stat(os.path.join(dirpath, name))
             state.append((os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns))
     return tuple(sorted(state))
