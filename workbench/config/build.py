@@ -115,7 +115,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    key = (config_name, tuple(overrides), _conf_tree_state(), os.getcwd())
+    key = (config_name, tuple(overrides), _conf_tree_state(), _schema_state(Config), os.getcwd())
     if key not in _COMPOSED:
         register_configs()
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
@@ -131,9 +131,21 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
 
 # Hydra re-reads and re-merges every YAML file on each compose (0.1-0.3 s a call); a notebook re-running a sweep,
 # or a sweep re-planned with other seeds, composes the same group choices again. Kept while the config tree's files
-# are unchanged (a template edited in place composes afresh); failures are never kept.
+# and the schema's defaults are unchanged (a template edited in place composes afresh); failures are never kept.
 _COMPOSED: dict[tuple, DictConfig] = {}
 _COMPOSED_MAX = 256
+
+
+def _schema_state(cls: type) -> tuple:
+    """The schema's defaults (``Config`` and the dataclasses nested in it), part of every composition: a default
+    patched at run time (tests do) composes afresh instead of serving a tree composed before."""
+    state = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory):
+            state.append((f.name, _schema_state(f.default_factory)))
+        else:
+            state.append((f.name, repr(f.default), f.default_factory))
+    return tuple(state)
 
 
 def _conf_tree_state() -> tuple:
