@@ -145,3 +145,27 @@ def test_cudnn_kernel_matches_the_emulation():
     assert abs(error_cudnn - error_emulated) < 0.2 * error_emulated, (error_cudnn, error_emulated)
     assert _rel(cudnn, emulated) < error_emulated, (_rel(cudnn, emulated), error_emulated)
     assert math.isfinite(error_cudnn) and error_cudnn > _rel(_attention_fp32(q, k, v), ref)  # fp8, not bf16
+
+
+def test_the_kernel_is_a_per_run_switch_on_one_resident_model(make_cfg):
+    """A sweep over perf.attention_kernel keeps one transformer (the kernel is set per generate, as LoRAs and
+    accel are): switching back gives the first image bit for bit."""
+    import numpy as np
+
+    from workbench.models.build import free_model, resident_models
+    from workbench.pipeline import Workbench
+
+    before = {m["key"] for m in resident_models()}
+    base = ("perf=fast", "perf.compile=none", "prompts=['a red circle on a blue square']", "seeds=[0]")
+    images = []
+    for kernel in ("sdpa", "fp8_emulated", "sdpa"):
+        cfg = make_cfg(*base, f"perf.attention_kernel={kernel}")
+        images.append(np.asarray(Workbench.from_config(cfg).generate(cfg, progress=False)[0].image, dtype=np.int16))
+    built = [m["key"] for m in resident_models() if m["key"] not in before]
+    try:
+        assert len(built) == 1
+        assert np.array_equal(images[0], images[2])
+        assert np.abs(images[0] - images[1]).max() > 0  # fp8 attention changed some pixels
+    finally:
+        for key in built:
+            free_model(key)

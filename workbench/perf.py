@@ -130,8 +130,7 @@ class FastQwenAttnProcessor:
 def enable_fast_attention(transformer, kernel: AttentionKernel = AttentionKernel.sdpa) -> None:
     """Fuse QKV weights, switch every block to ``FastQwenAttnProcessor`` and the RoPE to real cos / sin."""
     if isinstance(transformer.pos_embed, RealRope):
-        for block in transformer.transformer_blocks:
-            block.attn.processor.kernel = AttentionKernel(kernel)
+        set_attention_kernel(transformer, kernel)
         return
     for block in transformer.transformer_blocks:
         block.attn.fuse_projections()
@@ -140,6 +139,20 @@ def enable_fast_attention(transformer, kernel: AttentionKernel = AttentionKernel
             delattr(block.attn, name)
         block.attn.set_processor(FastQwenAttnProcessor(kernel))
     transformer.pos_embed = RealRope(transformer.pos_embed)
+
+
+def set_attention_kernel(transformer, kernel: AttentionKernel) -> None:
+    """Make ``kernel`` (``perf.attention_kernel``) the fast processors' attention: set per run on the resident
+    transformer, never a rebuild (a compiled block compiles once more for each kernel it meets)."""
+    model = getattr(transformer, "_orig_mod", transformer)  # torch.compile wrapper (perf.compile=full)
+    kernel = AttentionKernel(kernel)
+    processors = [b.attn.processor for b in getattr(model, "transformer_blocks", ())
+                  if isinstance(b.attn.processor, FastQwenAttnProcessor)]
+    if not processors and kernel != AttentionKernel.sdpa:
+        raise PerfError(f"perf.attention_kernel={kernel.value} needs the fast attention processor, which this transformer "
+                        "was not built with: use perf=fast (perf.fast_attention=true)")
+    for processor in processors:
+        processor.kernel = kernel
 
 
 def check_perf(perf: PerfConfig, precision: PrecisionConfig, device: Optional[str] = None) -> None:

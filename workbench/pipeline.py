@@ -22,6 +22,7 @@ from workbench.config import Config, ReferenceConfig, SamplerConfig, TemplateCon
 from workbench.accel import apply_accel
 from workbench.lora import apply_loras
 from workbench.models.build import components_for
+from workbench.perf import set_attention_kernel
 from workbench.models.components import Components
 from workbench.resolutions import snap
 from workbench.stages import caption as caption_stage
@@ -219,6 +220,7 @@ class Workbench:
         before = CompileCounts.now() if is_compiled(self.components.transformer) else None
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
         self.set_accel(cfg.accel)  # a no-op when unchanged
+        set_attention_kernel(self.components.transformer, cfg.perf.attention_kernel)
         run = self._prepare_run(cfg, timings)
         jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
         results: list[GeneratedImage] = []

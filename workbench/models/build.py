@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
+from dataclasses import replace
 import sys
 from typing import Optional, Sequence
 
 import torch
 
-from workbench.config import Config, ModelConfig, PerfConfig, PrecisionConfig
+from workbench.config import AttentionKernel, Config, ModelConfig, PerfConfig, PrecisionConfig
 from workbench.lora import apply_loras
 from workbench.models.components import Components, build_components, resolve_device
 from workbench.compiling import compile_transformer
@@ -48,7 +49,8 @@ def cached_components(
     ``loras`` (the run's ``LoraItem``s) are not part of the key: when the models are built, their files
     are checked with the model files before any weight loads (``loading.load.preflight``)."""
     perf = perf or PerfConfig()
-    key = (repr(model), repr(precision), repr(perf), device)  # dataclass reprs hold every field, recursively
+    # dataclass reprs hold every field, recursively; the attention kernel is set per run (Workbench.generate)
+    key = (repr(model), repr(precision), repr(replace(perf, attention_kernel=AttentionKernel.sdpa)), device)
     if key not in _CACHE:
         _CACHE[key] = build(model, precision, device, perf, loras)
         _ABOUT[key] = {"model": model.name, "description": model.description, "precision": precision.name,
