@@ -3,7 +3,8 @@
 Each (model, precision, device, perf) is built once per process; ``free_models()`` releases them,
 ``free_model(key)`` one of them (``resident_models()`` names the keys).
 LoRAs are not part of that key: they go on the built transformer through hooks (or fused), so a
-LoRA swap never rebuilds or reloads a model (``components_for``).
+LoRA swap never rebuilds or reloads a model (``components_for``). Nor is ``perf.attention_kernel``: the fast
+processors' kernel is set per run (``Workbench.generate``).
 """
 
 from __future__ import annotations
