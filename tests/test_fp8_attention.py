@@ -117,6 +117,8 @@ def test_switching_the_kernel_on_a_fast_model_updates_every_block():
     (["perf=fast", "perf.attention_kernel=fp8_emulated", "sampler.cfg=4", "sampler.cfg_batching=padded"],
      "takes no padding mask; use sampler.cfg_batching=auto"),
     (["perf=fast", "perf.attention_kernel=fp8_cudnn", "device=cpu"], "runs on an NVIDIA GPU.*fp8_emulated"),
+    (["perf=fast", "perf.attention_kernel=fp8_emulated", "prompts=[a cat,a red fox in the snow]", "batch_size=2"],
+     "batch_size=2 and 2 prompts.*takes no padding mask; use batch_size=1"),
     (["perf=fast", "perf.attention_kernel=fp8"], "attention_kernel"),
 ])
 def test_refusals_before_any_model_loads(overrides, message):

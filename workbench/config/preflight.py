@@ -49,6 +49,11 @@ def check_attention_kernel(cfg: Config) -> None:
         raise ConfigError(f"perf.attention_kernel={kernel} with sampler.cfg_batching=padded: the fp8 attention takes no "
                           "padding mask; use sampler.cfg_batching=auto (cond and uncond batched when equally long) or "
                           "perf.attention_kernel=sdpa")
+    if cfg.batch_size > 1 and len(cfg.prompts) > 1:
+        raise ConfigError(f"perf.attention_kernel={kernel} with batch_size={cfg.batch_size} and {len(cfg.prompts)} prompts: "
+                          "prompts of different lengths in one forward are padded, and the fp8 attention takes no padding "
+                          "mask; use batch_size=1 (or one prompt per run, e.g. a prompts axis in a sweep) or "
+                          "perf.attention_kernel=sdpa")
     if kernel == "fp8_cudnn":
         import torch
 
