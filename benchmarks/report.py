@@ -1,7 +1,9 @@
 """Render benchmarks/results/*.json as markdown tables (pasted into benchmarks/README.md).
 
 Usage:  python benchmarks/report.py [results_dir]
-Each JSON holds ``meta`` (device, versions, the command that made it) and ``results`` (key -> numbers).
+Most files hold ``meta`` (device, versions, the command that made it) and ``results`` (key -> numbers); the
+profilers' and the tiny-model evaluations' files hold their ``command`` at the top level and nested numbers,
+rendered as one row per leaf value.
 """
 
 from __future__ import annotations
@@ -19,11 +21,30 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _leaves(value, prefix: str = ""):
+    """(dotted key, value) for every number / string under ``value``; long texts (tracebacks, profiles) left out."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{prefix}[{i}]")
+    elif not (isinstance(value, str) and len(value) > 200):
+        yield prefix, value
+
+
 def render(path: Path) -> str:
     data = json.loads(path.read_text())
-    meta = data["meta"]
+    if "meta" in data and "results" in data:
+        return _render_results(path.name, data["meta"], data["results"])
+    head = [f"### {path.name}", "", f"command: `{data.get('command')}`", "", "| measurement | value |", "|---|---|"]
+    rows = [f"| {key} | {_fmt(value)} |" for key, value in _leaves({k: v for k, v in data.items() if k != "command"})]
+    return "\n".join(head + rows) + "\n"
+
+
+def _render_results(name: str, meta: dict, results: dict) -> str:
     lines = [
-        f"### {path.name}",
+        f"### {name}",
         "",
         f"{meta.get('device')} · torch {meta.get('torch')} · diffusers {meta.get('diffusers')} · {meta.get('date')}",
         "",
@@ -32,7 +53,7 @@ def render(path: Path) -> str:
         "| measurement | s (median) | min s | other |",
         "|---|---|---|---|",
     ]
-    for key, value in data["results"].items():
+    for key, value in results.items():
         if isinstance(value, dict) and "median_s" in value:
             rest = {k: v for k, v in value.items() if k not in ("median_s", "min_s", "runs")}
             lines.append(f"| {key} | {value['median_s']:.4f} | {value['min_s']:.4f} | {_fmt(rest)} |")

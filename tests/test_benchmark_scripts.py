@@ -54,3 +54,21 @@ def test_a_stale_import_is_caught(tmp_path):
     assert (line, module, names) == (2, "workbench.config.schema", ["PerfConfig"])
     with pytest.raises(ImportError):
         importlib.import_module(module)
+
+
+def test_report_renders_every_committed_result_file():
+    """benchmarks/README.md says ``report.py`` renders every results file: the profilers' files (no ``meta``) too."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    assert len(files) > 50
+    for path in files:
+        text = report.render(path)
+        assert text.startswith(f"### {path.name}\n") and "command: `" in text and "| --- |" not in text
+        assert "Traceback" not in text and len(text.splitlines()) > 6, path.name
+    profile = report.render(ROOT / "benchmarks" / "results" / "h200_run30_first_call_fp8_warm_pyc_1.json")
+    assert "| phases.build_s | 7.839 |" in profile
+    assert "TorchDynamo compilation metrics" not in profile  # long texts (the compile-time table) are left out
