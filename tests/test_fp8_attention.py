@@ -105,6 +105,28 @@ def test_fp8_kernel_refuses_a_padding_mask_at_the_forward():
             t(**inputs)
 
 
+def test_fp8_kernel_refuses_context_parallelism_at_the_forward():
+    t = apply_perf(build_transformer(ModelConfig()), PerfConfig(fast_attention=True, attention_kernel="fp8_emulated"))
+    t.transformer_blocks[0].attn.processor._parallel_config = object()  # what diffusers' enable_parallelism sets
+    inputs = dict(hidden_states=torch.randn(1, 64, 64), encoder_hidden_states=torch.randn(1, 7, 64),
+                  encoder_hidden_states_mask=None, timestep=torch.tensor([0.5]), img_shapes=[[(1, 8, 8)]],
+                  return_dict=False)
+    with pytest.raises(PerfError, match="unmasked, single-device attention; this forward has context parallelism"):
+        with torch.no_grad():
+            t(**inputs)
+
+
+def test_the_per_run_switch_refuses_the_cudnn_kernel_on_a_cpu_transformer():
+    """A transformer built with sdpa and handed fp8_cudnn later (programmatic use, past the config's preflight):
+    refused where the kernel is set, before any forward, and the blocks keep their kernel."""
+    from workbench.perf import set_attention_kernel
+
+    t = apply_perf(build_transformer(ModelConfig()), PerfConfig(fast_attention=True))
+    with pytest.raises(PerfError, match="runs on an NVIDIA GPU.*device is 'cpu'"):
+        set_attention_kernel(t, AttentionKernel.fp8_cudnn)
+    assert {b.attn.processor.kernel for b in t.transformer_blocks} == {AttentionKernel.sdpa}
+
+
 def test_switching_the_kernel_on_a_fast_model_updates_every_block():
     t = apply_perf(build_transformer(ModelConfig()), PerfConfig(fast_attention=True))
     apply_perf(t, PerfConfig(fast_attention=True, attention_kernel="fp8_emulated"))

@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from workbench.errors import InputError
 import torch
 from torch import nn
@@ -151,16 +149,16 @@ def set_attention_kernel(transformer, kernel: AttentionKernel) -> None:
     if not processors and kernel != AttentionKernel.sdpa:
         raise PerfError(f"perf.attention_kernel={kernel.value} needs the fast attention processor, which this transformer "
                         "was not built with: use perf=fast (perf.fast_attention=true)")
+    if kernel == AttentionKernel.fp8_cudnn:  # the kernel is per run, so its device check is too (config: preflight)
+        reason = check_fp8_cudnn(str(next(model.parameters()).device))
+        if reason:
+            raise PerfError(reason)
     for processor in processors:
         processor.kernel = kernel
 
 
-def check_perf(perf: PerfConfig, precision: PrecisionConfig, device: Optional[str] = None) -> None:
-    """Refuse combinations that cannot compile or run on ``device``, before any model is built."""
-    if AttentionKernel(perf.attention_kernel) == AttentionKernel.fp8_cudnn and device is not None:
-        reason = check_fp8_cudnn(device)
-        if reason:
-            raise PerfError(reason)
+def check_perf(perf: PerfConfig, precision: PrecisionConfig) -> None:
+    """Refuse combinations that cannot compile, before any model is built."""
     if perf.compile == CompileMode.none:
         return
     hooks = []

@@ -55,12 +55,10 @@ def check_attention_kernel(cfg: Config) -> None:
                           "mask; use batch_size=1 (or one prompt per run, e.g. a prompts axis in a sweep) or "
                           "perf.attention_kernel=sdpa")
     if kernel == "fp8_cudnn":
-        import torch
-
         from workbench.fp8_attention import check_fp8_cudnn
+        from workbench.models.components import resolve_device
 
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        reason = check_fp8_cudnn(device)
+        reason = check_fp8_cudnn(str(resolve_device(cfg.device)))  # the device exists: limits.check_device ran
         if reason:
             raise ConfigError(reason)
 

@@ -34,7 +34,7 @@ def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: Opt
     """Build one component set in the order the levers need, every setting checked before any load."""
     perf = perf or PerfConfig()
     check_device(precision, resolve_device(device))  # an impossible precision fails before any load
-    check_perf(perf, precision, str(resolve_device(device)))
+    check_perf(perf, precision)
     components = build_components(model, precision, device, loras=loras)
     prepare_attention(components.transformer, perf)  # fuses bf16 weights: before fp8 storage / quantisation
     components = apply_precision(components, precision)
