@@ -68,3 +68,17 @@ def test_files_hydra_does_not_read_leave_the_cache_in_place(conf_copy, monkeypat
 
     monkeypatch.setattr(hydra, "compose", lambda **kw: pytest.fail("composed again"))
     build.compose(["template=raw"])
+
+
+def test_a_symlinked_group_counts_and_a_link_cycle_ends(conf_copy):
+    """Group folders may be links (followed: an edit inside one composes afresh); a link back up the tree
+    (careless or hostile) must not walk forever."""
+    outside = conf_copy.parent / "my_templates"
+    outside.mkdir()
+    (outside / "mine.yaml").write_text("name: mine\ntext: 'say {prompt}'\nfamily: any\n")
+    (conf_copy / "extra").symlink_to(outside, target_is_directory=True)
+    (outside / "loop").symlink_to(conf_copy, target_is_directory=True)
+    state = build._conf_tree_state()
+    assert ("extra/mine.yaml" in {name for name, *_ in state})
+    assert not any("loop" in name for name, *_ in state)
+    assert build.compose(["template=raw"]).template.text == "{prompt}"

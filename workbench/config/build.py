@@ -152,8 +152,10 @@ def _conf_tree_state() -> tuple:
     """Each YAML file under the config folder with its size and modification time (a few milliseconds to read);
     other files (the package's ``__pycache__``, written on first import) are not what Hydra composes."""
     root = config_dir()
-    state = []
-    for dirpath, _, files in os.walk(root, followlinks=True):
+    state, seen = [], set()
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):  # a group folder may be a symlink
+        seen.add(os.path.realpath(dirpath))
+        dirnames[:] = [d for d in dirnames if os.path.realpath(os.path.join(dirpath, d)) not in seen]  # no link cycle
         for name in files:
             if not name.endswith((".yaml", ".yml")):
                 continue
