@@ -27,12 +27,29 @@ def _inputs(mask: bool):
 def test_rope_real_equals_complex():
     from diffusers.models.transformers.transformer_qwenimage import apply_rotary_emb_qwen
 
+    from workbench.perf import _cos_sin
+
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 5, 3, 8, generator=g)
     freqs = torch.polar(torch.ones(5, 4), torch.randn(5, 4, generator=g))
-    cos = freqs.real.repeat_interleave(2, -1)
-    sin = freqs.imag.repeat_interleave(2, -1)
+    cos, sin = _cos_sin(freqs)
     assert torch.allclose(rope_real(x, cos, sin), apply_rotary_emb_qwen(x, freqs, use_real=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_real_is_bit_equal_to_the_stacked_rotation(dtype):
+    """The pair swap with a signed sin gives the same bits as rotating by stacking (-im, re) (the form
+    before run35's kernel measurements): x * (-s) is exactly -(x * s)."""
+    from workbench.perf import _cos_sin
+
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(1, 33, 4, 128, generator=g) * 3).to(dtype)
+    freqs = torch.polar(torch.ones(33, 64), torch.randn(33, 64, generator=g) * 10)
+    cos, sin = freqs.real.repeat_interleave(2, -1).float(), freqs.imag.repeat_interleave(2, -1).float()
+    xf = x.float()
+    re, im = xf.unflatten(-1, (-1, 2)).unbind(-1)
+    stacked = (xf * cos[None, :, None] + torch.stack([-im, re], -1).flatten(3) * sin[None, :, None]).to(dtype)
+    assert torch.equal(rope_real(x, *_cos_sin(freqs)), stacked)
 
 
 @pytest.mark.parametrize("mask", [False, True])

@@ -31,16 +31,21 @@ class PerfError(InputError):
 
 
 def rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (B, S, H, D) by angles given as cos / sin (S, D), in float32."""
+    """Rotate interleaved pairs of x (B, S, H, D) by angles given as cos / signed sin (S, D), in float32.
+
+    A pair (re, im) becomes (re cos - im sin, im cos + re sin) = x * cos + (im, re) * (-sin, sin): the pair
+    swap is one indexed load in the compiled kernel (stacking (-im, re) compiled to masked loads per parity,
+    run35), and multiplying by a negated sin is exactly the negated product, so the result is the same bits.
+    """
     xf = x.float()
-    re, im = xf.unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack([-im, re], dim=-1).flatten(3)
-    return (xf * cos[None, :, None] + rotated * sin[None, :, None]).to(x.dtype)
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(3)
+    return (xf * cos[None, :, None] + swapped * sin[None, :, None]).to(x.dtype)
 
 
 def _cos_sin(freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Complex (S, D/2) rotations -> real (S, D) cos / sin, each angle repeated for its pair."""
-    return freqs.real.repeat_interleave(2, dim=-1).float(), freqs.imag.repeat_interleave(2, dim=-1).float()
+    """Complex (S, D/2) rotations -> real (S, D) cos and signed sin ((-sin, sin) per pair), for ``rope_real``."""
+    sin = torch.stack([-freqs.imag, freqs.imag], dim=-1).flatten(-2)
+    return freqs.real.repeat_interleave(2, dim=-1).float(), sin.float()
 
 
 class RealRope(nn.Module):

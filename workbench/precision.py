@@ -123,3 +123,33 @@ def _quantize_fp8_torchao(transformer, scale: Fp8Scale) -> None:
     granularity = PerRow() if scale == Fp8Scale.row else PerTensor()
     config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False)
     quantize_(transformer, config, filter_fn=fp8_compute_filter)
+    use_gelu_tanh_for_fp8_mlps(transformer)
+
+
+def use_gelu_tanh_for_fp8_mlps(transformer) -> int:
+    """Give the fp8-quantised MLPs (image stream) ``gelu_tanh``; returns how many were changed."""
+    changed = 0
+    for name, module in transformer.named_modules():
+        proj = getattr(module, "proj", None)
+        if getattr(module, "approximate", None) == "tanh" and fp8_compute_filter(proj, f"{name}.proj"):
+            module.gelu = gelu_tanh  # diffusers' GELU.forward calls self.gelu(hidden_states)
+            changed += 1
+    return changed
+
+
+SQRT_8_OVER_PI = 1.5957691216057308  # 2 * sqrt(2 / pi)
+
+
+def gelu_tanh(gate: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation; compiled, as x * sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3).
+
+    0.5 (1 + tanh u) = sigmoid(2u): the same function. In the fp8 MLP, Inductor fuses the GELU into fc2's
+    per-row quantisation, a two-pass kernel that evaluates it twice per element; libdevice's tanh is a
+    software routine, sigmoid an exp. Measured on the H200 (run35, 6889 x 12288): 0.258 ms per block with
+    tanh, 0.105 ms for the quantisation alone. The two forms differ by <= 1 float32 ulp (then fp8 rounds to
+    3 mantissa bits); eager calls run torch's own GELU.
+    """
+    if not torch.compiler.is_compiling():
+        return torch.nn.functional.gelu(gate, approximate="tanh")
+    x = gate.float()
+    return (x * torch.sigmoid(SQRT_8_OVER_PI * (x + 0.044715 * x * x * x))).to(gate.dtype)
