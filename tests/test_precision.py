@@ -143,7 +143,10 @@ def test_contradictory_precision_configs_fail_at_compose(make_cfg):
 def test_offload_modes_equal_all_on_device_on_gpu(make_cfg, memory):
     from workbench.pipeline import Workbench
 
-    common = ("sampler.steps=2", "prompts=[a kite]", "seeds=[2]", "height=64", "width=64", "device=cuda")
+    # tiny_random: the test is about fp8 arithmetic (H200, run37: 0.0034 row / 0.0032 tensor scales). The trained
+    # tiny weights give 0.106 after 2 steps: a trained model's fp8 error is a quality question (benchmarks/README)
+    common = ("model=tiny_random", "sampler.steps=2", "prompts=[a kite]", "seeds=[2]", "height=64", "width=64",
+              "device=cuda")
     ref = Workbench.from_config(make_cfg(*common)).generate(make_cfg(*common), progress=False)[0].latents
     cfg = make_cfg(*common, f"precision.memory={memory.value}")
     bench = Workbench.from_config(cfg)
@@ -159,7 +162,10 @@ def test_fp8_torchao_on_gpu(make_cfg):
     pytest.importorskip("torchao")
     from workbench.pipeline import Workbench
 
-    common = ("sampler.steps=2", "prompts=[a kite]", "seeds=[2]", "height=64", "width=64", "device=cuda")
+    # tiny_random: the test is about fp8 arithmetic (H200, run37: 0.0034 row / 0.0032 tensor scales). The trained
+    # tiny weights give 0.106 after 2 steps: a trained model's fp8 error is a quality question (benchmarks/README)
+    common = ("model=tiny_random", "sampler.steps=2", "prompts=[a kite]", "seeds=[2]", "height=64", "width=64",
+              "device=cuda")
     if torch.cuda.get_device_capability() < (8, 9):
         with pytest.raises(PrecisionError, match="compute capability"):
             Workbench.from_config(make_cfg(*common, "precision=fp8_torchao"))
@@ -169,7 +175,7 @@ def test_fp8_torchao_on_gpu(make_cfg):
         cfg = make_cfg(*common, "precision=fp8_torchao", f"precision.fp8_scale={scale}")
         lat8 = Workbench.from_config(cfg).generate(cfg, progress=False)[0].latents
         print(f"fp8_torchao ({scale} scales) vs bf16, 2-step latents: rel. error {_rel(lat8, lat16):.4f}")
-        assert torch.isfinite(lat8).all() and _rel(lat8, lat16) <= 0.1
+        assert torch.isfinite(lat8).all() and _rel(lat8, lat16) <= 0.02
 
 
 def test_fp8_compute_quantises_exactly_the_image_stream_block_linears():

@@ -17,7 +17,7 @@ from workbench import accel
 from workbench.conditioning import Conditioning, concat
 from workbench.config import CfgBatching, SamplerConfig, SchedulerKind
 from workbench.stages.guidance import guide
-from workbench.stages.numerics import check_finite
+from workbench.stages.numerics import FiniteWatch
 from workbench.stages import single_stream
 from workbench.stages.schedule import Schedule
 
@@ -37,26 +37,26 @@ class StepInfo:
 
 
 def _mask_or_none(mask: torch.Tensor) -> Optional[torch.Tensor]:
-    # diffusers passes no mask when nothing is padded; do the same so numerics match exactly
+    """diffusers passes no mask when nothing is padded; do the same so numerics match exactly. Reading the
+    mask waits for the GPU: ``denoise`` asks once per conditioning, not per forward."""
     return None if bool(mask.all()) else mask
 
 
-def _forward(transformer, latents, cond: Conditioning, timestep, img_shapes, reference, name: str,
-             prefix: Optional[single_stream.PrefixCache] = None) -> torch.Tensor:
-    """One transformer call; ``name`` (cond / uncond / batch) is the cache slot of the accel hooks and
-    of 2.1's prefix KV cache (``prefix``: set for the single-stream 2.1 transformer)."""
+def _forward(transformer, latents, cond: Conditioning, mask: Optional[torch.Tensor], timestep, img_shapes, reference,
+             name: str, prefix: Optional[single_stream.PrefixCache] = None) -> torch.Tensor:
+    """One transformer call; ``mask`` is ``_mask_or_none(cond.mask)``; ``name`` (cond / uncond / batch) is the
+    cache slot of the accel hooks and of 2.1's prefix KV cache (``prefix``: set for the single-stream 2.1 transformer)."""
     if prefix is not None:
         with accel.step(transformer, name, timestep):
-            return single_stream.call(transformer, latents, cond, timestep, img_shapes, reference, prefix, name,
-                                      _mask_or_none(cond.mask))
+            return single_stream.call(transformer, latents, cond, timestep, img_shapes, reference, prefix, name, mask)
     n = latents.shape[0]
     x = latents if reference is None else torch.cat([latents, reference.expand(n, -1, -1)], dim=1)
     with accel.step(transformer, name, timestep):
-        out = _call(transformer, x, cond, timestep, latents, img_shapes)
+        out = _call(transformer, x, cond, mask, timestep, latents, img_shapes)
     return out[:, : latents.shape[1]]  # only the target tokens are denoised
 
 
-def _call(transformer, x, cond: Conditioning, timestep, latents, img_shapes) -> torch.Tensor:
+def _call(transformer, x, cond: Conditioning, mask: Optional[torch.Tensor], timestep, latents, img_shapes) -> torch.Tensor:
     n = latents.shape[0]
     extra = {}
     if getattr(getattr(transformer, "config", None), "use_additional_t_cond", False):  # Layered: "is RGB" = 0
@@ -65,7 +65,7 @@ def _call(transformer, x, cond: Conditioning, timestep, latents, img_shapes) -> 
         hidden_states=x,
         timestep=timestep.expand(n).to(latents.dtype) / 1000,
         encoder_hidden_states=cond.embeds.to(latents.dtype),
-        encoder_hidden_states_mask=_mask_or_none(cond.mask),
+        encoder_hidden_states_mask=mask,
         img_shapes=[img_shapes] * n,
         return_dict=False,
     )[0]
@@ -124,21 +124,26 @@ def denoise(
     # 2.1: a fresh prefix cache per generation (the conditioning and references are this run's)
     prefix = single_stream.PrefixCache(transformer, prefix_kv_cache) if single_stream.is_single_stream(transformer) else None
 
+    masks = {name: _mask_or_none(c.mask) for name, c in (("cond", cond), ("uncond", uncond), ("batch", both))
+             if c is not None}  # one wait for the GPU per conditioning, before the loop
+
     def velocity(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
         """The guided flow velocity at (x, t): 1 forward, or 2 (or 1 batched) with guidance."""
         if not guided:
-            return _forward(transformer, x, cond, t, img_shapes, reference, "cond", prefix)
+            return _forward(transformer, x, cond, masks["cond"], t, img_shapes, reference, "cond", prefix)
         if both is not None:
-            v_cond, v_uncond = _forward(transformer, torch.cat([x, x]), both, t, img_shapes, reference, "batch",
-                                        prefix).split(n)
+            v_cond, v_uncond = _forward(transformer, torch.cat([x, x]), both, masks["batch"], t, img_shapes, reference,
+                                        "batch", prefix).split(n)
         else:
-            v_cond = _forward(transformer, x, cond, t, img_shapes, reference, "cond", prefix)
-            v_uncond = _forward(transformer, x, uncond, t, img_shapes, reference, "uncond", prefix)
+            v_cond = _forward(transformer, x, cond, masks["cond"], t, img_shapes, reference, "cond", prefix)
+            v_uncond = _forward(transformer, x, uncond, masks["uncond"], t, img_shapes, reference, "uncond", prefix)
         return guide(sampler, v_cond, v_uncond, x, sigma)
 
     accel.reset(transformer)  # a new generation: no cached block output of an earlier run or batch is reused
     sigmas = schedule.sigmas
+    timesteps = schedule.scheduler.timesteps.tolist() if callback is not None else None  # floats, read once
     size = (img_shapes[0][1] * 16, img_shapes[0][2] * 16)  # (frames, h/16, w/16) of the target
+    finite = FiniteWatch(latents.device, schedule.steps, sampler.cfg)
     for i, t in tqdm(schedule.remaining(), desc="denoise", disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         v = velocity(latents, t, sigma)
@@ -147,7 +152,9 @@ def denoise(
             latents = _heun_step(velocity, latents, v, t, sigma, sigma_next)
         else:
             latents = schedule.scheduler.step(v, t, latents, return_dict=False)[0]
-        check_finite(latents, v, i, schedule.steps, sampler.cfg)  # stops fp16 overflow at its first step, naming the fix
-        if callback is not None and callback(StepInfo(i, float(t), sigma, latents, x0, size)):
+        finite.step(i, latents, v)  # stops fp16 overflow at its first step, naming the fix
+        if callback is not None and callback(StepInfo(i, timesteps[i], sigma, latents, x0, size)):
+            finite.flush()  # a non-finite step is reported as such, not as an interruption
             raise Interrupted(f"interrupted by the step callback after step {i + 1} of {schedule.steps}")
+    finite.flush()
     return latents
