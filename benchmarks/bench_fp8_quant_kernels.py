@@ -83,9 +83,12 @@ def main() -> None:
     y = torch.randn(M, H, device=dev, dtype=torch.bfloat16)  # fc1's output
     x = torch.randn(M, D, device=dev, dtype=torch.bfloat16)  # a LayerNorm input
     shift, scale = (torch.randn(1, D, device=dev, dtype=torch.bfloat16) * 0.1 for _ in range(2))
-    res: dict = {"meta": {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "device": torch.cuda.get_device_name(),
-                          "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
-                 "shapes": {"fc1_out": [M, H], "norm_in": [M, D]}}
+    meta = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    res: dict = {"shapes": {"fc1_out": [M, H], "norm_in": [M, D]}}
+
+    def save() -> None:
+        Path(args.out).write_text(json.dumps({"meta": meta, "results": res}, indent=2))
 
     from workbench.perf import _cos_sin, rope_real
     from workbench.precision import gelu_tanh
@@ -149,7 +152,7 @@ def main() -> None:
                 r = {"error": f"{type(err).__name__}: {err}"[:500]}
             res[key] = r
             print(key, json.dumps(r)[:400], flush=True)
-            Path(args.out).write_text(json.dumps(res, indent=2))
+            save()
     # the torchao path itself: fc2(gelu(y)) with a per-row fp8 fc2 (quantisation + GEMM), and its output layout
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
@@ -169,7 +172,7 @@ def main() -> None:
             print("torchao_mlp", json.dumps(r)[:600], flush=True)
     except Exception as err:  # noqa: BLE001
         res["torchao_mlp/default"] = {"error": f"{type(err).__name__}: {err}"[:500]}
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    save()
     if args.code_dir:
         dest = Path(args.code_dir)
         dest.mkdir(parents=True, exist_ok=True)

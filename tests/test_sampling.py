@@ -132,6 +132,21 @@ def test_x0_previews_and_interruption(bench, make_cfg):
         bench.denoise(bench.prepare_latents([0], 64, 64), cond, cfg.sampler, 64, 64, callback=stopper, progress=False)
 
 
+@pytest.mark.parametrize("scheduler", ["euler", "unipc"])
+def test_step_callback_gets_each_steps_timestep_as_a_float(bench, make_cfg, scheduler):
+    """The loop reads the timesteps once (not one device read per step); each step still gets its own."""
+    from workbench.stages.schedule import Schedule
+
+    cfg = make_cfg("sampler.steps=3", f"sampler.scheduler={scheduler}", "height=64", "width=64")
+    cond = bench.encode(cfg.prompts, cfg.template)
+    seen = []
+    bench.denoise(bench.prepare_latents([0], 64, 64), cond, cfg.sampler, 64, 64,
+                  callback=lambda info: seen.append((info.step, info.timestep)), progress=False)
+    expected = Schedule(cfg.sampler, 16, "cpu").scheduler.timesteps.tolist()
+    assert [s for s, _ in seen] == [0, 1, 2] and all(type(t) is float for _, t in seen)
+    assert [t for _, t in seen] == pytest.approx(expected)
+
+
 def test_latent_stats_on_constructed_tensor():
     x = torch.zeros(1, 16, 4, 4)
     x[0, 3] = torch.arange(16.0).view(4, 4)

@@ -141,7 +141,7 @@ def denoise(
 
     accel.reset(transformer)  # a new generation: no cached block output of an earlier run or batch is reused
     sigmas = schedule.sigmas
-    timesteps = schedule.scheduler.timesteps.tolist() if callback is not None else None  # floats, read once
+    timesteps = [float(x) for x in schedule.scheduler.timesteps.tolist()] if callback is not None else None  # read once
     size = (img_shapes[0][1] * 16, img_shapes[0][2] * 16)  # (frames, h/16, w/16) of the target
     finite = FiniteWatch(latents.device, schedule.steps, sampler.cfg)
     for i, t in tqdm(schedule.remaining(), desc="denoise", disable=not progress, leave=False):

@@ -58,7 +58,7 @@ class FiniteWatch:
             host = torch.empty((), dtype=torch.bool, pin_memory=True)
             host.copy_(flag, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(flag.device))  # the stream of the copy (any GPU)
             flag = host
         self.pending.append((step, flag, event, latents, prediction))
         self.flush(keep=self.lag)
