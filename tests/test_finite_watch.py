@@ -70,3 +70,17 @@ def test_cuda_reads_through_pinned_memory():
     watch.step(1, ok, bad)
     with pytest.raises(NonFiniteError, match="step 2 of 3"):
         watch.flush()
+
+
+@pytest.mark.parametrize("cfg_batching, reads", [("auto", 1), ("padded", 1), ("separate", 2)])
+def test_padding_masks_are_read_once_per_conditioning_not_per_forward(bench, make_cfg, monkeypatch, cfg_batching, reads):
+    """Reading a mask waits for the GPU; it used to happen before every forward (3 steps x 2 forwards here)."""
+    from workbench.stages import denoise as denoise_module
+
+    cfg = make_cfg("sampler.steps=3", "sampler.cfg=4", f"sampler.cfg_batching={cfg_batching}", "height=64", "width=64",
+                   "prompts=[a red kite]", "negative_prompt=a blue kite")
+    cond, uncond = bench.encode(cfg.prompts, cfg.template), bench.encode([cfg.negative_prompt], cfg.template)
+    real, calls = denoise_module._mask_or_none, []
+    monkeypatch.setattr(denoise_module, "_mask_or_none", lambda mask: calls.append(mask.shape) or real(mask))
+    bench.denoise(bench.prepare_latents([0], 64, 64), cond, cfg.sampler, 64, 64, uncond, progress=False)
+    assert len(calls) == reads

@@ -124,8 +124,8 @@ def denoise(
     # 2.1: a fresh prefix cache per generation (the conditioning and references are this run's)
     prefix = single_stream.PrefixCache(transformer, prefix_kv_cache) if single_stream.is_single_stream(transformer) else None
 
-    masks = {name: _mask_or_none(c.mask) for name, c in (("cond", cond), ("uncond", uncond), ("batch", both))
-             if c is not None}  # one wait for the GPU per conditioning, before the loop
+    used = {"cond": cond} if not guided else {"batch": both} if both is not None else {"cond": cond, "uncond": uncond}
+    masks = {name: _mask_or_none(c.mask) for name, c in used.items()}  # one wait for the GPU each, before the loop
 
     def velocity(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
         """The guided flow velocity at (x, t): 1 forward, or 2 (or 1 batched) with guidance."""
