@@ -256,8 +256,9 @@ class Workbench:
         with self._timed(timings, "references"):
             layered = cfg.model.variant == "layered"  # its RGBA VAE encodes the input's alpha too, as diffusers'
             images = [load_image(p, f"images[{i}]", "RGBA" if layered else "RGB") for i, p in enumerate(cfg.images)]
-            if layered:  # the image to split: the VAE's alone
-                refs = self.prepare_layered_input(images[0], cfg.layered_resolution)
+            if layered:  # the image to split: the VAE's alone (and the captioner's, for an empty prompt)
+                sized = layers_stage.sized_input(images[0], cfg.layered_resolution)
+                refs = layers_stage.encode_input(self.components.vae, sized)
             else:
                 refs = self.prepare_references(images, cfg.reference) if images else None
             init = load_image(cfg.init_image, "init_image") if cfg.init_image else None
@@ -273,7 +274,6 @@ class Workbench:
         captions: dict[int, str] = {}
         if layered and any(not p.strip() for p in cfg.prompts):  # an empty prompt is the image's caption (diffusers)
             with self._timed(timings, "caption"):
-                sized = layers_stage.sized_input(images[0], cfg.layered_resolution)
                 captions = caption_stage.caption_empty_prompts(cfg.prompts, self.components.tokenizer,
                                                                self.components.text_encoder, sized, cfg.layered_caption)
         prompts = [captions.get(i, p) for i, p in enumerate(cfg.prompts)]

@@ -28,12 +28,16 @@ def sized_input(image: Image.Image, resolution: int) -> Image.Image:
     return image.convert("RGBA").resize(input_size(image, resolution), resample=Image.Resampling.LANCZOS)
 
 
-@torch.no_grad()
 def prepare_input(vae, image: Image.Image, resolution: int) -> References:
     """The image to split, as an RGBA VAE latent (mode, normalised, 2x2-packed) appended after the frames."""
+    return encode_input(vae, sized_input(image, resolution))
+
+
+@torch.no_grad()
+def encode_input(vae, sized: Image.Image) -> References:
+    """``prepare_input`` for an image already at its ``sized_input`` size (the caption reads the same copy)."""
     from workbench.stages.latents import to_vae_input
 
-    sized = sized_input(image, resolution)
     w, h = sized.size
     z = normalise(vae.encode(to_vae_input(sized, vae)).latent_dist.mode(), vae)[:, :, 0]  # (1, 16, h/8, w/8)
     return References([], pack(z), [(1, z.shape[-2] // 2, z.shape[-1] // 2)], [(w, h)])
