@@ -11,13 +11,18 @@ class NonFiniteError(RunFailure, FloatingPointError):
     """The denoise loop produced NaN / Inf."""
 
 
+def all_finite(latents: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor on their device (reading it waits for the device)."""
+    return torch.isfinite(prediction).all() & torch.isfinite(latents).all()
+
+
 def check_finite(latents: torch.Tensor, prediction: torch.Tensor, step: int, steps: int,
                  guidance: float | None = None) -> None:
     """Raise at the first step whose prediction or latents hold NaN / Inf (one device sync per step).
 
     ``guidance``: the run's sampler.cfg; above 1 it multiplies the cond - uncond difference, and a
     large scale can overflow, so the message names it among the causes."""
-    if bool(torch.isfinite(prediction).all() & torch.isfinite(latents).all()):  # one device sync
+    if bool(all_finite(latents, prediction)):  # one device sync
         return
     what = "model prediction" if not bool(torch.isfinite(prediction).all()) else "latents"
     if prediction.dtype == torch.float16:
@@ -52,7 +57,7 @@ class FiniteWatch:
         self.pending: list[tuple] = []  # (step, flag, event, latents, prediction), oldest first
 
     def step(self, step: int, latents: torch.Tensor, prediction: torch.Tensor) -> None:
-        flag = torch.isfinite(prediction).all() & torch.isfinite(latents).all()
+        flag = all_finite(latents, prediction)
         event = None
         if self.cuda and self.lag:
             host = torch.empty((), dtype=torch.bool, pin_memory=True)
