@@ -136,6 +136,23 @@ def test_unwritable_output_folder_is_named_with_the_fix(tmp_path, monkeypatch):
     assert not (tmp_path / "fresh").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_output_folder_where_no_folder_can_be_made(tmp_path):
+    """/proc passes every permission check for root, yet refuses mkdir: Hydra's traceback (exit code 1) before."""
+    with pytest.raises(InputError, match=r"output folder /proc/wb-run/x cannot be used: cannot create folders in "
+                                         r"/proc \(mkdir refused: .*\); choose another with hydra.run.dir=PATH"):
+        rec.check_output_dir("/proc/wb-run/x")
+    proc = wb("run", "hydra.run.dir=/proc/wb-run", *TINY, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert error_line(proc).startswith("error: output folder /proc/wb-run cannot be used: cannot create folders in /proc (mkdir")
+    assert "Traceback" not in proc.stderr
+    proc = wb("run", "-m", "hydra.sweep.dir=/proc/wb-sweep", "height=64", "width=64", "sampler.steps=2,3", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = error_line(proc)
+    assert "cannot create folders in /proc (mkdir" in line and line.endswith("; choose another with hydra.sweep.dir=PATH")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
 def test_unwritable_output_folder_for_real(tmp_path):
     locked = tmp_path / "locked"

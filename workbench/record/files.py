@@ -85,8 +85,9 @@ def _folder_error(path: Path, why: str, setting: str) -> InputError:
 def check_output_dir(path: str | Path, setting: str = "hydra.run.dir", final: bool = True) -> None:
     """Refuse, before any model work, an output folder the run could not write its images and record
     into: a part of the path that is a file, a folder without write permission, ``images`` or
-    ``record.json`` already there as the wrong kind of entry. Raises ``InputError`` naming the path
-    and ``setting`` (the key that chooses the folder). Creates nothing (a probe file is removed).
+    ``record.json`` already there as the wrong kind of entry, a place where no folder can be made. Raises
+    ``InputError`` naming the path and ``setting`` (the key that chooses the folder). Creates nothing (the
+    probe file or folder is removed).
     ``final=False``: ``path`` is a folder the run folder will be made in (``outputs`` of
     ``outputs/${now:...}``), so what it holds is not the run's."""
     path = Path(path)
@@ -106,8 +107,12 @@ def check_output_dir(path: str | Path, setting: str = "hydra.run.dir", final: bo
     if not os.access(probe, os.W_OK | os.X_OK):
         what = "write into" if probe == path else "create folders in"
         raise _folder_error(path, f"no permission to {what} {probe}", setting)
-    if probe != path:
-        return  # created by the run; nothing in it yet
+    if probe != path:  # created by the run: prove a folder can be made there (root passes os.access
+        try:           # everywhere; /proc, /sys and some mounts refuse mkdir whatever the bits say)
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-probe."))
+        except OSError as err:
+            raise _folder_error(path, f"cannot create folders in {probe} (mkdir refused: {err.strerror})", setting) from None
+        return
     for name, want_dir in (("images", True), ("record.json", False)) if final else ():
         entry = path / name
         if entry.exists() and entry.is_dir() != want_dir:
