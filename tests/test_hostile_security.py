@@ -294,6 +294,9 @@ def test_record_view_in_notebooks_reads_records_as_data(tmp_path, monkeypatch):
     record["config"]["prompts"] = [LITERAL]
     source.write_text(json.dumps(record))
     assert RecordView(source).settings()["prompts"] == [LITERAL]
+    assert RecordView(source.parent).path == source  # the run folder reads its record.json
+    with pytest.raises(InputError, match=r"is a folder without a record.json"):
+        RecordView(tmp_path)
     record["images"][0]["file"] = "../../../../etc/passwd"
     source.write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"images\[0\].file = '../../../../etc/passwd' points outside the record's folder"):

@@ -84,7 +84,7 @@ def test_every_tour_line_runs_or_validates(repo_like, capsys):
             for overrides in runs:
                 to_run_config(compose(overrides))  # raises on a bad key, value or file
         elif verb == "reproduce":
-            assert args == ["outputs/<date>/<time>/record.json"]  # run for real below
+            assert args == ["outputs/<date>/<time>"]  # the run folder; run for real below
             continue
         else:
             assert workbench(argv) == 0, (argv, capsys.readouterr().err)

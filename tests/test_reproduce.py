@@ -109,6 +109,10 @@ def test_reproduce_record_is_bit_identical_and_reports_changed_inputs(t2i_run):
     (img,) = report["images"]
     assert img["identical"] and img["max_abs_diff"] == 0 and math.isinf(img["psnr_db"])
     assert report["changed_inputs"] == []
+    # the folder `workbench run` printed reads its record.json
+    code, report, err = reproduce(out, cwd)
+    assert code == 0, err
+    assert report["source"] == str(out / "record.json") and report["images"][0]["identical"]
     # the same record with other recorded inputs: still identical pixels, and the changes are named
     old = json.loads(json.dumps(record))
     old["versions"]["torch"], old["git_commit"] = "1.0.0", "0" * 40
@@ -178,13 +182,17 @@ def test_reproduce_edit_run_detects_a_changed_reference_image(tmp_path):
     ("make", "message"),
     [
         ("plain_png", "has no 'workbench' text chunk: it was not written by the workbench"),
-        ("missing", "not found: give a record.json or a PNG written by `workbench run`"),
+        ("missing", "not found: give a record.json, a run folder or a PNG written by `workbench run`"),
         ("other_json", "is JSON but not a workbench record.json"),
+        ("folder", "is a folder without a record.json: give a run's folder (the one `workbench run` printed), "
+                   "its record.json or one of its images"),
     ],
 )
 def test_reproduce_bad_input_exits_2(tmp_path, capsys, make, message):
-    path = tmp_path / {"plain_png": "plain.png", "missing": "nope.json", "other_json": "x.json"}[make]
-    if make == "plain_png":
+    path = tmp_path / {"plain_png": "plain.png", "missing": "nope.json", "other_json": "x.json", "folder": "run"}[make]
+    if make == "folder":
+        (path / "images").mkdir(parents=True)
+    elif make == "plain_png":
         Image.new("RGB", (16, 16)).save(path)
     elif make == "other_json":
         path.write_text('{"a": 1}')

@@ -1,4 +1,4 @@
-"""``workbench reproduce RECORD_OR_PNG``: re-run what a record says and compare with the stored image(s).
+"""``workbench reproduce RECORD_OR_PNG`` (a record.json, a run folder or an image): re-run what a record says and compare with the stored image(s).
 
 A record (``record.json``, or the ``workbench`` text chunk of one image) holds the resolved config,
 so the run can be repeated exactly; the comparison says whether the result is bit-identical, and if
@@ -39,17 +39,16 @@ class ReproduceError(InputError):
 
 
 def _is_png(path: Path) -> bool:
-    if not path.is_file():
-        raise ReproduceError(f"{path} not found: give a record.json or a PNG written by `workbench run`")
     with open(path, "rb") as f:
         return f.read(8) == PNG_MAGIC
 
 
 def load_source(path: Path) -> tuple[dict, list[tuple[dict, Path]]]:
-    """The record and [(image entry, stored PNG)] to compare against, every file checked readable."""
-    from workbench.record import check_png, read_png_record, read_record_json, record_images
+    """The record and [(image entry, stored PNG)] to compare against, every file checked readable.
+    ``path``: a record.json, a run folder (its record.json) or a PNG."""
+    from workbench.record import check_png, read_png_record, read_record_json, record_images, record_source
 
-    path = Path(path)
+    path = record_source(path)
     if _is_png(path):
         record = read_png_record(path)
         entry = record.get("image")
@@ -199,7 +198,9 @@ def reproduce(path: Path, output_dir: Optional[Path] = None) -> dict[str, Any]:
     ``output_dir`` and is renamed into place when complete, so a failure leaves nothing behind.
     ``output_dir`` None: a new temporary folder.
     """
-    path = Path(path)
+    from workbench.record import record_source
+
+    path = record_source(path)  # a run folder reads its record.json
     record, stored = load_source(path)
     cfg, run_cfg, defaults = recorded_config(record, path)
     job = job_index(run_cfg, stored[0][0], path) if _is_png(path) else None
@@ -280,7 +281,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="workbench reproduce",
                                 description="Re-run a record.json (every image) or a workbench PNG (that image) "
                                             "and compare with the stored image(s).")
-    p.add_argument("source", help="record.json of a run, or one PNG it wrote")
+    p.add_argument("source", help="record.json of a run (or the run's folder), or one PNG it wrote")
     p.add_argument("-o", "--output", help="new folder for the re-run, outside the run's folder "
                                           "(default: a new temporary folder)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

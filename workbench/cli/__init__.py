@@ -22,7 +22,7 @@ commands:
   tokens [--template NAME | --template-file T.yaml] [--image FILE] [--control-tokens refuse|escape] [--json] PROMPT
                          show token ids, kept / dropped tokens and vision-token counts
   import-comfy FILE [-o OUT.yaml]   ComfyUI workflow (UI / API JSON or PNG) -> experiment config
-  reproduce RECORD_OR_PNG           re-run a record.json or image; report identical / PSNR / what changed
+  reproduce RECORD_OR_PNG           re-run a record.json (or a run's folder) or image; report identical / PSNR / what changed
   models [--root DIR] [--json]      list model files found (kind, variant, dtype, size) by the names configs use
   cache [--clear]                   the torch.compile cache kept between processes: where, how big; clear it
 

@@ -67,11 +67,9 @@ class RecordView:
             "sampler.shift_mode", "height", "width", "seeds", "prompts")
 
     def __init__(self, path: str | Path):
-        from workbench.record import read_png_record, read_record_json, record_images
+        from workbench.record import read_png_record, read_record_json, record_images, record_source
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise MagicError(f"{self.path} not found: give a record.json or a PNG written by the workbench")
+        self.path = record_source(path)  # a record.json, a PNG, or a run folder (its record.json)
         if self.path.suffix.lower() == ".png":
             self.record = read_png_record(self.path)
             self.files = [self.path]
@@ -201,7 +199,7 @@ def panel_magic(args: list[str]):
 
 def record_magic(args: list[str]) -> RecordView:
     if len(args) != 1:
-        raise MagicError("%workbench record takes one path (a record.json or a PNG)")
+        raise MagicError("%workbench record takes one path (a record.json, a run folder or a PNG)")
     return RecordView(args[0])
 
 

@@ -21,6 +21,7 @@ from workbench.record.png import (
     read_png_record,
     read_record_json,
     record_images,
+    record_source,
     save_png,
 )
 from workbench.record.provenance import (
@@ -40,7 +41,7 @@ from workbench.record.provenance import (
 __all__ = [
     "RECORD_ONLY", "finish", "image_entry", "image_file", "png_chunk", "record_head", "slug",
     "atomic_write_bytes", "atomic_write_json", "check_output_dir", "dumps", "flatten", "json_safe",
-    "PNG_KEY", "check_png", "inside", "png_bytes", "read_png_record", "read_record_json", "record_images", "save_png",
+    "PNG_KEY", "check_png", "inside", "png_bytes", "read_png_record", "read_record_json", "record_images", "record_source", "save_png",
     "HASH_CACHE", "LIBRARIES", "device_info", "file_sha256", "git_state", "library_versions",
     "model_file_hashes", "path_sha256", "peak_memory", "provenance", "reference_image_hashes",
 ]

@@ -77,6 +77,20 @@ def _json_type(value: Any) -> str:
         type(value), "number")
 
 
+def record_source(path: str | Path) -> Path:
+    """The file to read a record from: ``path`` (a record.json or a PNG), or the ``record.json`` of a run
+    folder (the folder ``workbench run`` prints as its last line). InputError naming what is missing."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "record.json").is_file():
+            return path / "record.json"
+        raise InputError(f"{path} is a folder without a record.json: give a run's folder (the one `workbench run` "
+                         "printed), its record.json or one of its images")
+    if not path.is_file():
+        raise InputError(f"{path} not found: give a record.json, a run folder or a PNG written by `workbench run`")
+    return path
+
+
 def read_record_json(path: Path) -> dict:
     """A ``record.json`` as written by ``workbench run`` (a JSON object); InputError naming the file otherwise."""
     path = Path(path)
