@@ -51,6 +51,42 @@ def test_parse_values_errors(text, message):
         parse_values(text)
 
 
+@pytest.mark.parametrize(
+    "axis",
+    ["sampler.steps=range(2,10,2)", "sampler.cfg=range(1.0,2.5,0.5)", "template=choice(qwen_t2i,chat)",
+     "negative_prompt=choice('blurry, low quality',ugly)", "sampler.steps=sort(8,2,4)", "sampler.steps=4,8,16"],
+)
+def test_hydra_sweep_functions_give_what_run_m_runs(axis):
+    """An axis in Hydra's sweep syntax has the values, in the order, that `workbench run -m` gives its jobs."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    jobs = BasicSweeper.split_arguments(parser.parse_overrides([axis]), None)[0]
+    ax = parse_axis(axis)
+    assert list(ax.values) == [parser.parse_override(job[0]).value() for job in jobs]
+    assert [parser.parse_override(ax.override(v)).value() for v in ax.values] == list(ax.values)  # each cell's override
+
+
+@pytest.mark.parametrize(
+    "axis, message",
+    [
+        ("prompts=[a cat,a dog]", r"'\[a cat,a dog\]' is a list; an axis takes its values without brackets, one cell "
+                                  r"per value: prompts=a cat,a dog"),  # csv kept '[a cat' and 'a dog]' as prompts
+        ("seeds=[1, 2]", r"without brackets, one cell per value: seeds=1, 2"),
+        ("seeds=range(0,10**9)", "not a valid Hydra sweep"),
+        ("seeds=range(0,1000000000)", "gives more than 256 values"),  # counted lazily, never listed
+        ("seeds=range(3,3)", "gives no values"),
+        ("seeds=shuffle(1,2)", r"Hydra's shuffle\(\) draws a random order; give the values"),
+        ("sampler.cfg=interval(1,2)", r"interval\(\) is a range for optimisers"),
+        ("sampler.steps=choice([1,2],[3])", "value \\[1, 2\\] is a list; an axis value is a number or a string"),
+    ],
+)
+def test_axis_syntax_errors_name_the_fix(axis, message):
+    with pytest.raises(SweepError, match=message):
+        parse_axis(axis)
+
+
 def test_parse_axes_and_overrides():
     x, y = parse_axes(["sampler.steps=2-4", ("prompts", ["a cat", "it's late"])])
     assert x == Axis("sampler.steps", (2, 3, 4), "sampler.steps=2-4")

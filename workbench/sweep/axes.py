@@ -8,6 +8,8 @@ Value syntax (the X/Y/Z-plot conventions researchers already type):
     sampler.cfg=1.0-4.0 (+0.5)      a float range (floats need an explicit step)
     sampler.shift=3-1 (-1)          descending
     template=qwen_t2i,chat          config-group options work like any other key
+    sampler.steps=range(2,10,2)     Hydra's sweep functions, as ``workbench run -m`` reads them: range
+                                    (stop excluded, as Python's), choice, sort
 
 Each value becomes one Hydra override ``key=value`` applied to the composed config, so groups
 (``sampler=comfy_euler``) and keys (``sampler.steps=4``) mean exactly what they mean on the command
@@ -18,6 +20,7 @@ line. List-valued keys (``prompts``, ``seeds``, ``images``) take one element per
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -62,10 +65,17 @@ def _number(text: str) -> int | float:
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
-def parse_values(text: str) -> list[Value]:
-    """``'1-8 (+2)'`` -> [1, 3, 5, 7]; ``'4,8,16'`` -> [4, 8, 16]; ``'qwen_t2i,chat'`` -> strings."""
+def parse_values(text: str, key: str = "key") -> list[Value]:
+    """``'1-8 (+2)'`` -> [1, 3, 5, 7]; ``'4,8,16'`` -> [4, 8, 16]; ``'qwen_t2i,chat'`` -> strings;
+    ``'range(2,10,2)'`` -> Hydra's sweep of ``key``."""
     if not text.strip():
         raise SweepError("no values given")
+    bare = text.strip()
+    if bare.startswith("[") and bare.endswith("]"):  # `run`'s list syntax: csv would keep the brackets in the values
+        raise SweepError(f"{text!r} is a list; an axis takes its values without brackets, one cell per value: "
+                         f"{key}={bare[1:-1].strip()} (quote a value that holds a comma)")
+    if _HYDRA_SWEEP.match(bare):
+        return _hydra_sweep(key, bare)
     m = _RANGE.match(text)
     if m:
         return _range(*m.groups())
@@ -81,6 +91,35 @@ def parse_values(text: str) -> list[Value]:
             values.append(item)
     if len(values) > MAX_VALUES:
         raise SweepError(f"{len(values)} values; at most {MAX_VALUES} per axis")
+    return values
+
+
+_HYDRA_SWEEP = re.compile(r"^(range|choice|sort|shuffle|interval|glob|tag)\s*\(")
+
+
+def _hydra_sweep(key: str, text: str) -> list[Value]:
+    """The values of Hydra's sweep ``key=text`` (range / choice / sort), parsed by Hydra's own grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    name = _HYDRA_SWEEP.match(text).group(1)
+    if name in ("shuffle", "interval", "glob", "tag"):
+        why = {"shuffle": "draws a random order", "interval": "is a range for optimisers, with no values to list",
+               "glob": "selects config-group options by pattern", "tag": "only labels a sweep"}[name]
+        raise SweepError(f"{text!r}: Hydra's {name}() {why}; give the values (e.g. 4,8,16, 1-8 (+2) or range(2,10,2))")
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={text}")
+        found = override.sweep_iterator() if override.is_sweep_override() else iter([override.value()])
+        values = list(itertools.islice(found, MAX_VALUES + 1))  # range(0, 10**9) is not listed
+    except HydraException as err:
+        raise SweepError(f"{text!r} is not a valid Hydra sweep: {str(err).splitlines()[0]}") from None
+    if not values:
+        raise SweepError(f"{text!r} gives no values")
+    if len(values) > MAX_VALUES:
+        raise SweepError(f"{text!r} gives more than {MAX_VALUES} values; at most {MAX_VALUES} per axis")
+    bad = [v for v in values if not isinstance(v, (int, float, str, type(None)))]
+    if bad:
+        raise SweepError(f"{text!r}: value {bad[0]!r} is a {type(bad[0]).__name__}; an axis value is a number or a string")
     return values
 
 
@@ -122,7 +161,7 @@ def parse_axis(spec: Union[str, Axis, tuple[str, Sequence[Value]]], name: str = 
         key, _, raw = spec.partition("=")
         key, text = key.strip(), spec
         try:
-            values = tuple(parse_values(raw))
+            values = tuple(parse_values(raw, key.strip()))
         except SweepError as err:
             raise SweepError(f"axis {name.upper()} ({key}): {err}") from None
     if key.startswith(("+", "~")) or not _KEY.match(key):
