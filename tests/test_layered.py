@@ -144,3 +144,23 @@ def test_bad_layered_configs_are_refused_by_name(make_cfg, overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         make_cfg(*overrides)
+
+
+def test_a_layered_sweep_previews_its_whole_image(tmp_path):
+    """A sweep's step previews of a Layered cell decode its first frame (the whole image); they failed every cell
+    before (the preview decoded all frames' tokens as one image)."""
+    import numpy as np
+
+    from workbench.sweep import Sweep
+    from workbench.sweep.control import SweepControl
+
+    shown = []
+    sweep = Sweep.plan(["seeds=0"], base=["experiment=layered_tiny", "layers=1", "sampler.steps=2"], out_dir=tmp_path)
+    result = sweep.run(progress=False, control=SweepControl(shown.append, preview_every_s=0))
+    (cell,) = result.cells
+    assert cell.status == "ok", cell.error
+    previews = [p.preview for p in shown if p.phase == "denoise"]
+    assert len(previews) == 2 and all(p.mode == "RGBA" and p.size == cell.images[0].size for p in previews)
+    # the last step's prediction is the final latent: its preview is the cell's whole image
+    last, final = np.asarray(previews[-1], dtype=np.int16), np.asarray(cell.images[0].convert("RGBA"), dtype=np.int16)
+    assert np.abs(last - final).max() == 0

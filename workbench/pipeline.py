@@ -21,10 +21,12 @@ from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
 from workbench.config import Config, ReferenceConfig, SamplerConfig, TemplateConfig
 from workbench.accel import apply_accel
 from workbench.lora import apply_loras
+from workbench.models import arch21
 from workbench.models.build import components_for
 from workbench.perf import set_attention_kernel
 from workbench.models.components import Components
 from workbench.resolutions import snap
+from workbench.stages import arguments as check
 from workbench.stages import caption as caption_stage
 from workbench.stages import decode as decode_stage
 from workbench.stages import denoise as denoise_stage
@@ -124,6 +126,11 @@ class Workbench:
         cell. Served from ``self.conditioning_cache`` when the same encoder has already encoded the
         same inputs; ``resample`` is the VLM resize filter (``reference.vlm_resample``).
         """
+        prompts = check.prompt_list(prompts)
+        check.instance(template, TemplateConfig, "template",
+                       "pass cfg.template, workbench.config.build.load_template(path) or a TemplateConfig(...)")
+        for i, image in enumerate(images):
+            check.instance(image, Image.Image, f"images[{i}]", "open it with workbench.pipeline.load_image(path)")
         c = self.components
         resample = plain(resample)
         style = encode_stage.QWEN3_STYLE if c.is_qwen21 else encode_stage.QWEN25_STYLE
@@ -154,13 +161,34 @@ class Workbench:
         """How this family's latents become tokens (``stages/latents.py``)."""
         return latents_stage.QWEN21 if self.components.is_qwen21 else latents_stage.QWEN_IMAGE
 
+    @property
+    def size_multiple(self) -> int:
+        """Output sides are multiples of this many pixels: 16 (8x VAE x 2x2 patches), 32 for 2.1."""
+        return arch21.SIZE_MULTIPLE if self.components.is_qwen21 else 16
+
+    def tokens_per_image(self, height: int, width: int) -> int:
+        """Latent tokens of one height x width image (a Layered latent holds one such run per frame)."""
+        side = self.components.vae_scale_factor * self.layout.patch  # pixels per token side
+        return (height // side) * (width // side)
+
+    def _check_latents(self, latents, height: int, width: int, frames: int = 1) -> int:
+        """Packed latents for ``frames`` images of height x width; returns the batch size."""
+        check.pixel_size(height, width, self.size_multiple)
+        return check.token_latents(latents, frames * self.tokens_per_image(height, width),
+                                   self.layout.channels * self.layout.patch ** 2, height, width)
+
     def prepare_latents(self, seeds: list[int], height: int, width: int) -> torch.Tensor:
+        """Seeded noise, packed into tokens: (len(seeds), tokens, channels), one CPU generator per seed."""
+        seeds = check.seed_list(seeds)
+        check.pixel_size(height, width, self.size_multiple)
         f = self.components.vae_scale_factor
         return latents_stage.noise(seeds, height // f, width // f, self.device, self.components.transformer.dtype,
                                    self.layout)
 
     def encode_init(self, image: Image.Image, height: int, width: int):
         """The image-to-image start image at the output size -> its VAE latent distribution."""
+        check.instance(image, Image.Image, "image", "open it with workbench.pipeline.load_image(path)")
+        check.pixel_size(height, width, self.size_multiple)
         f = self.components.vae_scale_factor
         return latents_stage.encode_init(self.components.vae, image, height // f, width // f)
 
@@ -194,6 +222,11 @@ class Workbench:
     ) -> torch.Tensor:
         """``schedule``: the one ``prepare_img2img_latents`` returned (else a fresh one from ``start_step``).
         ``prefix_kv_cache``: Qwen-Image-2.1 only (``perf.prefix_kv_cache``). ``frames``: Layered's layers + 1."""
+        batch = self._check_latents(latents, height, width, frames)
+        check.batch_of(cond, batch, "cond", Conditioning)
+        if uncond is not None:
+            check.batch_of(uncond, batch, "uncond", Conditioning)
+        check.instance(sampler, SamplerConfig, "sampler", "pass cfg.sampler (a SamplerConfig)")
         shapes = [(1, height // 16, width // 16)] * frames + (references.shapes if references else [])
         ref = references.latents.to(latents.dtype) if references else None
         return denoise_stage.denoise(
@@ -203,6 +236,7 @@ class Workbench:
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         """Latents -> PIL images (RGBA for 2.1's RGBA VAE)."""
+        self._check_latents(latents, height, width)
         f = self.components.vae_scale_factor
         images = decode_stage.decode(self.components.vae, latents, height // f, width // f, self.layout.patch)
         return decode_stage.to_pil(images)
@@ -216,6 +250,7 @@ class Workbench:
         them run (``workbench reproduce IMAGE``). Prompts are still encoded together and batches cut
         as in the full run, since both change the bits (padding, batch size).
         """
+        check.instance(cfg, Config, "cfg", "build one with to_run_config(compose([...overrides]))")
         timings: dict[str, float] = {}
         before = CompileCounts.now() if is_compiled(self.components.transformer) else None
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
@@ -265,7 +300,7 @@ class Workbench:
         height, width = cfg.height, cfg.width
         if height is None:  # edit: the size of the last reference, like diffusers
             width, height = refs.vae_sizes[-1]
-        width, height, size_note = snap(width, height, 32 if self.components.is_qwen21 else 16)
+        width, height, size_note = snap(width, height, self.size_multiple)
         if cfg.height is None:  # sized by the reference: estimate the memory now that the size is known
             from workbench.config.preflight import check_run_memory
 

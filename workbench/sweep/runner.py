@@ -157,14 +157,16 @@ def _step_callback(watch: RunWatch, bench: Workbench, cfg: Config) -> Callable:
 
 
 def _preview(bench: Workbench, info) -> Optional[Image.Image]:
-    """The step's predicted clean image (first of the batch), decoded on a copy: the cell's result is untouched."""
+    """The step's predicted clean image (first of the batch; Layered: its first frame, the whole image), decoded on
+    a copy: the cell's result is untouched."""
     import torch
 
     if info.size is None:
         return None
     height, width = info.size
+    frame = bench.tokens_per_image(height, width)
     with torch.inference_mode():
-        return bench.decode(info.x0[:1].detach().clone(), height, width)[0]
+        return bench.decode(info.x0[:1, :frame].detach().clone(), height, width)[0]
 
 
 def _release_cuda() -> None:

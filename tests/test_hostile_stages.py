@@ -1,0 +1,89 @@
+"""Careless calls of the stage methods from a notebook cell: each is refused before any model runs, with a
+``StageInputError`` naming the argument and the fix (before: a prompt string was encoded letter by letter,
+height=65 drew noise for 64, and wrong latents failed deep in torch)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench import Workbench, compose, to_run_config
+from workbench.stages.arguments import StageInputError
+
+SMALL = ["height=64", "width=64", "sampler.steps=2"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    cfg = to_run_config(compose(SMALL))
+    return Workbench.from_config(cfg), cfg
+
+
+def test_one_prompt_string_is_one_prompt(bench):
+    wb, cfg = bench
+    one = wb.encode("a red fox", cfg.template)  # was five prompts: 'a', ' ', 'r', ...
+    listed = wb.encode(["a red fox"], cfg.template)
+    assert one.prompts == ["a red fox"] and torch.equal(one.embeds, listed.embeds)
+    assert torch.equal(wb.prepare_latents(7, 64, 64), wb.prepare_latents([7], 64, 64))
+
+
+CASES = [
+    ("encode", lambda wb, cfg, lat, cond: wb.encode([1], cfg.template), r"prompts\[0\] must be a string, got int 1"),
+    ("encode", lambda wb, cfg, lat, cond: wb.encode([], cfg.template), r"prompts is empty: give at least one prompt"),
+    ("encode", lambda wb, cfg, lat, cond: wb.encode(["a"], "chat"),
+     r"template must be a TemplateConfig, got str 'chat'; pass cfg.template, workbench.config.build.load_template"),
+    ("encode", lambda wb, cfg, lat, cond: wb.encode(["a"], cfg.template, ["ref.png"]),
+     r"images\[0\] must be a PIL image, got str 'ref.png'; open it with workbench.pipeline.load_image\(path\)"),
+    ("latents", lambda wb, cfg, lat, cond: wb.prepare_latents([], 64, 64),
+     r"seeds must be a non-empty list of integers, got an empty list"),
+    ("latents", lambda wb, cfg, lat, cond: wb.prepare_latents(["0"], 64, 64), r"seeds\[0\] = '0' is not an integer"),
+    ("latents", lambda wb, cfg, lat, cond: wb.prepare_latents([-1], 64, 64), r"seeds\[0\] = -1 is not an integer in 0..2\*\*64-1"),
+    ("latents", lambda wb, cfg, lat, cond: wb.prepare_latents([0], 65, 64),
+     r"height=65 is not a positive multiple of 16 pixels \(the latent grid of this model\); use 64 or 80"),
+    ("latents", lambda wb, cfg, lat, cond: wb.prepare_latents([0], 64, 0), r"width=0 is not a positive multiple of 16"),
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, cfg.sampler, 128, 128),
+     r"latents has shape \(1, 16, 64\); expected \(batch, 64, 64\) for 128x128 .*pass the height and width they were made for"),
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat.long(), cond, cfg.sampler, 64, 64),
+     r"latents must be floating point, got torch.int64"),
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(torch.cat([lat, lat]), cond, cfg.sampler, 64, 64),
+     r"cond holds 1 prompt\(s\) but the latents are a batch of 2; .*cond.select\(\[...\]\) picks them \(e.g. \[0\] \* 2\)"),
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, cfg.sampler, 64, 64, uncond=lat),
+     r"uncond must be a Conditioning, got Tensor; pass what Workbench.encode returned"),
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, {"steps": 2}, 64, 64),
+     r"sampler must be a SamplerConfig, got dict; pass cfg.sampler"),
+    ("decode", lambda wb, cfg, lat, cond: wb.decode(torch.zeros(1, 16, 8, 8), 64, 64),
+     r"latents has shape \(1, 16, 8, 8\); expected \(batch, 16, 64\) for 64x64"),
+    ("decode", lambda wb, cfg, lat, cond: wb.decode(lat.cpu().numpy(), 64, 64),
+     r"latents must be a Tensor, got ndarray; pass what prepare_latents / denoise returned"),
+    ("generate", lambda wb, cfg, lat, cond: wb.generate(cfg.prompts),
+     r"cfg must be a Config, got list; build one with to_run_config\(compose"),
+]
+
+
+@pytest.mark.parametrize("stage, call, message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_careless_stage_calls_are_refused_with_the_fix(bench, monkeypatch, stage, call, message):
+    wb, cfg = bench
+    lat = wb.prepare_latents([0], 64, 64)
+    cond = wb.encode(cfg.prompts, cfg.template)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model ran before the arguments were checked")
+
+    monkeypatch.setattr(wb.components.transformer, "forward", no_model)
+    monkeypatch.setattr(wb.components.vae, "decode", no_model)
+    wb.clear_conditioning_cache()
+    monkeypatch.setattr(wb.components.text_encoder, "forward", no_model)
+    with pytest.raises(StageInputError, match=message):
+        call(wb, cfg, lat, cond)
+
+
+def test_the_size_check_follows_the_family():
+    """Qwen-Image-2.1's sides are multiples of 32: 48 passes the 20B family's check, not 2.1's."""
+    wb21 = Workbench.from_config(to_run_config(compose(["model=tiny_qwen21", *SMALL])))
+    assert wb21.size_multiple == 32
+    with pytest.raises(StageInputError, match=r"height=48 is not a positive multiple of 32 pixels .*; use 32 or 64"):
+        wb21.prepare_latents([0], 48, 64)
+    lat = wb21.prepare_latents([0], 64, 64)
+    side = wb21.components.vae_scale_factor * wb21.layout.patch
+    assert lat.shape == (1, (64 // side) ** 2, wb21.layout.channels * wb21.layout.patch ** 2)
+    assert wb21.decode(lat, 64, 64)[0].size == (64, 64)  # the check accepts what prepare_latents made

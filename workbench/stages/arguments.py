@@ -1,0 +1,89 @@
+"""Checks of what a notebook hands the stage methods (``Workbench.encode`` / ``prepare_latents`` / ``denoise``
+/ ``decode``...), before any model runs.
+
+A config is validated when it is composed; a stage method is called with objects built in a cell, where
+a prompt string instead of a list was encoded letter by letter, a height off the latent grid drew noise
+for another size, and latents of the wrong size failed deep in torch (``shape '[1, 8, 8, 16, 2, 2]' is
+invalid``). Each check here raises ``StageInputError`` naming the argument, what it got and what to pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from workbench.errors import InputError
+
+
+class StageInputError(InputError, TypeError):
+    """A stage method got an argument it cannot use; the message names it, what it got and the fix."""
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and not value:
+        return f"an empty {type(value).__name__}"
+    return f"{type(value).__name__} {value!r:.60}" if isinstance(value, (str, int, float)) else type(value).__name__
+
+
+def prompt_list(prompts: Any, name: str = "prompts") -> list[str]:
+    """A list of prompt strings; one string is one prompt (as diffusers' ``prompt: str | list[str]``)."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
+        raise StageInputError(f"{name} must be a list of strings, got {_kind(prompts)}; e.g. ['a red fox']")
+    if not prompts:
+        raise StageInputError(f"{name} is empty: give at least one prompt, e.g. ['a red fox']")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise StageInputError(f"{name}[{i}] must be a string, got {_kind(prompt)}")
+    return list(prompts)
+
+
+def seed_list(seeds: Any) -> list[int]:
+    """A non-empty list of seeds in torch.Generator's range; one int is one seed."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
+        raise StageInputError(f"seeds must be a non-empty list of integers, got {_kind(seeds)}; e.g. [0, 1, 2]")
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise StageInputError(f"seeds[{i}] = {seed!r} is not an integer in 0..2**64-1 (what torch.Generator accepts)")
+    return list(seeds)
+
+
+def instance(value: Any, cls: type, name: str, how: str) -> None:
+    """``value`` is a ``cls``; else the error says how to get one (``how``)."""
+    if not isinstance(value, cls):
+        what = "PIL image" if cls.__module__.startswith("PIL") else cls.__name__
+        raise StageInputError(f"{name} must be a {what}, got {_kind(value)}; {how}")
+
+
+def pixel_size(height: Any, width: Any, multiple: int) -> None:
+    """Output sides: positive integers on the model's latent grid (16 px for the 20B family, 32 for 2.1)."""
+    for key, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
+            near = "" if not isinstance(value, int) or value < multiple else \
+                f"; use {value // multiple * multiple} or {(value // multiple + 1) * multiple}"
+            raise StageInputError(f"{key}={value!r} is not a positive multiple of {multiple} pixels (the latent grid "
+                                  f"of this model){near}")
+
+
+def token_latents(latents: Any, tokens: int, channels: int, height: int, width: int, name: str = "latents") -> int:
+    """Packed latents (batch, tokens, channels) for a ``height`` x ``width`` image; returns the batch size."""
+    instance(latents, torch.Tensor, name, "pass what prepare_latents / denoise returned")
+    if not latents.is_floating_point():
+        raise StageInputError(f"{name} must be floating point, got {latents.dtype}")
+    want = f"(batch, {tokens}, {channels}) for {height}x{width}"
+    if latents.dim() != 3 or latents.shape[1:] != (tokens, channels) or latents.shape[0] < 1:
+        raise StageInputError(f"{name} has shape {tuple(latents.shape)}; expected {want} (packed tokens, as "
+                              "prepare_latents returns them): pass the height and width they were made for")
+    return int(latents.shape[0])
+
+
+def batch_of(cond: Any, batch: int, name: str, conditioning_cls: type) -> None:
+    """A ``Conditioning`` with one item per latent (``cond.select(indices)`` picks a sub-batch)."""
+    instance(cond, conditioning_cls, name, "pass what Workbench.encode returned")
+    if len(cond) != batch:
+        raise StageInputError(f"{name} holds {len(cond)} prompt(s) but the latents are a batch of {batch}; give one "
+                              f"conditioning per latent: {name}.select([...]) picks them (e.g. [0] * {batch})")
