@@ -129,6 +129,21 @@ def test_base_key_on_an_axis_is_refused(tmp_path):
         Sweep.plan(["sampler.steps=2,3"], base=["sampler.steps=4"], out_dir=tmp_path)
 
 
+def test_careless_plan_arguments(tmp_path):
+    """One string is one axis / one base override (iterated, it was nine axes / a base of letters); hydra.*
+    in the base was composed away without a word; a base of non-strings is named."""
+    one = Sweep.plan("sampler.steps=2,3", base="height=32", out_dir=tmp_path)
+    listed = Sweep.plan(["sampler.steps=2,3"], base=["height=32"], out_dir=tmp_path)
+    assert one.shape == listed.shape == (2,) and [c.key for c in one.cells] == [c.key for c in listed.cells]
+    with pytest.raises(SweepError, match=r"base override 'hydra.run.dir=/x': hydra.\* settings choose where `workbench "
+                                         r"run` writes; a sweep writes its cells under out_dir"):
+        Sweep.plan(["seeds=0,1"], base=["hydra.run.dir=/x"], out_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"base override '\+hydra.job.chdir=true': hydra"):
+        Sweep.plan(["seeds=0,1"], base=["+hydra.job.chdir=true"], out_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"base overrides\[1\] must be a string, got int 64"):
+        Sweep.plan(["seeds=0,1"], base=["height=32", 64], out_dir=tmp_path)
+
+
 @pytest.mark.parametrize("base, message", [
     (["widht=64"], r"base overrides \['widht=64'\]: unknown key widht; did you mean width\?"),
     (["height=64", "sampler.cfg=0.5"], r"base overrides .*: sampler.cfg must be >= 1"),
@@ -176,6 +191,9 @@ def test_sweep_groups_models_shares_conditioning_and_caches(tmp_path):
     a, b = (np.asarray(result.cells[i].images[0], dtype=np.float32) for i in (0, 2))
     assert np.abs(a - b).mean() > 0  # different steps, different images
 
+    for a, b in ((0, 4), ("0", 1), (True, 1)):
+        with pytest.raises(SweepError, match=rf"cell {a if a != 0 else b!r} is not an index of this sweep's 4 cells \(0..3"):
+            result.compare(a, b)
     cmp = result.compare(0, 1)  # A/B: fp32 vs bf16 at 2 steps
     assert set(cmp.diff) == {"precision.name", "precision.transformer", "precision.text_encoder", "precision.vae"}
     assert cmp.diff["precision.name"] == ("fp32", "bf16")

@@ -226,6 +226,7 @@ def test_export_writes_files_that_read_back_and_never_overwrites(tmp_path, monke
     with pytest.raises(SweepError, match=r"export format\(s\) 'jpg' not known; choose from png, csv, parquet"):
         report.export(result, ["png", "jpg"])
     assert len(list((tmp_path / "sweep" / "exports").iterdir())) == 4  # refused before writing anything
+    assert set(report.export(result, "csv")) == {"csv"}  # one string is one format (it was 'c', 's', 'v')
 
 
 # ----------------------------------------------------------------------------- a real tiny sweep

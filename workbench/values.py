@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Sequence
 
 
 def plain(value: Any) -> Any:
@@ -25,3 +25,16 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}[{i}]"))
         return out
     return {prefix: obj}
+
+
+def string_list(value: Any, what: str, error: type[Exception], example: str) -> list[str]:
+    """``value`` as a list of strings: one string is one item (iterating it would give its letters); anything
+    but a list of strings raises ``error`` naming ``what`` and showing ``example``."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, Sequence) or isinstance(value, bytes):
+        raise error(f"{what} must be a list of strings, got {type(value).__name__}; e.g. {example}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise error(f"{what}[{i}] must be a string, got {type(item).__name__} {item!r:.60}")
+    return list(value)

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from workbench.errors import InputError
+from workbench.values import string_list
 
 
 class StageInputError(InputError, TypeError):
@@ -28,16 +29,10 @@ def _kind(value: Any) -> str:
 
 def prompt_list(prompts: Any, name: str = "prompts") -> list[str]:
     """A list of prompt strings; one string is one prompt (as diffusers' ``prompt: str | list[str]``)."""
-    if isinstance(prompts, str):
-        return [prompts]
-    if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
-        raise StageInputError(f"{name} must be a list of strings, got {_kind(prompts)}; e.g. ['a red fox']")
+    prompts = string_list(prompts, name, StageInputError, "['a red fox']")
     if not prompts:
         raise StageInputError(f"{name} is empty: give at least one prompt, e.g. ['a red fox']")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise StageInputError(f"{name}[{i}] must be a string, got {_kind(prompt)}")
-    return list(prompts)
+    return prompts
 
 
 def seed_list(seeds: Any) -> list[int]:

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 from workbench.sweep.axes import Axis, SweepError, parse_axes
 from workbench.sweep.keys import conditioning_key, config_hash, is_executor_key, model_group_key
 from workbench.sweep.scoring import check_metrics
+from workbench.values import string_list
 
 
 @dataclass
@@ -80,8 +81,9 @@ class SweepPlan:
         the cell ``metric_reference``); they are checked here too (adherence needs captions of the tiny
         model's world).
         """
-        parsed = parse_axes(list(axes))
-        base = [b for b in base if b.strip()]
+        parsed = parse_axes([axes] if isinstance(axes, str) else list(axes))  # one string is one axis
+        example = "['height=64', 'width=64']"
+        base = [b for b in string_list(base, "base overrides", SweepError, example) if b.strip()]
         _check_axes(parsed, base)
         cells = _grid(parsed)
         _compose(cells, base)
@@ -131,8 +133,12 @@ def _check_axes(axes: list[Axis], base: list[str]) -> None:
                 "override (executor=ray) or as Sweep.run(executor=...)"
             )
     for b in base:
-        if b.split("=", 1)[0].strip() in {a.key for a in axes}:
+        key = b.split("=", 1)[0].strip().lstrip("+~")
+        if key in {a.key for a in axes}:
             raise SweepError(f"base override {b!r} sets a key that is also an axis; drop one of them")
+        if key.split(".")[0].split("@")[0] == "hydra":  # composed away: it would be silently ignored
+            raise SweepError(f"base override {b!r}: hydra.* settings choose where `workbench run` writes; a sweep "
+                             "writes its cells under out_dir (Sweep.plan(out_dir=...), %workbench sweep --out)")
 
 
 def _grid(axes: list[Axis]) -> list[Cell]:

@@ -183,7 +183,7 @@ def export(result: SweepResult, formats: Sequence[str] = EXPORT_FORMATS, folder:
     an existing file is never replaced. Returns format -> path."""
     from workbench import record as rec
 
-    formats = list(dict.fromkeys(formats))
+    formats = list(dict.fromkeys([formats] if isinstance(formats, str) else formats))  # "png" is one format
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown or not formats:
         raise SweepError(f"export format(s) {', '.join(map(repr, unknown)) or '(none)'} not known; "

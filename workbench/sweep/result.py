@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from workbench import record as rec
-from workbench.sweep.axes import Axis
+from workbench.sweep.axes import Axis, SweepError
 from workbench.sweep.grid import GridLayout, cell_size, grid_layout, in_a_row, make_grid, side_by_side, tile_or_blank
 from workbench.sweep.scoring import cell_scores
 
@@ -175,6 +175,11 @@ class SweepResult:
 
     def compare(self, a: int, b: int) -> Comparison:
         """A/B: cells ``a`` and ``b`` (display-order indices, see ``table``)."""
+        n = len(self.cells)
+        for i in (a, b):
+            if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n:
+                raise SweepError(f"compare({a!r}, {b!r}): cell {i!r} is not an index of this sweep's {n} cells "
+                                 f"(0..{n - 1}, the order of result.table)")
         ra, rb = self.cells[a], self.cells[b]
         for i, r in ((a, ra), (b, rb)):
             if r is None:
