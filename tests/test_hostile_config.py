@@ -100,6 +100,22 @@ def test_hydra_node_stays_allowed():
     assert to_run_config(cfg).height == 64  # model=tiny's training size
 
 
+def test_careless_python_calls_of_the_config_door(tmp_path):
+    """From a notebook: one string is one override (it was parsed as the override 's'); non-strings, a plain dict
+    for to_run_config and a folder for load_template are named, each with what to pass."""
+    from workbench.config.build import load_template
+
+    assert compose("sampler.steps=3").sampler.steps == 3
+    with pytest.raises(ConfigError, match=r"overrides\[0\] must be a string, got int 3"):
+        compose([3])
+    with pytest.raises(ConfigError, match=r"overrides must be a list of strings, got NoneType"):
+        compose(None)
+    with pytest.raises(ConfigError, match=r"to_run_config takes what compose\(\[...\]\) returns \(or a Config\), got dict"):
+        to_run_config({"sampler": {"steps": 3}})
+    with pytest.raises(ConfigError, match=rf"template file '{tmp_path}' is a folder; give a YAML file with a 'text' key"):
+        load_template(tmp_path)
+
+
 def test_other_compose_errors_are_one_line_naming_the_override():
     with pytest.raises(ComposeError, match=r"^Error merging override sampler\.steps=1e20: Value '1e\+20' of type 'float' could not be converted to Integer \(key sampler\.steps\)$"):
         compose(["sampler.steps=1e20"])

@@ -87,3 +87,22 @@ def test_the_size_check_follows_the_family():
     side = wb21.components.vae_scale_factor * wb21.layout.patch
     assert lat.shape == (1, (64 // side) ** 2, wb21.layout.channels * wb21.layout.patch ** 2)
     assert wb21.decode(lat, 64, 64)[0].size == (64, 64)  # the check accepts what prepare_latents made
+
+
+def test_conditioning_select_and_from_config(bench):
+    """select() with an index out of range failed in torch (``index out of range in self``); a composed config is
+    validated by from_config / generate, anything else named."""
+    from workbench.errors import InputError
+
+    wb, cfg = bench
+    cond = wb.encode(["a cat", "a dog"], cfg.template)
+    assert cond.select([1, 1, 0]).prompts == ["a dog", "a dog", "a cat"]
+    for bad in ([2], [], [-1], "0", [True]):
+        with pytest.raises(InputError, match=r"give a non-empty list of item indices in 0..1 \(this conditioning holds 2"):
+            cond.select(bad)
+    with pytest.raises(StageInputError, match=r"cfg must be a Config, got dict; build one with to_run_config"):
+        Workbench.from_config({"model": "tiny"})
+    composed = compose(SMALL)
+    assert Workbench.from_config(composed).components is wb.components  # validated, then the cached models
+    (image,) = wb.generate(composed, progress=False)
+    assert image.image.size == (64, 64)

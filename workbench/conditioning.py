@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workbench.errors import InputError
+
 
 @dataclass
 class Conditioning:
@@ -53,7 +55,12 @@ class Conditioning:
         return dataclasses.replace(self, embeds=self.embeds.to(device), mask=self.mask.to(device))
 
     def select(self, indices: list[int]) -> "Conditioning":
-        """A sub-batch, trimmed to its own longest item."""
+        """A sub-batch, trimmed to its own longest item (indices may repeat: [0] * n gives n copies of item 0)."""
+        n = len(self)
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple)) or not indices or not all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in indices):
+            raise InputError(f"select({indices!r:.80}): give a non-empty list of item indices in 0..{n - 1} "
+                             f"(this conditioning holds {n} prompt(s))")
         idx = torch.tensor(indices, device=self.embeds.device)
         mask = self.mask.index_select(0, idx)
         length = int(mask.sum(dim=1).max())

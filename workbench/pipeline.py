@@ -87,8 +87,9 @@ class Workbench:
 
     @classmethod
     def from_config(cls, cfg: Config, conditioning_cache: Optional[ConditioningCache] = None) -> "Workbench":
-        """The config's models, built once per process and shared (``models.build.components_for``)."""
-        return cls(components_for(cfg), conditioning_cache)
+        """The config's models, built once per process and shared (``models.build.components_for``).
+        ``cfg``: a ``Config`` (``to_run_config(compose([...]))``), or what ``compose`` returns (validated here)."""
+        return cls(components_for(_run_config(cfg)), conditioning_cache)
 
     def clear_conditioning_cache(self) -> int:
         """Forget cached conditionings (of every workbench sharing this cache); returns how many."""
@@ -250,7 +251,7 @@ class Workbench:
         them run (``workbench reproduce IMAGE``). Prompts are still encoded together and batches cut
         as in the full run, since both change the bits (padding, batch size).
         """
-        check.instance(cfg, Config, "cfg", "build one with to_run_config(compose([...overrides]))")
+        cfg = _run_config(cfg)
         timings: dict[str, float] = {}
         before = CompileCounts.now() if is_compiled(self.components.transformer) else None
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
@@ -360,6 +361,18 @@ class Workbench:
 
     def _timed(self, timings: dict[str, float], name: str):
         return timed(timings, name, self.device)
+
+
+def _run_config(cfg) -> Config:
+    """A ``Config``; a composed DictConfig is validated into one (``to_run_config``)."""
+    from omegaconf import DictConfig
+
+    if isinstance(cfg, DictConfig):
+        from workbench.config import to_run_config
+
+        return to_run_config(cfg)
+    check.instance(cfg, Config, "cfg", "build one with to_run_config(compose([...overrides]))")
+    return cfg
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from workbench.config.preflight import check_run
 from workbench.config.run import Config
 from workbench.config.template import TemplateConfig
 from workbench.errors import ConfigError, WorkbenchError
-from workbench.values import flatten
+from workbench.values import flatten, string_list
 
 
 class ComposeError(ConfigError, ConfigCompositionException):
@@ -115,6 +115,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    overrides = string_list(overrides, "overrides", ConfigError, "['sampler.steps=8']")  # one string: one override
     key = (config_name, tuple(overrides), _conf_tree_state(), _schema_state(Config), os.getcwd())
     if key not in _COMPOSED:
         register_configs()
@@ -263,6 +264,9 @@ def to_run_config(cfg: DictConfig | Config) -> Config:
     loads. A ``Config`` passes through unchanged (it was built here already)."""
     if isinstance(cfg, Config):
         return cfg
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"to_run_config takes what compose([...]) returns (or a Config), got {type(cfg).__name__}; "
+                          "e.g. to_run_config(compose(['sampler.steps=8']))")
     check_known_keys(cfg)
     run_cfg = _to_object(cfg)
     assert isinstance(run_cfg, Config), type(run_cfg)
@@ -277,6 +281,8 @@ def load_template(path: str | Path) -> TemplateConfig:
     file's stem). Unknown keys and wrong types fail naming the key, semantic errors as ``ConfigError``.
     """
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"template file {str(path)!r} is a folder; give a YAML file with a 'text' key")
     if not file.is_file():
         raise FileNotFoundError(f"template file {str(path)!r} not found")
     data = OmegaConf.load(file)
