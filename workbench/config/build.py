@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import os
 import re
-import typing
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +31,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from workbench.config.limits import unknown_key_message
 from workbench.config.overrides import literal, override_value  # noqa: F401 - override_value: part of the door
 from workbench.config.preflight import check_run
-from workbench.config.run import Config
+from workbench.config.run import Config, schema_paths
 from workbench.config.template import TemplateConfig
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.values import flatten, string_list
@@ -274,6 +274,19 @@ def to_run_config(cfg: DictConfig | Config) -> Config:
     return run_cfg
 
 
+def sweep_values(key: str, text: str, limit: int) -> list:
+    """What Hydra's sweep ``key=text`` (``range(2,10,2)``, ``choice(a,b)``, ``sort(...)``) gives its jobs, as for
+    ``workbench run -m``: at most ``limit`` + 1 values are listed (``range(0,10**12)`` is never expanded)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={text}")
+        found = override.sweep_iterator() if override.is_sweep_override() else iter([override.value()])
+        return list(itertools.islice(found, limit + 1))
+    except HydraException as err:
+        raise ConfigError(f"{text!r} is not a valid Hydra sweep: {str(err).splitlines()[0]}") from None
+
+
 def load_template(path: str | Path) -> TemplateConfig:
     """A user-defined template from a YAML file, validated like the ones in ``conf/template/``.
 
@@ -329,22 +342,6 @@ _HYDRA_NOISE = ("To append to your config use", "Config search path", "provider=
                 "object_type=", "Set the environment variable HYDRA_FULL_ERROR")
 
 
-def _schema_paths() -> dict[type, str]:
-    """{dataclass: its key in the config}, e.g. SamplerConfig -> 'sampler', LoraItem -> 'lora.items[]'."""
-    paths: dict[type, str] = {Config: ""}
-
-    def walk(cls: type, prefix: str) -> None:
-        for name, hint in typing.get_type_hints(cls).items():
-            args = typing.get_args(hint)
-            inner = args[0] if typing.get_origin(hint) is list and args else hint
-            if dataclasses.is_dataclass(inner) and inner not in paths:
-                paths[inner] = f"{prefix}{name}" + ("[]" if inner is not hint else "")
-                walk(inner, paths[inner] + ".")
-
-    walk(Config, "")
-    return paths
-
-
 def _one_line(text: str) -> str:
     """Hydra's multi-line messages ('Available options in ...:' then one option a line) as one line."""
     parts = []
@@ -369,7 +366,7 @@ def _composition_error(err: HydraException) -> ComposeError:
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(cause.object_type) \
             and cause.key is not None:
         key, full_key = str(cause.key), str(cause.full_key or cause.key)
-        path = full_key[: -len(key) - 1] if full_key.endswith("." + key) else _schema_paths().get(cause.object_type, "")
+        path = full_key[: -len(key) - 1] if full_key.endswith("." + key) else schema_paths().get(cause.object_type, "")
         known = [f.name for f in dataclasses.fields(cause.object_type)]
         return ComposeError(unknown_key_message(path, key, known))
     text = _one_line(str(err))

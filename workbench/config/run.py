@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 
 from dataclasses import dataclass, field
 from typing import Optional
@@ -207,3 +209,19 @@ class Config:
         if self.height is not None and self.height * self.width > limits.MAX_PIXELS:
             raise ConfigError(f"height x width = {self.height}x{self.width} = {self.height * self.width} pixels, over "
                               f"the limit of {limits.MAX_PIXELS} (4096x4096) pixels per image")
+
+
+def schema_paths() -> dict[type, str]:
+    """{dataclass: its key in the config}, e.g. SamplerConfig -> 'sampler', LoraItem -> 'lora.items[]'."""
+    paths: dict[type, str] = {Config: ""}
+
+    def walk(cls: type, prefix: str) -> None:
+        for name, hint in typing.get_type_hints(cls).items():
+            args = typing.get_args(hint)
+            inner = args[0] if typing.get_origin(hint) is list and args else hint
+            if dataclasses.is_dataclass(inner) and inner not in paths:
+                paths[inner] = f"{prefix}{name}" + ("[]" if inner is not hint else "")
+                walk(inner, paths[inner] + ".")
+
+    walk(Config, "")
+    return paths

@@ -20,13 +20,12 @@ line. List-valued keys (``prompts``, ``seeds``, ``images``) take one element per
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import re
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from workbench.errors import InputError
+from workbench.errors import ConfigError, InputError
 from workbench.config.overrides import override_value
 
 AXIS_NAMES = ("x", "y", "z")
@@ -98,9 +97,8 @@ _HYDRA_SWEEP = re.compile(r"^(range|choice|sort|shuffle|interval|glob|tag)\s*\("
 
 
 def _hydra_sweep(key: str, text: str) -> list[Value]:
-    """The values of Hydra's sweep ``key=text`` (range / choice / sort), parsed by Hydra's own grammar."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    """The values of Hydra's sweep ``key=text`` (range / choice / sort), read by Hydra's own grammar."""
+    from workbench.config.build import sweep_values
 
     name = _HYDRA_SWEEP.match(text).group(1)
     if name in ("shuffle", "interval", "glob", "tag"):
@@ -108,11 +106,9 @@ def _hydra_sweep(key: str, text: str) -> list[Value]:
                "glob": "selects config-group options by pattern", "tag": "only labels a sweep"}[name]
         raise SweepError(f"{text!r}: Hydra's {name}() {why}; give the values (e.g. 4,8,16, 1-8 (+2) or range(2,10,2))")
     try:
-        override = OverridesParser.create().parse_override(f"{key}={text}")
-        found = override.sweep_iterator() if override.is_sweep_override() else iter([override.value()])
-        values = list(itertools.islice(found, MAX_VALUES + 1))  # range(0, 10**9) is not listed
-    except HydraException as err:
-        raise SweepError(f"{text!r} is not a valid Hydra sweep: {str(err).splitlines()[0]}") from None
+        values = sweep_values(key, text, MAX_VALUES)
+    except ConfigError as err:
+        raise SweepError(str(err)) from None
     if not values:
         raise SweepError(f"{text!r} gives no values")
     if len(values) > MAX_VALUES:
