@@ -106,3 +106,14 @@ def test_conditioning_select_and_from_config(bench):
     assert Workbench.from_config(composed).components is wb.components  # validated, then the cached models
     (image,) = wb.generate(composed, progress=False)
     assert image.image.size == (64, 64)
+
+
+def test_a_negative_prompt_without_guidance_is_noted(bench):
+    """diffusers warns when a negative prompt meets true_cfg_scale <= 1; a run says it in every image's notes."""
+    wb, _ = bench
+    (unused,) = wb.generate(compose([*SMALL, "negative_prompt='blurry, low quality'", "sampler.cfg=1"]), progress=False)
+    assert "negative_prompt 'blurry, low quality' is not used: sampler.cfg=1 turns guidance off (set sampler.cfg " \
+           "above 1 to use it)" in unused.notes
+    (used,) = wb.generate(compose([*SMALL, "negative_prompt='blurry, low quality'", "sampler.cfg=2"]), progress=False)
+    (default,) = wb.generate(compose(SMALL), progress=False)  # the official " " negative: nothing to say
+    assert not any("negative_prompt" in n for n in used.notes + default.notes)

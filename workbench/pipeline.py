@@ -307,6 +307,9 @@ class Workbench:
 
             check_run_memory(cfg, height, width, str(self.device))
         notes = [size_note] if size_note else []
+        if cfg.sampler.cfg <= 1 and cfg.negative_prompt.strip():  # diffusers warns of this too
+            notes.append(f"negative_prompt {cfg.negative_prompt.strip()!r:.60} is not used: sampler.cfg=1 turns "
+                         "guidance off (set sampler.cfg above 1 to use it)")
         captions: dict[int, str] = {}
         if layered and any(not p.strip() for p in cfg.prompts):  # an empty prompt is the image's caption (diffusers)
             with self._timed(timings, "caption"):
