@@ -109,7 +109,8 @@ def test_conditioning_select_and_from_config(bench):
 
 
 def test_a_negative_prompt_without_guidance_is_noted(bench):
-    """diffusers warns when a negative prompt meets true_cfg_scale <= 1; a run says it in every image's notes."""
+    """diffusers warns when a negative prompt meets true_cfg_scale <= 1; a run says it in every image's notes
+    (``workbench.config.unused``, with the other settings a run ignores)."""
     wb, _ = bench
     (unused,) = wb.generate(compose([*SMALL, "negative_prompt='blurry, low quality'", "sampler.cfg=1"]), progress=False)
     assert "negative_prompt 'blurry, low quality' is not used: sampler.cfg=1 turns guidance off (set sampler.cfg " \
@@ -117,3 +118,42 @@ def test_a_negative_prompt_without_guidance_is_noted(bench):
     (used,) = wb.generate(compose([*SMALL, "negative_prompt='blurry, low quality'", "sampler.cfg=2"]), progress=False)
     (default,) = wb.generate(compose(SMALL), progress=False)  # the official " " negative: nothing to say
     assert not any("negative_prompt" in n for n in used.notes + default.notes)
+
+
+
+@pytest.mark.parametrize("overrides, note", [
+    (["sampler.shift=3"], "sampler.shift=3 is not used: shift_mode=dynamic takes the shift from the image size "
+                          "(set sampler.shift_mode=fixed to use it)"),
+    (["sampler=lightning", "sampler.max_shift=1.2"],
+     "sampler.max_shift=1.2 is not used: shift_mode=fixed uses sampler.shift (set sampler.shift_mode=dynamic to use it)"),
+    (["sampler.cfg_norm_strength=0.5"], "sampler.cfg_norm_strength=0.5 is not used: it is the strength of "
+                                        "guidance=cfg_norm and sampler.guidance=true_cfg (set sampler.guidance=cfg_norm"),
+])
+def test_settings_the_run_ignores_are_noted_and_change_nothing(bench, overrides, note):
+    """Each ignored setting is noted, and is truly ignored: the latents equal those of the run without it."""
+    wb, _ = bench
+    (noted,) = wb.generate(compose([*SMALL, *overrides]), progress=False)
+    (plain,) = wb.generate(compose([*SMALL, *overrides[:-1]]), progress=False)
+    assert any(n.startswith(note) for n in noted.notes), noted.notes
+    assert torch.equal(noted.latents, plain.latents) and not plain.notes
+    four = [*SMALL, "sampler.steps=4"]  # (two steps end at the terminal stretch's 0.02 whatever the shift)
+    (used,) = wb.generate(compose([*four, "sampler.shift_mode=fixed", "sampler.shift=3"]), progress=False)
+    (other,) = wb.generate(compose([*four, "sampler.shift_mode=fixed", "sampler.shift=1.5"]), progress=False)
+    assert not used.notes and not torch.equal(used.latents, other.latents)  # where it is read, no note
+
+
+@pytest.mark.parametrize("axis, base, message", [
+    ("sampler.shift=1,2,3", [], r"axis X \(sampler.shift\) changes nothing: no cell uses sampler.shift, since "
+                                r"shift_mode=dynamic takes the shift from the image size \(set sampler.shift_mode=fixed"),
+    ("negative_prompt=blurry,ugly", [], r"axis X \(negative_prompt\) changes nothing: .*sampler.cfg=1 turns guidance off"),
+    ("sampler.max_shift=0.9,1.2", ["sampler=lightning"], r"no cell uses sampler.max_shift, since shift_mode=fixed"),
+])
+def test_a_sweep_axis_no_cell_reads_is_refused(tmp_path, axis, base, message):
+    """Swept, an ignored setting gave identical cells; an axis where some cells read it still runs."""
+    from workbench.sweep import Sweep
+    from workbench.sweep.axes import SweepError
+
+    with pytest.raises(SweepError, match=message):
+        Sweep.plan([axis], base=[*SMALL, *base], out_dir=tmp_path)
+    assert Sweep.plan(["sampler.shift_mode=fixed,dynamic", "sampler.shift=2,3"], base=SMALL, out_dir=tmp_path).shape == (2, 2)
+    assert Sweep.plan(["negative_prompt=blurry,ugly"], base=[*SMALL, "sampler.cfg=2"], out_dir=tmp_path).shape == (2,)

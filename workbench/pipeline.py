@@ -19,6 +19,7 @@ from workbench.compiling import CompileCounts, is_compiled
 from workbench.conditioning import Conditioning
 from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
 from workbench.config import Config, ReferenceConfig, SamplerConfig, TemplateConfig
+from workbench.config.unused import unused_notes
 from workbench.accel import apply_accel
 from workbench.lora import apply_loras
 from workbench.models import arch21
@@ -306,10 +307,7 @@ class Workbench:
             from workbench.config.preflight import check_run_memory
 
             check_run_memory(cfg, height, width, str(self.device))
-        notes = [size_note] if size_note else []
-        if cfg.sampler.cfg <= 1 and cfg.negative_prompt.strip():  # diffusers warns of this too
-            notes.append(f"negative_prompt {cfg.negative_prompt.strip()!r:.60} is not used: sampler.cfg=1 turns "
-                         "guidance off (set sampler.cfg above 1 to use it)")
+        notes = ([size_note] if size_note else []) + unused_notes(cfg)  # a shift the schedule ignores...
         captions: dict[int, str] = {}
         if layered and any(not p.strip() for p in cfg.prompts):  # an empty prompt is the image's caption (diffusers)
             with self._timed(timings, "caption"):

@@ -90,6 +90,7 @@ class SweepPlan:
         if all(c.error for c in cells):
             _refuse_a_failing_base(base)
         _refuse_values_that_never_work(parsed, cells)
+        _refuse_axes_that_change_nothing(parsed, cells)
         out_dir = _default_out_dir(parsed, base) if out_dir is None else Path(out_dir)
         executor = next((c.config.executor for c in cells if c.config is not None), None)
         metrics = check_metrics(metrics, cells, metric_reference)
@@ -195,6 +196,18 @@ def _refuse_values_that_never_work(axes: list[Axis], cells: list[Cell]) -> None:
     if never:
         _, n, axis, value, error = min(never, key=lambda t: (t[0], t[1]))
         raise SweepError(f"axis {'XYZ'[n]} ({axis.key}) value {value!r}: {error}")
+
+
+def _refuse_axes_that_change_nothing(axes: list[Axis], cells: list[Cell]) -> None:
+    """An axis whose key no valid cell reads (a shift under the dynamic schedule, a negative prompt without
+    guidance) would give identical cells: refuse it, saying why and what makes it count."""
+    from workbench.config.unused import ignored
+
+    valid = [c for c in cells if c.config is not None]
+    for n, axis in enumerate(axes):
+        why = [ignored(c.config).get(axis.key) for c in valid]
+        if valid and all(why):
+            raise SweepError(f"axis {'XYZ'[n]} ({axis.key}) changes nothing: no cell uses {axis.key}, since {why[0]}")
 
 
 def _default_out_dir(axes: list[Axis], base: list[str]) -> Path:
