@@ -57,6 +57,12 @@ CASES = [
      r"latents must be a Tensor, got ndarray; pass what prepare_latents / denoise returned"),
     ("generate", lambda wb, cfg, lat, cond: wb.generate(cfg.prompts),
      r"cfg must be a Config, got list; build one with to_run_config\(compose"),
+    ("loras", lambda wb, cfg, lat, cond: wb.set_loras([{"path": "my.safetensors"}]),
+     r"LoRA \[0\] \{'path': 'my.safetensors'\}: .*unexpected keyword argument 'path'; its keys are file, strength, alpha"),
+    ("loras", lambda wb, cfg, lat, cond: wb.set_loras([3]),
+     r"LoRA \[0\] must be a LoraItem, got int 3; pass a LoraItem, a path or"),
+    ("accel", lambda wb, cfg, lat, cond: wb.set_accel("first_block"),
+     r"accel must be an AccelConfig, got str 'first_block'; pass cfg.accel, or AccelConfig\(method=...\)"),
 ]
 
 
@@ -87,6 +93,15 @@ def test_the_size_check_follows_the_family():
     side = wb21.components.vae_scale_factor * wb21.layout.patch
     assert lat.shape == (1, (64 // side) ** 2, wb21.layout.channels * wb21.layout.patch ** 2)
     assert wb21.decode(lat, 64, 64)[0].size == (64, 64)  # the check accepts what prepare_latents made
+
+
+def test_a_lora_path_is_one_lora(bench):
+    """set_loras('file') looked for the LoRAs 'f', 'i', ... (an AttributeError before)."""
+    from workbench.errors import WorkbenchError
+
+    wb, _ = bench
+    with pytest.raises(WorkbenchError, match=r"LoRA file 'missing.safetensors' not found; looked at: missing.safetensors"):
+        wb.set_loras("missing.safetensors")
 
 
 def test_conditioning_select_and_from_config(bench):

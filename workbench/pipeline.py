@@ -18,7 +18,7 @@ from workbench import vision
 from workbench.compiling import CompileCounts, is_compiled
 from workbench.conditioning import Conditioning
 from workbench.conditioning_cache import DEFAULT_CACHE, ConditioningCache
-from workbench.config import Config, ReferenceConfig, SamplerConfig, TemplateConfig
+from workbench.config import AccelConfig, Config, LoraItem, ReferenceConfig, SamplerConfig, TemplateConfig
 from workbench.config.unused import unused_notes
 from workbench.accel import apply_accel
 from workbench.lora import apply_loras
@@ -101,11 +101,13 @@ class Workbench:
         never rebuilds or reloads it. Components are shared, so this also holds for other workbenches
         on the same cached transformer; ``generate`` re-applies its config's LoRAs for that reason.
         ``roots``: where LoRA names are looked up (model.roots; else $WORKBENCH_MODELS, else ./models)."""
-        return apply_loras(self.components.transformer, list(items), fuse=fuse, roots=roots or None)
+        items = check.lora_items(items, LoraItem)  # a path is one LoRA at strength 1; a dict holds LoraItem's keys
+        return apply_loras(self.components.transformer, items, fuse=fuse, roots=roots or None)
 
     def set_accel(self, accel) -> None:
         """Make ``accel`` (``AccelConfig``) the cache hooks of the shared transformer; never rebuilds it.
         ``generate`` re-applies its config's accel on every run, as it does for LoRAs."""
+        check.instance(accel, AccelConfig, "accel", "pass cfg.accel, or AccelConfig(method=...) from workbench.config")
         apply_accel(self.components.transformer, accel)
 
     @property

@@ -51,7 +51,8 @@ def instance(value: Any, cls: type, name: str, how: str) -> None:
     """``value`` is a ``cls``; else the error says how to get one (``how``)."""
     if not isinstance(value, cls):
         what = "PIL image" if cls.__module__.startswith("PIL") else cls.__name__
-        raise StageInputError(f"{name} must be a {what}, got {_kind(value)}; {how}")
+        article = "an" if what[0] in "AEIOU" else "a"
+        raise StageInputError(f"{name} must be {article} {what}, got {_kind(value)}; {how}")
 
 
 def pixel_size(height: Any, width: Any, multiple: int) -> None:
@@ -82,3 +83,23 @@ def batch_of(cond: Any, batch: int, name: str, conditioning_cls: type) -> None:
     if len(cond) != batch:
         raise StageInputError(f"{name} holds {len(cond)} prompt(s) but the latents are a batch of {batch}; give one "
                               f"conditioning per latent: {name}.select([...]) picks them (e.g. [0] * {batch})")
+
+
+def lora_items(items: Any, item_cls: type) -> list:
+    """``LoraItem``s; a path (or a name under loras/) is one LoRA at strength 1, a dict holds LoraItem's keys."""
+    if isinstance(items, (str, item_cls, dict)):
+        items = [items]
+    if not isinstance(items, Sequence):
+        raise StageInputError(f"LoRAs must be a list of LoraItem, got {_kind(items)}; e.g. [LoraItem('my.safetensors', 0.8)]")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = item_cls(file=item)
+        elif isinstance(item, dict):
+            try:
+                item = item_cls(**item)
+            except TypeError as err:
+                raise StageInputError(f"LoRA [{i}] {item!r:.80}: {err}; its keys are file, strength, alpha") from None
+        instance(item, item_cls, f"LoRA [{i}]", "pass a LoraItem, a path or {'file': ..., 'strength': ...}")
+        out.append(item)
+    return out
