@@ -301,6 +301,11 @@ def test_magics_run_and_sweep(ip, tmp_path):
         ip.run_line_magic("workbench", f"run --out {tmp_path}/bad sampler.stepz=2")
     with pytest.raises(UsageError, match="needs a verb"):
         ip.run_line_magic("workbench", "")
+    with pytest.raises(UsageError, match=r"-x given twice \('sampler.steps=2,3', then 'seeds=1,2'\); one axis per "
+                                         r"flag: -x, -y, -z"):  # argparse kept the last: one axis was lost
+        ip.run_line_magic("workbench", "sweep -x sampler.steps=2,3 -x seeds=1,2")
+    with pytest.raises(UsageError, match=r"--out given twice \('a', then 'b'\)$"):
+        ip.run_line_magic("workbench", "run --out a --out b")
     assert isinstance(ip.run_line_magic("workbench", "panel template"), TemplatePanel)
 
 

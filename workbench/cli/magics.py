@@ -142,9 +142,20 @@ class _Parser(argparse.ArgumentParser):
         raise MagicError(f"{self.prog}: {message}")
 
 
+class _Once(argparse.Action):
+    """A flag given twice is refused: argparse keeps the last one, and ``-x a -x b`` silently lost axis a."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest)
+        if before is not None:
+            hint = "; one axis per flag: -x, -y, -z" if self.dest in "xyz" else ""
+            parser.error(f"{option_string} given twice ({before!r}, then {values!r}){hint}")
+        setattr(namespace, self.dest, values)
+
+
 def _run_parser() -> _Parser:
     p = _Parser(prog="%workbench run", add_help=False)
-    p.add_argument("--out", help="output folder (default outputs/<date>/<time>)")
+    p.add_argument("--out", action=_Once, help="output folder (default outputs/<date>/<time>)")
     p.add_argument("overrides", nargs="*")
     return p
 
@@ -152,8 +163,8 @@ def _run_parser() -> _Parser:
 def _sweep_parser() -> _Parser:
     p = _Parser(prog="%workbench sweep", add_help=False)
     for axis in "xyz":
-        p.add_argument(f"-{axis}", dest=axis, help=f"{axis.upper()} axis: key=values")
-    p.add_argument("--out", help="sweep folder (default outputs/sweeps/<hash of the sweep>)")
+        p.add_argument(f"-{axis}", dest=axis, action=_Once, help=f"{axis.upper()} axis: key=values")
+    p.add_argument("--out", action=_Once, help="sweep folder (default outputs/sweeps/<hash of the sweep>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--metric", action="append", default=[], help="table column: adherence, psnr or ssim (repeatable)")
     p.add_argument("overrides", nargs="*", help="base overrides, applied to every cell")
