@@ -164,3 +164,18 @@ def test_a_layered_sweep_previews_its_whole_image(tmp_path):
     # the last step's prediction is the final latent: its preview is the cell's whole image
     last, final = np.asarray(previews[-1], dtype=np.int16), np.asarray(cell.images[0].convert("RGBA"), dtype=np.int16)
     assert np.abs(last - final).max() == 0
+
+
+def test_layered_ignores_the_dynamic_shift_keys_and_says_so(bench, make_cfg):
+    """Layered's mu comes from the input image (diffusers' QwenImageLayeredPipeline), not from base / max shift:
+    a changed max_shift is noted and changes nothing; the 20B text-to-image path reads it (no note; its effect there:
+    tests/test_sampling.py)."""
+    from workbench.config.unused import unused_notes
+
+    (noted,) = bench.generate(make_cfg("sampler.max_shift=1.2"), progress=False)
+    (plain,) = bench.generate(make_cfg(), progress=False)
+    assert "sampler.max_shift=1.2 is not used: Layered takes its shift from the input image's size" in noted.notes[-1]
+    assert torch.equal(noted.latents, plain.latents)
+    from workbench.config import compose, to_run_config
+
+    assert unused_notes(to_run_config(compose(["sampler.max_shift=1.2"]))) == []  # the 20B t2i path reads it

@@ -22,6 +22,9 @@ def ignored(cfg: Config) -> dict[str, str]:
     if plain(s.shift_mode) == ShiftMode.dynamic.value:
         out["sampler.shift"] = ("shift_mode=dynamic takes the shift from the image size (set sampler.shift_mode=fixed "
                                 "to use it)")
+        if plain(cfg.model.variant) == "layered":  # its mu comes from the input image (stages.layers.shift_mu)
+            for key in _DYNAMIC_ONLY:
+                out[f"sampler.{key}"] = "Layered takes its shift from the input image's size, as diffusers' pipeline"
     else:
         for key in _DYNAMIC_ONLY:
             out[f"sampler.{key}"] = "shift_mode=fixed uses sampler.shift (set sampler.shift_mode=dynamic to use it)"
