@@ -324,6 +324,8 @@ def test_metric_columns_score_cells_against_caption_and_reference(tmp_path):
     "kwargs, message",
     [
         ({"metrics": ["clip"]}, "metric 'clip' is not known; choose from adherence, psnr, ssim"),
+        ({"metrics": "clip"}, "metric 'clip' is not known"),  # one string is one metric (it was 'c', 'l', ...)
+        ({"metrics": [1]}, r"metrics\[0\] must be a string, got int 1"),
         ({"metrics": ["ssim"], "metric_reference": 5}, "reference cell 5 is outside the sweep's cells 0..1"),
         ({"metrics": ["adherence"], "base": ["prompts=['a photo of a cat']"]}, "cell 0: caption 'a photo of a cat' is not in the world's grammar"),
     ],

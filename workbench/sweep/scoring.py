@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from workbench.sweep.axes import SweepError
+from workbench.values import string_list
 
 if TYPE_CHECKING:
     from workbench.sweep.plan import Cell
@@ -23,6 +24,7 @@ def check_metrics(metrics: Sequence[str], cells: Sequence[Cell], reference: int)
     """Validate metric names, the reference cell and (for adherence) that every prompt is a world caption."""
     from workbench.metrics import CaptionError, parse_caption
 
+    metrics = string_list(metrics, "metrics", SweepError, "['psnr', 'ssim']")  # one string is one metric
     metrics = tuple(dict.fromkeys(m.strip() for m in metrics if m.strip()))
     for m in metrics:
         if m not in METRICS:
