@@ -116,6 +116,17 @@ def test_careless_python_calls_of_the_config_door(tmp_path):
         load_template(tmp_path)
 
 
+@pytest.mark.parametrize("override, fix", [
+    ("seeds=3", "seeds is a list: write seeds=[3]"),
+    ("prompts=a red fox", "prompts is a list: write prompts=[a red fox]"),
+    ("model.roots=/data/models", "model.roots is a list: write model.roots=[/data/models]"),
+])
+def test_a_scalar_for_a_list_key_shows_the_list_to_type(override, fix):
+    """OmegaConf's 'int is not a ListConfig, list or tuple' named the key but not what to type."""
+    message = refused(override)
+    assert message.endswith(f"(key {override.split('=')[0]}); {fix}"), message
+
+
 def test_other_compose_errors_are_one_line_naming_the_override():
     with pytest.raises(ComposeError, match=r"^Error merging override sampler\.steps=1e20: Value '1e\+20' of type 'float' could not be converted to Integer \(key sampler\.steps\)$"):
         compose(["sampler.steps=1e20"])

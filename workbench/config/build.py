@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import itertools
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from workbench.config.limits import unknown_key_message
+from workbench.config.messages import list_hint, one_line
 from workbench.config.overrides import literal, override_value  # noqa: F401 - override_value: part of the door
 from workbench.config.preflight import check_run
 from workbench.config.run import Config, schema_paths
@@ -342,23 +342,6 @@ _HYDRA_NOISE = ("To append to your config use", "Config search path", "provider=
                 "object_type=", "Set the environment variable HYDRA_FULL_ERROR")
 
 
-def _one_line(text: str) -> str:
-    """Hydra's multi-line messages ('Available options in ...:' then one option a line) as one line."""
-    parts = []
-    for paragraph in text.strip().split("\n\n"):
-        lines = [line.strip() for line in paragraph.splitlines() if line.strip()]
-        cut = next((i for i, line in enumerate(lines) if line.startswith("Config search path")), len(lines))
-        lines = lines[:cut]  # Hydra's search path: internals, no help to a user
-        group = re.fullmatch(r"Available options in '(.+)':", lines[0]) if lines else None
-        if group:
-            parts.append(f"{group[1]} options available: {', '.join(lines[1:])}")
-        elif lines and lines[0].endswith(":") and len(lines) > 1:
-            parts.append(f"{lines[0]} {', '.join(lines[1:])}")
-        else:
-            parts.append(" ".join(lines))
-    return "; ".join(p for p in parts if p)
-
-
 def _composition_error(err: HydraException) -> ComposeError:
     """Rewrite Hydra's error as one line; an unknown key gets 'did you mean ...?' instead of Hydra's
     '+key=value' hint (which would add the misspelt key and have it ignored)."""
@@ -369,14 +352,14 @@ def _composition_error(err: HydraException) -> ComposeError:
         path = full_key[: -len(key) - 1] if full_key.endswith("." + key) else schema_paths().get(cause.object_type, "")
         known = [f.name for f in dataclasses.fields(cause.object_type)]
         return ComposeError(unknown_key_message(path, key, known))
-    text = _one_line(str(err))
+    text = one_line(str(err))
     override = getattr(err, "override", None)  # a syntax error: Hydra's text does not say which override
     if override and override not in text:
         text = f"override {override!r}: {text}"
     if isinstance(cause, OmegaConfBaseException) and cause.msg:
         key = f" (key {cause.full_key})" if cause.full_key else ""
         text = f"{text.rstrip('.')}: {cause.msg.strip().splitlines()[0]}{key}"  # the rest repeats the key
-    return ComposeError(text)
+    return ComposeError(list_hint(text))
 
 
 def describe_error(err: BaseException) -> str:
