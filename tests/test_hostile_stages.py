@@ -57,6 +57,8 @@ CASES = [
      r"latents must be a Tensor, got ndarray; pass what prepare_latents / denoise returned"),
     ("generate", lambda wb, cfg, lat, cond: wb.generate(cfg.prompts),
      r"cfg must be a Config, got list; build one with to_run_config\(compose"),
+    ("generate", lambda wb, cfg, lat, cond: wb.generate(cfg, only=[1]),  # returned [] without a word
+     r"only=\[1\]: give indices of the prompt-major \(prompt, seed\) list, 0..0 here \(1 prompt\(s\) x 1 seed"),
     ("loras", lambda wb, cfg, lat, cond: wb.set_loras([{"path": "my.safetensors"}]),
      r"LoRA \[0\] \{'path': 'my.safetensors'\}: .*unexpected keyword argument 'path'; its keys are file, strength, alpha"),
     ("loras", lambda wb, cfg, lat, cond: wb.set_loras([3]),

@@ -260,8 +260,11 @@ class Workbench:
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
         self.set_accel(cfg.accel)  # a no-op when unchanged
         set_attention_kernel(self.components.transformer, cfg.perf.attention_kernel)
-        run = self._prepare_run(cfg, timings)
         jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
+        if only is not None and (not only or not all(isinstance(j, int) and 0 <= j < len(jobs) for j in only)):
+            raise check.StageInputError(f"only={list(only)!r:.80}: give indices of the prompt-major (prompt, seed) list, "
+                                        f"0..{len(jobs) - 1} here ({len(cfg.prompts)} prompt(s) x {len(cfg.seeds)} seed(s))")
+        run = self._prepare_run(cfg, timings)
         results: list[GeneratedImage] = []
         for start in range(0, len(jobs), cfg.batch_size):
             chunk = jobs[start : start + cfg.batch_size]
