@@ -25,6 +25,9 @@ def test_one_prompt_string_is_one_prompt(bench):
     listed = wb.encode(["a red fox"], cfg.template)
     assert one.prompts == ["a red fox"] and torch.equal(one.embeds, listed.embeds)
     assert torch.equal(wb.prepare_latents(7, 64, 64), wb.prepare_latents([7], 64, 64))
+    import numpy as np  # numpy's integers are integers (np.arange seeds, a size read from an array's shape)
+
+    assert torch.equal(wb.prepare_latents(np.arange(7, 8), np.int64(64), 64), wb.prepare_latents([7], 64, 64))
 
 
 CASES = [

@@ -140,6 +140,8 @@ def test_careless_plan_arguments(tmp_path):
         Sweep.plan(["seeds=0,1"], base=["hydra.run.dir=/x"], out_dir=tmp_path)
     with pytest.raises(SweepError, match=r"base override '\+hydra.job.chdir=true': hydra"):
         Sweep.plan(["seeds=0,1"], base=["+hydra.job.chdir=true"], out_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"base override 'hydra/launcher=basic': hydra"):
+        Sweep.plan(["seeds=0,1"], base=["hydra/launcher=basic"], out_dir=tmp_path)
     with pytest.raises(SweepError, match=r"base overrides\[1\] must be a string, got int 64"):
         Sweep.plan(["seeds=0,1"], base=["height=32", 64], out_dir=tmp_path)
 

@@ -9,8 +9,10 @@ invalid``). Each check here raises ``StageInputError`` naming the argument, what
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from workbench.errors import InputError
@@ -35,16 +37,23 @@ def prompt_list(prompts: Any, name: str = "prompts") -> list[str]:
     return prompts
 
 
+def _integer(value: Any) -> bool:
+    """An integer, numpy's included (``np.arange`` seeds, a size from an array's shape); not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def seed_list(seeds: Any) -> list[int]:
     """A non-empty list of seeds in torch.Generator's range; one int is one seed."""
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if _integer(seeds):
         seeds = [seeds]
+    if isinstance(seeds, np.ndarray):
+        seeds = seeds.tolist()
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
         raise StageInputError(f"seeds must be a non-empty list of integers, got {_kind(seeds)}; e.g. [0, 1, 2]")
     for i, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        if not _integer(seed) or not 0 <= seed < 2**64:
             raise StageInputError(f"seeds[{i}] = {seed!r} is not an integer in 0..2**64-1 (what torch.Generator accepts)")
-    return list(seeds)
+    return [int(seed) for seed in seeds]
 
 
 def instance(value: Any, cls: type, name: str, how: str) -> None:
@@ -58,8 +67,8 @@ def instance(value: Any, cls: type, name: str, how: str) -> None:
 def pixel_size(height: Any, width: Any, multiple: int) -> None:
     """Output sides: positive integers on the model's latent grid (16 px for the 20B family, 32 for 2.1)."""
     for key, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
-            near = "" if not isinstance(value, int) or value < multiple else \
+        if not _integer(value) or value < multiple or value % multiple:
+            near = "" if not _integer(value) or value < multiple else \
                 f"; use {value // multiple * multiple} or {(value // multiple + 1) * multiple}"
             raise StageInputError(f"{key}={value!r} is not a positive multiple of {multiple} pixels (the latent grid "
                                   f"of this model){near}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -137,7 +138,7 @@ def _check_axes(axes: list[Axis], base: list[str]) -> None:
         key = b.split("=", 1)[0].strip().lstrip("+~")
         if key in {a.key for a in axes}:
             raise SweepError(f"base override {b!r} sets a key that is also an axis; drop one of them")
-        if key.split(".")[0].split("@")[0] == "hydra":  # composed away: it would be silently ignored
+        if re.split(r"[./@]", key)[0] == "hydra":  # hydra.run.dir, hydra/launcher=...: composed away, unread
             raise SweepError(f"base override {b!r}: hydra.* settings choose where `workbench run` writes; a sweep "
                              "writes its cells under out_dir (Sweep.plan(out_dir=...), %workbench sweep --out)")
 
