@@ -148,6 +148,11 @@ def test_a_negative_prompt_without_guidance_is_noted(bench):
      "sampler.max_shift=1.2 is not used: shift_mode=fixed uses sampler.shift (set sampler.shift_mode=dynamic to use it)"),
     (["sampler.cfg_norm_strength=0.5"], "sampler.cfg_norm_strength=0.5 is not used: it is the strength of "
                                         "guidance=cfg_norm and sampler.guidance=true_cfg (set sampler.guidance=cfg_norm"),
+    (["sampler.cfg_batching=separate"], "sampler.cfg_batching=separate is not used: sampler.cfg=1 turns guidance off"),
+    (["accel.threshold=0.2"], "accel.threshold=0.2 is not used: it is a knob of accel=first_block and this run's "
+                              "accel.method is none"),
+    (["layers=2"], "layers=2 is not used: it acts on Layered only and model.variant=t2i"),
+    (["perf.prefix_kv_cache=false"], "perf.prefix_kv_cache=false is not used: it acts on Qwen-Image-2.1 only"),
 ])
 def test_settings_the_run_ignores_are_noted_and_change_nothing(bench, overrides, note):
     """Each ignored setting is noted, and is truly ignored: the latents equal those of the run without it."""
@@ -167,6 +172,12 @@ def test_settings_the_run_ignores_are_noted_and_change_nothing(bench, overrides,
                                 r"shift_mode=dynamic takes the shift from the image size \(set sampler.shift_mode=fixed"),
     ("negative_prompt=blurry,ugly", [], r"axis X \(negative_prompt\) changes nothing: .*sampler.cfg=1 turns guidance off"),
     ("sampler.max_shift=0.9,1.2", ["sampler=lightning"], r"no cell uses sampler.max_shift, since shift_mode=fixed"),
+    ("reference=comfy_edit,diffusers_edit", [], r"no cell uses reference, since it sizes reference images and images "
+                                                r"is empty"),
+    ("reference.vae_area=500000,1000000", [], r"no cell uses reference.vae_area, since it sizes reference images"),
+    ("accel.threshold=0.05,0.2", [], r"no cell uses accel.threshold, since it is a knob of accel=first_block"),
+    ("perf.prefix_kv_cache=true,false", [], r"no cell uses perf.prefix_kv_cache, since it acts on Qwen-Image-2.1 only"),
+    ("sampler.guidance=cfg,true_cfg", [], r"no cell uses sampler.guidance, since sampler.cfg=1 turns guidance off"),
 ])
 def test_a_sweep_axis_no_cell_reads_is_refused(tmp_path, axis, base, message):
     """Swept, an ignored setting gave identical cells; an axis where some cells read it still runs."""
@@ -177,3 +188,5 @@ def test_a_sweep_axis_no_cell_reads_is_refused(tmp_path, axis, base, message):
         Sweep.plan([axis], base=[*SMALL, *base], out_dir=tmp_path)
     assert Sweep.plan(["sampler.shift_mode=fixed,dynamic", "sampler.shift=2,3"], base=SMALL, out_dir=tmp_path).shape == (2, 2)
     assert Sweep.plan(["negative_prompt=blurry,ugly"], base=[*SMALL, "sampler.cfg=2"], out_dir=tmp_path).shape == (2,)
+    assert Sweep.plan(["accel.threshold=0.05,0.2"], base=[*SMALL, "accel=first_block"], out_dir=tmp_path).shape == (2,)
+    assert Sweep.plan(["reference=comfy_edit,diffusers_edit"], base=["experiment=edit_tiny"], out_dir=tmp_path).shape == (2,)

@@ -202,11 +202,11 @@ def _refuse_values_that_never_work(axes: list[Axis], cells: list[Cell]) -> None:
 def _refuse_axes_that_change_nothing(axes: list[Axis], cells: list[Cell]) -> None:
     """An axis whose key no valid cell reads (a shift under the dynamic schedule, a negative prompt without
     guidance) would give identical cells: refuse it, saying why and what makes it count."""
-    from workbench.config.unused import ignored
+    from workbench.config.unused import why_ignored
 
     valid = [c for c in cells if c.config is not None]
     for n, axis in enumerate(axes):
-        why = [ignored(c.config).get(axis.key) for c in valid]
+        why = [why_ignored(c.config, axis.key) for c in valid]
         if valid and all(why):
             raise SweepError(f"axis {'XYZ'[n]} ({axis.key}) changes nothing: no cell uses {axis.key}, since {why[0]}")
 
