@@ -337,3 +337,18 @@ def test_metric_errors_before_anything_runs(tmp_path, kwargs, message):
     with pytest.raises(SweepError, match=message):
         Sweep.plan(["sampler.steps=2,3"], base, tmp_path, **kwargs)
     assert not (tmp_path / "cells").exists()
+
+
+def test_the_table_says_what_each_cell_ignored(tmp_path):
+    """A shift swept across both shift modes runs (the fixed cells read it); the dynamic cells' notes say they
+    did not, in the table and its HTML (cut, the whole text on hover), also when the cells are read back."""
+    from workbench.sweep import report
+
+    sweep = Sweep.plan(["sampler.shift=2,3", "sampler.shift_mode=dynamic,fixed"], base=SMALL, out_dir=tmp_path)
+    for result in (sweep.run(progress=False), sweep.run(progress=False)):  # computed, then read back
+        notes = list(result.table["notes"])
+        assert notes[:2] == [f"sampler.shift={v} is not used: shift_mode=dynamic takes the shift from the image size "
+                             "(set sampler.shift_mode=fixed to use it)" for v in (2, 3)]
+        assert notes[2:] == ["", ""]
+    page = report.table_html(result)
+    assert '<span title="sampler.shift=2 is not used: shift_mode=dynamic' in page

@@ -66,7 +66,7 @@ def table_frame(result: SweepResult):
 
 
 def _error_html(text) -> str:
-    """The error cut to ``ERROR_CHARS``, the full text in the title attribute (shown on hover)."""
+    """An error (or a cell's notes) cut to ``ERROR_CHARS``, the full text in the title attribute (shown on hover)."""
     if not isinstance(text, str) or not text:
         return ""
     if len(text) <= ERROR_CHARS:
@@ -85,8 +85,9 @@ def styled_table(result: SweepResult):
     seconds = [c for c in df if c.endswith("(s)")]
     memory = [c for c in df if c.startswith("peak mem (MB")]
     styler = styler.format("{:.3f}", subset=seconds, na_rep="").format("{:.1f}", subset=memory, na_rep="")
-    if "error" in df:
-        styler = styler.format(_error_html, subset=["error"], escape=None)
+    long_text = [c for c in ("notes", "error") if c in df]
+    if long_text:
+        styler = styler.format(_error_html, subset=long_text, escape=None)
     if "total (s)" in df and df["total (s)"].notna().any():
         styler = styler.bar(subset=["total (s)"], color="#9ecae1", vmin=0)
     styler = styler.map(lambda s: STATUS_STYLE.get(s, ""), subset=["status"])

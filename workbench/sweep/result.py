@@ -167,6 +167,9 @@ class SweepResult:
             if self.sweep.metrics:
                 ref = self.cells[self.sweep.metric_reference]
                 row.update(cell_scores(res, ref, self.sweep.metrics, self.sweep.metric_reference))
+            # what the run said of itself (a snapped size, a setting it does not use): once per cell
+            entries = res.record.get("images", []) if res else []
+            row["notes"] = "; ".join(dict.fromkeys(n for e in entries if isinstance(e, dict) for n in e.get("notes", [])))
             row["error"] = (res.error if res else cell.error) or ""
             rows.append(row)
         df = pd.DataFrame(rows)
