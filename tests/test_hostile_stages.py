@@ -117,6 +117,7 @@ def test_conditioning_select_and_from_config(bench):
     wb, cfg = bench
     cond = wb.encode(["a cat", "a dog"], cfg.template)
     assert cond.select([1, 1, 0]).prompts == ["a dog", "a dog", "a cat"]
+    assert cond.select(torch.tensor([1, 0])).prompts == ["a dog", "a cat"]  # an index tensor / array is a list
     for bad in ([2], [], [-1], "0", [True]):
         with pytest.raises(InputError, match=r"give a non-empty list of item indices in 0..1 \(this conditioning holds 2"):
             cond.select(bad)

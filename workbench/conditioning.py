@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -57,10 +58,12 @@ class Conditioning:
     def select(self, indices: list[int]) -> "Conditioning":
         """A sub-batch, trimmed to its own longest item (indices may repeat: [0] * n gives n copies of item 0)."""
         n = len(self)
+        indices = indices.tolist() if hasattr(indices, "tolist") else indices  # a numpy array or a tensor of indices
         if isinstance(indices, (str, bytes)) or not isinstance(indices, (list, tuple)) or not indices or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n for i in indices):
+                isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < n for i in indices):
             raise InputError(f"select({indices!r:.80}): give a non-empty list of item indices in 0..{n - 1} "
                              f"(this conditioning holds {n} prompt(s))")
+        indices = [int(i) for i in indices]
         idx = torch.tensor(indices, device=self.embeds.device)
         mask = self.mask.index_select(0, idx)
         length = int(mask.sum(dim=1).max())
