@@ -37,6 +37,14 @@ CASES = [
      r"template must be a TemplateConfig, got str 'chat'; pass cfg.template, workbench.config.build.load_template"),
     ("encode", lambda wb, cfg, lat, cond: wb.encode(["a"], cfg.template, ["ref.png"]),
      r"images\[0\] must be a PIL image, got str 'ref.png'; open it with workbench.pipeline.load_image\(path\)"),
+    ("encode", lambda wb, cfg, lat, cond: wb.encode(["a cat"], cfg.template, max_sequence_length=0),
+     r"max_sequence_length=0 must be an integer in 1..4096"),  # an empty conditioning before
+    ("encode", lambda wb, cfg, lat, cond: wb.encode(["a cat"], cfg.template, max_sequence_length=-1),
+     r"max_sequence_length=-1 must be an integer in 1..4096"),  # cut the last token before
+    ("encode", lambda wb, cfg, lat, cond: wb.encode(["a cat"], cfg.template, resample="lanczos"),
+     r"resample='lanczos': expected bicubic \(transformers' processor\) or bilinear"),
+    ("encode", lambda wb, cfg, lat, cond: wb.encode(["a cat"], cfg.template, tap=None),
+     r"tap=None: expected post_norm \(after the final norm"),
     ("latents", lambda wb, cfg, lat, cond: wb.prepare_latents([], 64, 64),
      r"seeds must be a non-empty list of integers, got an empty list"),
     ("latents", lambda wb, cfg, lat, cond: wb.prepare_latents(["0"], 64, 64), r"seeds\[0\] = '0' is not an integer"),

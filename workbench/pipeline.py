@@ -135,8 +135,9 @@ class Workbench:
                        "pass cfg.template, workbench.config.build.load_template(path) or a TemplateConfig(...)")
         for i, image in enumerate(images):
             check.instance(image, Image.Image, f"images[{i}]", "open it with workbench.pipeline.load_image(path)")
-        c = self.components
         resample = plain(resample)
+        check.encode_options(max_sequence_length, resample, tap)
+        c = self.components
         style = encode_stage.QWEN3_STYLE if c.is_qwen21 else encode_stage.QWEN25_STYLE
         preprocessing = {"resample": resample, "min_pixels": vision.MIN_PIXELS, "max_pixels": vision.MAX_PIXELS,
                          "tap": tap, "style": repr(style)}

@@ -24,6 +24,12 @@ from workbench.errors import ConfigError
 from workbench.values import plain
 
 
+MAX_SEQUENCE_LENGTH = 4096
+ENCODER_TAP = re.compile(r"post_norm|pre_norm|-([2-9]|[1-9][0-9]+)")
+ENCODER_TAP_EXPECTED = ("post_norm (after the final norm, as diffusers' 20B pipelines read), pre_norm (the last "
+                        "layer's output before it) or -k with k >= 2 (hidden_states[-k], an earlier layer)")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -67,14 +73,12 @@ class Config:
         self._check_prompts_and_seeds()
         self._check_size()
         self._check_strength_and_batches()
-        if not 1 <= self.max_sequence_length <= 4096:
-            raise ConfigError(f"max_sequence_length must be in 1..4096, got {self.max_sequence_length}")
+        if not 1 <= self.max_sequence_length <= MAX_SEQUENCE_LENGTH:
+            raise ConfigError(f"max_sequence_length must be in 1..{MAX_SEQUENCE_LENGTH}, got {self.max_sequence_length}")
         if self.encoder_tap is None:
             self.encoder_tap = "pre_norm" if self.model.variant.family == "qwen-image-2.1" else "post_norm"
-        if not re.fullmatch(r"post_norm|pre_norm|-([2-9]|[1-9][0-9]+)", str(self.encoder_tap)):
-            raise ConfigError(f"encoder_tap={self.encoder_tap!r}: expected post_norm (after the final norm, as diffusers' "
-                              "20B pipelines read), pre_norm (the last layer's output before it) or -k with k >= 2 "
-                              "(hidden_states[-k], an earlier layer)")
+        if not ENCODER_TAP.fullmatch(str(self.encoder_tap)):
+            raise ConfigError(f"encoder_tap={self.encoder_tap!r}: expected {ENCODER_TAP_EXPECTED}")
         check_lora_fits(self.lora, self.precision, self.perf)
         check_accel_fits(self.accel, self.sampler, self.perf)
         self._check_family()

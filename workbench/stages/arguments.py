@@ -112,3 +112,19 @@ def lora_items(items: Any, item_cls: type) -> list:
         instance(item, item_cls, f"LoRA [{i}]", "pass a LoraItem, a path or {'file': ..., 'strength': ...}")
         out.append(item)
     return out
+
+
+def encode_options(max_sequence_length: Any, resample: Any, tap: Any) -> None:
+    """``Workbench.encode``'s keyword arguments, by the config's own rules (0 gave an empty conditioning and -1 cut
+    the last token without a word)."""
+    from workbench.config.reference import Resample
+    from workbench.config.run import ENCODER_TAP, ENCODER_TAP_EXPECTED, MAX_SEQUENCE_LENGTH
+
+    if not _integer(max_sequence_length) or not 1 <= max_sequence_length <= MAX_SEQUENCE_LENGTH:
+        raise StageInputError(f"max_sequence_length={max_sequence_length!r} must be an integer in "
+                              f"1..{MAX_SEQUENCE_LENGTH} (cfg.max_sequence_length)")
+    if resample not in [r.value for r in Resample]:
+        raise StageInputError(f"resample={resample!r}: expected bicubic (transformers' processor) or bilinear "
+                              "(ComfyUI's), as reference.vlm_resample")
+    if not isinstance(tap, str) or not ENCODER_TAP.fullmatch(tap):
+        raise StageInputError(f"tap={tap!r}: expected {ENCODER_TAP_EXPECTED}; cfg.encoder_tap is resolved for the family")
