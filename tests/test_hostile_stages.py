@@ -60,6 +60,14 @@ CASES = [
      r"cond holds 1 prompt\(s\) but the latents are a batch of 2; .*cond.select\(\[...\]\) picks them \(e.g. \[0\] \* 2\)"),
     ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, cfg.sampler, 64, 64, uncond=lat),
      r"uncond must be a Conditioning, got Tensor; pass what Workbench.encode returned"),
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, cfg.sampler, 64, 64, start_step=2),
+     r"start_step=2 must be in 0..1 \(sampler.steps=2\); image-to-image: pass the schedule"),  # returned the noise
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, cfg.sampler, 64, 64, start_step=-1),
+     r"start_step=-1 must be in 0..1"),  # ran the last step alone
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, cfg.sampler, 64, 64, callback="print"),
+     r"callback='print' is not callable"),
+    ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, cfg.sampler, 64, 64, frames=0),
+     r"frames=0 must be an integer >= 1"),
     ("denoise", lambda wb, cfg, lat, cond: wb.denoise(lat, cond, {"steps": 2}, 64, 64),
      r"sampler must be a SamplerConfig, got dict; pass cfg.sampler"),
     ("decode", lambda wb, cfg, lat, cond: wb.decode(torch.zeros(1, 16, 8, 8), 64, 64),

@@ -227,6 +227,8 @@ class Workbench:
     ) -> torch.Tensor:
         """``schedule``: the one ``prepare_img2img_latents`` returned (else a fresh one from ``start_step``).
         ``prefix_kv_cache``: Qwen-Image-2.1 only (``perf.prefix_kv_cache``). ``frames``: Layered's layers + 1."""
+        steps = sampler.steps if isinstance(sampler, SamplerConfig) else None  # (a wrong sampler is named below)
+        check.denoise_options(frames, callback, start_step if schedule is None else schedule.start_step, steps)
         batch = self._check_latents(latents, height, width, frames)
         check.batch_of(cond, batch, "cond", Conditioning)
         if uncond is not None:

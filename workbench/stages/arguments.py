@@ -128,3 +128,15 @@ def encode_options(max_sequence_length: Any, resample: Any, tap: Any) -> None:
                               "(ComfyUI's), as reference.vlm_resample")
     if not isinstance(tap, str) or not ENCODER_TAP.fullmatch(tap):
         raise StageInputError(f"tap={tap!r}: expected {ENCODER_TAP_EXPECTED}; cfg.encoder_tap is resolved for the family")
+
+
+def denoise_options(frames: Any, callback: Any, start_step: Any, steps: int | None) -> None:
+    """``Workbench.denoise``'s keyword arguments: start_step == steps returned the noise untouched, -1 ran the
+    last step alone, and a callback that cannot be called failed after the first step."""
+    if not _integer(frames) or frames < 1:
+        raise StageInputError(f"frames={frames!r} must be an integer >= 1 (1 image; Layered: its layers + 1)")
+    if callback is not None and not callable(callback):
+        raise StageInputError(f"callback={callback!r:.60} is not callable; pass a function of one StepInfo (or None)")
+    if steps is not None and (not _integer(start_step) or not 0 <= start_step < steps):
+        raise StageInputError(f"start_step={start_step!r} must be in 0..{steps - 1} (sampler.steps={steps}); "
+                              "image-to-image: pass the schedule prepare_img2img_latents returned")
