@@ -30,6 +30,16 @@ def test_one_prompt_string_is_one_prompt(bench):
     assert torch.equal(wb.prepare_latents(np.arange(7, 8), np.int64(64), 64), wb.prepare_latents([7], 64, 64))
 
 
+def _image():
+    from workbench.pipeline import load_image
+
+    return load_image("asset:sample_reference.png")
+
+
+def _init(wb):
+    return wb.encode_init(_image(), 64, 64)
+
+
 CASES = [
     ("encode", lambda wb, cfg, lat, cond: wb.encode([1], cfg.template), r"prompts\[0\] must be a string, got int 1"),
     ("encode", lambda wb, cfg, lat, cond: wb.encode([], cfg.template), r"prompts is empty: give at least one prompt"),
@@ -74,6 +84,16 @@ CASES = [
      r"latents has shape \(1, 16, 8, 8\); expected \(batch, 16, 64\) for 64x64"),
     ("decode", lambda wb, cfg, lat, cond: wb.decode(lat.cpu().numpy(), 64, 64),
      r"latents must be a Tensor, got ndarray; pass what prepare_latents / denoise returned"),
+    ("img2img", lambda wb, cfg, lat, cond: wb.prepare_img2img_latents([0], _init(wb), cfg.sampler, 0.0),
+     r"strength=0.0 must be in \(0, 1\]"),  # started at the end of the schedule: the init image back
+    ("img2img", lambda wb, cfg, lat, cond: wb.prepare_img2img_latents([0], _init(wb), cfg.sampler, 2.0),
+     r"strength=2.0 must be in \(0, 1\]"),  # read as 1
+    ("img2img", lambda wb, cfg, lat, cond: wb.prepare_img2img_latents([0], _init(wb), cfg.sampler, 0.4),
+     r"strength=0.4 of sampler.steps=2 runs no step \(int\(steps \* strength\) = 0\); raise strength to >= 0.5"),
+    ("img2img", lambda wb, cfg, lat, cond: wb.prepare_img2img_latents([0], _image(), cfg.sampler, 0.5),
+     r"init must be what Workbench.encode_init returned \(the VAE's latent distribution\), got Image"),
+    ("references", lambda wb, cfg, lat, cond: wb.prepare_references(["asset:sample_reference.png"], cfg.reference),
+     r"images\[0\] must be a PIL image, got str 'asset:sample_reference.png'; open it with"),
     ("generate", lambda wb, cfg, lat, cond: wb.generate(cfg.prompts),
      r"cfg must be a Config, got list; build one with to_run_config\(compose"),
     ("generate", lambda wb, cfg, lat, cond: wb.generate(cfg, only=[1]),  # returned [] without a word

@@ -133,8 +133,7 @@ class Workbench:
         prompts = check.prompt_list(prompts)
         check.instance(template, TemplateConfig, "template",
                        "pass cfg.template, workbench.config.build.load_template(path) or a TemplateConfig(...)")
-        for i, image in enumerate(images):
-            check.instance(image, Image.Image, f"images[{i}]", "open it with workbench.pipeline.load_image(path)")
+        check.pil_images(images)
         resample = plain(resample)
         check.encode_options(max_sequence_length, resample, tap)
         c = self.components
@@ -153,6 +152,7 @@ class Workbench:
     def prepare_references(self, images: list[Image.Image], reference: ReferenceConfig) -> References:
         """Size each reference by ``reference.policy`` (diffusers / comfy) for the VLM and the VAE; 2.1:
         one copy at ``reference.vae_area`` (its ``output_resolution``^2) for both."""
+        check.pil_images(images)
         if self.components.is_qwen21:
             return prepare_references_qwen21(self.components.vae, images, reference.vae_area)
         return prepare_references(self.components.vae, images, reference)
@@ -202,6 +202,7 @@ class Workbench:
     ) -> tuple[torch.Tensor, Schedule]:
         """Start latents for image-to-image from ``encode_init``'s result, and the ``Schedule`` they
         were noised for (pass it to ``denoise``: it starts at ``schedule.start_step``)."""
+        check.img2img(init, sampler, strength)
         tokens = init.mean.shape[-2] * init.mean.shape[-1] // 4  # 2x2 patches
         schedule = Schedule.img2img(sampler, tokens, strength, self.device)
         latents = latents_stage.img2img_noise(

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from workbench.errors import InputError
 from workbench.values import string_list
@@ -140,3 +141,26 @@ def denoise_options(frames: Any, callback: Any, start_step: Any, steps: int | No
     if steps is not None and (not _integer(start_step) or not 0 <= start_step < steps):
         raise StageInputError(f"start_step={start_step!r} must be in 0..{steps - 1} (sampler.steps={steps}); "
                               "image-to-image: pass the schedule prepare_img2img_latents returned")
+
+
+def pil_images(images: Any, name: str = "images") -> None:
+    """Reference images as PIL images (a path is opened by ``workbench.pipeline.load_image``)."""
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+        raise StageInputError(f"{name} must be a list of PIL images, got {_kind(images)}; open each with "
+                              "workbench.pipeline.load_image(path)")
+    for i, image in enumerate(images):
+        instance(image, Image.Image, f"{name}[{i}]", "open it with workbench.pipeline.load_image(path)")
+
+
+def img2img(init: Any, sampler: Any, strength: Any) -> None:
+    """``prepare_img2img_latents``' inputs, by the config's rules: strength 0 started at the end of the schedule
+    (the init image back, untouched) and 2 was read as 1."""
+    if not hasattr(init, "mean") or not hasattr(init, "sample"):
+        raise StageInputError(f"init must be what Workbench.encode_init returned (the VAE's latent distribution), "
+                              f"got {_kind(init)}")
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+        raise StageInputError(f"strength={strength!r} must be in (0, 1] (1 = the whole schedule)")
+    steps = getattr(sampler, "steps", None)
+    if _integer(steps) and int(steps * strength) < 1:
+        raise StageInputError(f"strength={strength} of sampler.steps={steps} runs no step (int(steps * strength) = 0); "
+                              f"raise strength to >= {1 / steps:g} or the steps")
