@@ -179,3 +179,19 @@ def test_layered_ignores_the_dynamic_shift_keys_and_says_so(bench, make_cfg):
     from workbench.config import compose, to_run_config
 
     assert unused_notes(to_run_config(compose(["sampler.max_shift=1.2"]))) == []  # the 20B t2i path reads it
+
+
+def test_x0_previews_of_a_layered_run_show_its_whole_image(bench, make_cfg):
+    """workbench.debug.X0Previews decoded all frames' tokens as one image (a RuntimeError on Layered)."""
+    import numpy as np
+
+    from workbench.debug import X0Previews
+
+    cfg = make_cfg()
+    (plain,) = bench.generate(cfg, progress=False)  # the size is the run's, known once the input image is sized
+    width, height = plain.image.size
+    probe = X0Previews(bench, height, width)
+    (image,) = bench.generate(cfg, callback=probe, progress=False)
+    assert [s for s, _ in probe.images] == list(range(cfg.sampler.steps))
+    last = np.asarray(probe.images[-1][1].convert("RGBA"), dtype=np.int16)
+    assert np.array_equal(last, np.asarray(image.image.convert("RGBA"), dtype=np.int16))

@@ -127,6 +127,8 @@ def test_x0_previews_and_interruption(bench, make_cfg):
     previews = X0Previews(bench, 64, 64, every=2)
     bench.denoise(bench.prepare_latents([0], 64, 64), cond, cfg.sampler, 64, 64, callback=previews, progress=False)
     assert [s for s, _ in previews.images] == [0, 2] and previews.images[0][1].size == (64, 64)
+    with pytest.raises(ValueError, match=r"every=0 must be an integer >= 1"):  # a ZeroDivisionError mid-run before
+        X0Previews(bench, 64, 64, every=0)
     stopper = X0Previews(bench, 64, 64, every=10, stop_after=2)
     with pytest.raises(Interrupted, match="after step 2 of 4"):
         bench.denoise(bench.prepare_latents([0], 64, 64), cond, cfg.sampler, 64, 64, callback=stopper, progress=False)

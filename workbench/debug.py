@@ -82,12 +82,15 @@ class X0Previews:
     """
 
     def __init__(self, bench, height: int, width: int, every: int = 1, stop_after: Optional[int] = None):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"X0Previews: every={every!r} must be an integer >= 1 (decode every N-th step)")
         self.bench, self.height, self.width, self.every, self.stop_after = bench, height, width, every, stop_after
         self.images: list[tuple[int, Image.Image]] = []
 
     def __call__(self, info) -> bool:
-        if info.step % self.every == 0:
-            self.images.append((info.step, self.bench.decode(info.x0[:1], self.height, self.width)[0]))
+        if info.step % self.every == 0:  # the first image of the batch (Layered: its first frame, the whole image)
+            x0 = info.x0[:1, : self.bench.tokens_per_image(self.height, self.width)]
+            self.images.append((info.step, self.bench.decode(x0, self.height, self.width)[0]))
         return self.stop_after is not None and info.step + 1 >= self.stop_after
 
 
