@@ -352,3 +352,17 @@ def test_the_table_says_what_each_cell_ignored(tmp_path):
         assert notes[2:] == ["", ""]
     page = report.table_html(result)
     assert '<span title="sampler.shift=2 is not used: shift_mode=dynamic' in page
+
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"on_cell": 3}, r"on_cell=3 is not callable; pass a function \(cell_result, sweep_result\) or None"),
+    ({"control": "stop"}, r"control must be a SweepControl \(workbench.sweep.control\), got str"),
+    ({"conditioning_cache_size": -1}, r"conditioning_cache_size=-1 must be an integer >= 0"),
+])
+def test_run_arguments_are_checked_before_any_cell(tmp_path, kwargs, message):
+    """A wrong on_cell failed after the first cell had run (and a wrong control inside the loop)."""
+    sweep = Sweep.plan(["seeds=0,1"], base=SMALL, out_dir=tmp_path / "sweep")
+    with pytest.raises(SweepError, match=message):
+        sweep.run(progress=False, **kwargs)
+    assert not (tmp_path / "sweep").exists()  # nothing ran, nothing was written

@@ -104,6 +104,7 @@ def run_sweep(
     """The body of ``Sweep.run`` (its docstring has the arguments)."""
     from tqdm.auto import tqdm
 
+    _check_run_arguments(on_cell, control, conditioning_cache_size)  # before anything runs (on_cell failed after a cell)
     runner = make_executor(sweep.executor if executor is None else executor)  # fails before anything runs
     check_out_dir(sweep.out_dir)  # a sweep folder that cannot be written fails before any cell is computed
     result = SweepResult(sweep)
@@ -147,6 +148,15 @@ def run_sweep(
             "(it reads every cell back)", result,
         )
     return result
+
+
+def _check_run_arguments(on_cell, control, conditioning_cache_size) -> None:
+    if on_cell is not None and not callable(on_cell):
+        raise SweepError(f"on_cell={on_cell!r:.60} is not callable; pass a function (cell_result, sweep_result) or None")
+    if control is not None and not isinstance(control, SweepControl):
+        raise SweepError(f"control must be a SweepControl (workbench.sweep.control), got {type(control).__name__}")
+    if isinstance(conditioning_cache_size, bool) or not isinstance(conditioning_cache_size, int) or conditioning_cache_size < 0:
+        raise SweepError(f"conditioning_cache_size={conditioning_cache_size!r} must be an integer >= 0 (0: no cache)")
 
 
 class _Tally:
