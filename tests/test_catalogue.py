@@ -174,7 +174,7 @@ def test_token_report_is_what_workbench_tokens_prints(args, capsys):
     overrides = [f"template={args[1]}", f"images={['asset:sample_reference.png']!r}", "height=null",
                  "width=null"] if images else []
     template = to_run_config(compose(overrides)).template
-    report = token_report(template, args[-1], images)
+    report = token_report(template, args[-1], images, max_sequence_length=1024)  # the CLI's default limit
     assert main(["tokens", *args]) == 0
     assert capsys.readouterr().out == "\n".join(report.lines()) + "\n"
     assert main(["tokens", "--json", *args]) == 0

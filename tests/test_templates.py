@@ -249,3 +249,25 @@ def test_official_templates_are_balanced(make_cfg):
     for name in ("qwen_t2i", "qwen_edit", "qwen_edit_plus", "chat", "raw"):
         n = 1 if "edit" in name else 0
         make_cfg(f"template={name}", f"images={['asset:sample_reference.png'] * n}", "height=64", "width=64")
+
+
+@pytest.mark.parametrize("max_sequence_length", [5, 1024])
+def test_token_report_marks_what_the_encoder_cuts(bench, make_cfg, max_sequence_length):
+    """`workbench tokens --max-sequence-length N` marks the kept tokens a run cuts; the conditioning the encoder
+    makes holds exactly the tokens the report keeps, and the run's note says the same count."""
+    from workbench.stages.encode import truncation_notes
+    from workbench.token_report import token_report
+
+    cfg = make_cfg()
+    prompt = "a red fox in the snow, " * 3
+    report = token_report(cfg.template, prompt, max_sequence_length=max_sequence_length)
+    cond = bench.encode([prompt], cfg.template, max_sequence_length=max_sequence_length)
+    assert cond.token_ids[0] == report.ids[report.drop:report.drop + report.kept - report.cut]
+    lines = report.lines()
+    assert sum(line.startswith("cut ") for line in lines[1:]) == report.cut
+    if max_sequence_length == 5:
+        assert report.cut == report.kept - 5 > 0 and f"max_sequence_length=5 cuts the last {report.cut}" in lines[0]
+        (note,) = truncation_notes(bench.components.tokenizer, cfg.template, cond, 5).values()
+        assert f"truncated from {report.kept} to 5 tokens" in note
+    else:
+        assert report.cut == 0 and "cuts" not in lines[0]

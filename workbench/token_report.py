@@ -8,7 +8,7 @@ tokenizer, reference images through the real vision preprocessing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 from workbench.config import TemplateConfig
 
@@ -24,28 +24,43 @@ class TokenReport:
     drop: int
     vision_tokens: list[int]  # per image
     template: str = ""  # the template's name
+    max_sequence_length: Optional[int] = None  # the run's limit on the kept tokens (None: not checked)
 
     @property
     def kept(self) -> int:
         return len(self.ids) - self.drop
 
+    @property
+    def cut(self) -> int:
+        """Kept tokens past ``max_sequence_length``: a run cuts them without an error (its notes say so)."""
+        return max(0, self.kept - self.max_sequence_length) if self.max_sequence_length else 0
+
     def as_dict(self) -> dict:
         """``workbench tokens --json``."""
-        return {"template": self.template, "drop": self.drop, "kept": self.kept,
+        return {"template": self.template, "drop": self.drop, "kept": self.kept, "cut": self.cut,
+                "max_sequence_length": self.max_sequence_length,
                 "vision_tokens": self.vision_tokens, "ids": self.ids, "tokens": self.pieces}
 
     def lines(self) -> list[str]:
-        """``workbench tokens``'s text: a summary, then one line per token."""
+        """``workbench tokens``'s text: a summary, then one line per token (drop / keep / cut)."""
         head = (f"template {self.template}: {len(self.ids)} tokens, drop {self.drop}, keep {self.kept}, "
                 f"vision tokens per image {self.vision_tokens}")
-        return [head] + [f"{'drop' if i < self.drop else 'keep'} {i:5d} {tid:7d} {piece!r}"
-                         for i, (tid, piece) in enumerate(zip(self.ids, self.pieces))]
+        if self.cut:
+            head += f"; max_sequence_length={self.max_sequence_length} cuts the last {self.cut} (marked cut)"
+        end = self.drop + self.kept - self.cut
+
+        def kind(i: int) -> str:
+            return "drop" if i < self.drop else "keep" if i < end else "cut "
+
+        return [head] + [f"{kind(i)} {i:5d} {tid:7d} {piece!r}" for i, (tid, piece) in enumerate(zip(self.ids, self.pieces))]
 
 
-def token_report(template: TemplateConfig, prompt: str, images: Sequence = (), area: int = 1024 * 1024) -> TokenReport:
+def token_report(template: TemplateConfig, prompt: str, images: Sequence = (), area: int = 1024 * 1024,
+                 max_sequence_length: Optional[int] = None) -> TokenReport:
     """Render + tokenize ``prompt`` with ``template`` and the reference ``images`` (PIL). A Qwen-Image-2.1
     template (``family``) tokenizes with the Qwen3 tokenizer, each image sized as 2.1 sizes its condition
-    images: ~``area`` pixels (``reference.vae_area``; diffusers' ``output_resolution``^2), sides of 32."""
+    images: ~``area`` pixels (``reference.vae_area``; diffusers' ``output_resolution``^2), sides of 32.
+    ``max_sequence_length``: the run's limit, to count (and mark) the kept tokens a run would cut."""
     from workbench.templates import render, tokenize
     from workbench.tokenizer import load_qwen3_tokenizer, load_tokenizer
     from workbench.vision import QWEN3_VL, preprocess
@@ -60,7 +75,8 @@ def token_report(template: TemplateConfig, prompt: str, images: Sequence = (), a
         tok = load_tokenizer()
         grids = preprocess(list(images)).grids if images else []
     t = tokenize(tok, render(template, prompt, len(grids), tok), grids)
-    return TokenReport(tok.convert_ids_to_tokens(t.input_ids), t.input_ids, t.drop, t.vision_tokens, template.name)
+    return TokenReport(tok.convert_ids_to_tokens(t.input_ids), t.input_ids, t.drop, t.vision_tokens, template.name,
+                       max_sequence_length)
 
 
 def sample_images(n: int) -> list:

@@ -19,8 +19,9 @@ commands:
   run [overrides] [-m]   generate images from the Hydra config (conf/); e.g.
                          workbench run sampler.steps=8 'prompts=[a cat, a dog]' seeds=[1,2]
                          workbench run -m sampler.steps=2,4 template=qwen_t2i,chat
-  tokens [--template NAME | --template-file T.yaml] [--image FILE] [--control-tokens refuse|escape] [--json] PROMPT
-                         show token ids, kept / dropped tokens and vision-token counts
+  tokens [--template NAME | --template-file T.yaml] [--image FILE] [--control-tokens refuse|escape]
+         [--max-sequence-length N] [--json] PROMPT
+                         show token ids, kept / dropped / cut tokens and vision-token counts
   import-comfy FILE [-o OUT.yaml]   ComfyUI workflow (UI / API JSON or PNG) -> experiment config
   reproduce RECORD_OR_PNG           re-run a record.json (or a run's folder) or image; report identical / PSNR / what changed
   models [--root DIR] [--json]      list model files found (kind, variant, dtype, size) by the names configs use

@@ -39,10 +39,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--image", action="append", default=[], help="reference image (repeatable)")
     p.add_argument("--area", type=int, default=1024 * 1024,
                    help="Qwen-Image-2.1 templates: pixels each image is sized to (output_resolution^2)")
+    p.add_argument("--max-sequence-length", type=int, default=1024, metavar="N",
+                   help="the run's limit on the kept tokens (config max_sequence_length): tokens past it are marked cut")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
+    if not 1 <= args.max_sequence_length <= 4096:
+        print_error(f"--max-sequence-length must be in 1..4096 (config max_sequence_length), got {args.max_sequence_length}")
+        return 2
     try:
-        report = token_report(_template(args), args.prompt, [load_image(f) for f in args.image], args.area)
+        report = token_report(_template(args), args.prompt, [load_image(f) for f in args.image], args.area,
+                              args.max_sequence_length)
     except (ConfigError, TemplateError, FileNotFoundError) as err:
         print_error(err)
         return getattr(err, "exit_code", 2)
