@@ -89,8 +89,7 @@ class X0Previews:
 
     def __call__(self, info) -> bool:
         if info.step % self.every == 0:  # the first image of the batch (Layered: its first frame, the whole image)
-            x0 = info.x0[:1, : self.bench.tokens_per_image(self.height, self.width)]
-            self.images.append((info.step, self.bench.decode(x0, self.height, self.width)[0]))
+            self.images.append((info.step, self.bench.decode_first(info.x0, self.height, self.width)))
         return self.stop_after is not None and info.step + 1 >= self.stop_after
 
 

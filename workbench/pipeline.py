@@ -228,19 +228,22 @@ class Workbench:
     ) -> torch.Tensor:
         """``schedule``: the one ``prepare_img2img_latents`` returned (else a fresh one from ``start_step``).
         ``prefix_kv_cache``: Qwen-Image-2.1 only (``perf.prefix_kv_cache``). ``frames``: Layered's layers + 1."""
-        steps = sampler.steps if isinstance(sampler, SamplerConfig) else None  # (a wrong sampler is named below)
-        check.denoise_options(frames, callback, start_step if schedule is None else schedule.start_step, steps)
+        check.instance(sampler, SamplerConfig, "sampler", "pass cfg.sampler (a SamplerConfig)")
+        check.denoise_options(frames, callback, start_step if schedule is None else schedule.start_step, sampler.steps)
         batch = self._check_latents(latents, height, width, frames)
         check.batch_of(cond, batch, "cond", Conditioning)
         if uncond is not None:
             check.batch_of(uncond, batch, "uncond", Conditioning)
-        check.instance(sampler, SamplerConfig, "sampler", "pass cfg.sampler (a SamplerConfig)")
         shapes = [(1, height // 16, width // 16)] * frames + (references.shapes if references else [])
         ref = references.latents.to(latents.dtype) if references else None
         return denoise_stage.denoise(
             self.components.transformer, latents, cond, sampler, shapes, uncond, ref, callback, progress, start_step,
             schedule, prefix_kv_cache,
         )
+
+    def decode_first(self, latents: torch.Tensor, height: int, width: int) -> Image.Image:
+        """The batch's first image (Layered: its first frame, the whole image), decoded: step previews."""
+        return self.decode(latents[:1, : self.tokens_per_image(height, width)], height, width)[0]
 
     def decode(self, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
         """Latents -> PIL images (RGBA for 2.1's RGBA VAE)."""
@@ -265,9 +268,7 @@ class Workbench:
         self.set_accel(cfg.accel)  # a no-op when unchanged
         set_attention_kernel(self.components.transformer, cfg.perf.attention_kernel)
         jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
-        if only is not None and (not only or not all(isinstance(j, int) and 0 <= j < len(jobs) for j in only)):
-            raise check.StageInputError(f"only={list(only)!r:.80}: give indices of the prompt-major (prompt, seed) list, "
-                                        f"0..{len(jobs) - 1} here ({len(cfg.prompts)} prompt(s) x {len(cfg.seeds)} seed(s))")
+        check.job_indices(only, len(cfg.prompts), len(cfg.seeds))
         run = self._prepare_run(cfg, timings)
         results: list[GeneratedImage] = []
         for start in range(0, len(jobs), cfg.batch_size):

@@ -45,10 +45,9 @@ def _is_png(path: Path) -> bool:
 
 def load_source(path: Path) -> tuple[dict, list[tuple[dict, Path]]]:
     """The record and [(image entry, stored PNG)] to compare against, every file checked readable.
-    ``path``: a record.json, a run folder (its record.json) or a PNG."""
-    from workbench.record import check_png, read_png_record, read_record_json, record_images, record_source
+    ``path``: a record.json or a PNG (``reproduce`` resolves a run folder to its record.json first)."""
+    from workbench.record import check_png, read_png_record, read_record_json, record_images
 
-    path = record_source(path)
     if _is_png(path):
         record = read_png_record(path)
         entry = record.get("image")

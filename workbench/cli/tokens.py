@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     import json
 
     from workbench.config import ConfigError
+    from workbench.config.run import MAX_SEQUENCE_LENGTH
     from workbench.pipeline import load_image
     from workbench.templates import TemplateError
     from workbench.token_report import token_report
@@ -43,8 +44,9 @@ def main(argv: list[str]) -> int:
                    help="the run's limit on the kept tokens (config max_sequence_length): tokens past it are marked cut")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
-    if not 1 <= args.max_sequence_length <= 4096:
-        print_error(f"--max-sequence-length must be in 1..4096 (config max_sequence_length), got {args.max_sequence_length}")
+    if not 1 <= args.max_sequence_length <= MAX_SEQUENCE_LENGTH:
+        print_error(f"--max-sequence-length must be in 1..{MAX_SEQUENCE_LENGTH} (config max_sequence_length), "
+                    f"got {args.max_sequence_length}")
         return 2
     try:
         report = token_report(_template(args), args.prompt, [load_image(f) for f in args.image], args.area,

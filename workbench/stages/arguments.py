@@ -131,14 +131,14 @@ def encode_options(max_sequence_length: Any, resample: Any, tap: Any) -> None:
         raise StageInputError(f"tap={tap!r}: expected {ENCODER_TAP_EXPECTED}; cfg.encoder_tap is resolved for the family")
 
 
-def denoise_options(frames: Any, callback: Any, start_step: Any, steps: int | None) -> None:
+def denoise_options(frames: Any, callback: Any, start_step: Any, steps: int) -> None:
     """``Workbench.denoise``'s keyword arguments: start_step == steps returned the noise untouched, -1 ran the
     last step alone, and a callback that cannot be called failed after the first step."""
     if not _integer(frames) or frames < 1:
         raise StageInputError(f"frames={frames!r} must be an integer >= 1 (1 image; Layered: its layers + 1)")
     if callback is not None and not callable(callback):
         raise StageInputError(f"callback={callback!r:.60} is not callable; pass a function of one StepInfo (or None)")
-    if steps is not None and (not _integer(start_step) or not 0 <= start_step < steps):
+    if not _integer(start_step) or not 0 <= start_step < steps:
         raise StageInputError(f"start_step={start_step!r} must be in 0..{steps - 1} (sampler.steps={steps}); "
                               "image-to-image: pass the schedule prepare_img2img_latents returned")
 
@@ -164,3 +164,12 @@ def img2img(init: Any, sampler: Any, strength: Any) -> None:
     if _integer(steps) and int(steps * strength) < 1:
         raise StageInputError(f"strength={strength} of sampler.steps={steps} runs no step (int(steps * strength) = 0); "
                               f"raise strength to >= {1 / steps:g} or the steps")
+
+
+def job_indices(only: Any, prompts: int, seeds: int) -> None:
+    """``generate(only=...)``: indices of the prompt-major (prompt, seed) list (one out of range returned nothing)."""
+    jobs = prompts * seeds
+    if only is not None and (isinstance(only, (str, bytes)) or not isinstance(only, Sequence) or not only
+                             or not all(_integer(j) and 0 <= j < jobs for j in only)):
+        raise StageInputError(f"only={only!r:.80}: give indices of the prompt-major (prompt, seed) list, "
+                              f"0..{jobs - 1} here ({prompts} prompt(s) x {seeds} seed(s))")

@@ -24,6 +24,7 @@ from workbench.conditioning import Conditioning, pad_stack
 from workbench.encoder_memory import inner_model
 from workbench.errors import InputError
 from workbench.config import TemplateConfig
+from workbench.config.run import MAX_SEQUENCE_LENGTH
 from workbench.templates import render, tokenize
 from workbench.tokenizer import IMAGE_PAD_ID
 from workbench.vision import QWEN3_VL, QWEN25_VL, VisionInput, VisionSpec, preprocess
@@ -172,5 +173,5 @@ def truncation_notes(tokenizer, template: TemplateConfig, cond: Conditioning, ma
         if total > max_sequence_length:
             name = f"prompt {i} (prompts[{i}])" if label == "prompt" else label
             notes[i] = (f"{name}: truncated from {total} to {max_sequence_length} tokens (max_sequence_length); "
-                        "shorten it or raise max_sequence_length (at most 4096)")
+                        f"shorten it or raise max_sequence_length (at most {MAX_SEQUENCE_LENGTH})")
     return notes

@@ -164,9 +164,8 @@ def _preview(bench: Workbench, info) -> Optional[Image.Image]:
     if info.size is None:
         return None
     height, width = info.size
-    frame = bench.tokens_per_image(height, width)
     with torch.inference_mode():
-        return bench.decode(info.x0[:1, :frame].detach().clone(), height, width)[0]
+        return bench.decode_first(info.x0[:1].detach().clone(), height, width)
 
 
 def _release_cuda() -> None:
