@@ -1,6 +1,7 @@
 """Two parts of a generation no stage timing explains: where ``Workbench.from_config`` spends its seconds
 (cProfile; random full-size weights drawn on the GPU), and how fast the VAE decodes a 1328x1328 latent
-with cuDNN's default algorithm choice, with ``cudnn.benchmark`` and with a compiled decoder.
+with cuDNN's default algorithm choice, as 2-D convolutions (``perf.vae_single_frame``), with ``cudnn.benchmark``
+and with a compiled decoder.
 
 Usage (GPU machine):  python benchmarks/profile_build_decode.py --out $OUT/build_decode
 Writes ``<out>.json`` and ``<out>.txt`` (the build's cProfile).
@@ -40,6 +41,11 @@ def timed(fn, repeat: int = 5) -> dict:
     return {"first_s": round(first, 4), "median_s": round(sorted(runs)[len(runs) // 2], 4)}
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """What ``to_pil`` writes, as int16 for differences."""
+    return ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.int16)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -50,6 +56,7 @@ def main() -> None:
     from workbench.config import compose, to_run_config
     from workbench.pipeline import Workbench
     from workbench.stages.decode import decode, to_pil
+    from workbench.vae_frames import set_vae_single_frame
 
     size = 64 if args.dry_run_tiny else args.size
     overrides = ([] if args.dry_run_tiny else ["model=random_full", "device=cuda", f"precision={args.precision}"])
@@ -70,12 +77,23 @@ def main() -> None:
     device = next(vae.parameters()).device
     h = w = size // 8
     tokens = torch.randn(1, (h // 2) * (w // 2), 64, generator=torch.Generator().manual_seed(0)).to(device)
+    set_vae_single_frame(vae, False)  # stock diffusers' 3-D convolutions first
     images = decode(vae, tokens, h, w)
     decodes = {"default": timed(lambda: decode(vae, tokens, h, w))}
     decodes["to_pil_cpu"] = timed(lambda: to_pil(images))
+    set_vae_single_frame(vae, True)
+    decodes["single_frame"] = timed(lambda: decode(vae, tokens, h, w))
+    single = decode(vae, tokens, h, w)
+    decodes["single_frame_max_abs_diff"] = float((single - images).abs().max())
+    decodes["single_frame_rel_l2"] = float((single - images).norm() / images.norm())
+    decodes["single_frame_uint8_max_diff"] = int((to_uint8(single) - to_uint8(images)).abs().max())
+    set_vae_single_frame(vae, False)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         decodes["cudnn_benchmark"] = timed(lambda: decode(vae, tokens, h, w))
+        set_vae_single_frame(vae, True)
+        decodes["cudnn_benchmark_single_frame"] = timed(lambda: decode(vae, tokens, h, w))
+        set_vae_single_frame(vae, False)
         torch.backends.cudnn.benchmark = False
         vae.decoder.compile(fullgraph=False, dynamic=False)
         reference = images

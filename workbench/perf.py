@@ -1,4 +1,4 @@
-"""Speed switches for the diffusion transformer, each measured in benchmarks/ (see benchmarks/README.md).
+"""Speed switches of the diffusion transformer (and one of the VAE), each measured in benchmarks/README.md.
 
 - ``fast_attention``: our attention processor for the Qwen-Image double-stream attention: one fused
   QKV GEMM per stream (diffusers' ``fuse_projections``; the stock processor ignores the fused
@@ -11,6 +11,7 @@
   (``max-autotune-no-cudagraphs`` benchmarks GEMM configs and fuses epilogues; minutes on first use).
   How it compiles (text length dynamic, the persistent cache) is ``workbench.compiling``.
 - ``attention_backend``: diffusers' dispatcher backend name (e.g. ``_native_cudnn``), or null.
+- ``vae_single_frame``: the VAE's causal 3-D convolutions as 2-D ones on one frame (``workbench.vae_frames``).
 - ``attention_kernel``: the fast processor's unmasked attention in fp8 (``fp8_cudnn``: cuDNN's fused kernel on
   Hopper; ``fp8_emulated``: its arithmetic in torch ops, any device): ``workbench.fp8_attention``.
 """
@@ -24,6 +25,7 @@ from torch import nn
 from workbench.compiling import compile_transformer
 from workbench.config import AttentionKernel, CompileMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
 from workbench.fp8_attention import check_fp8_cudnn, fp8_joint_attention
+from workbench.vae_frames import set_vae_single_frame
 
 
 class PerfError(InputError):
@@ -160,6 +162,12 @@ def set_attention_kernel(transformer, kernel: AttentionKernel) -> None:
             raise PerfError(reason)
     for processor in processors:
         processor.kernel = kernel
+
+
+def set_run_perf(components, perf: PerfConfig) -> None:
+    """The ``perf`` switches set per run on resident models (no rebuild): attention kernel, VAE convolutions."""
+    set_attention_kernel(components.transformer, perf.attention_kernel)
+    set_vae_single_frame(components.vae, perf.vae_single_frame)
 
 
 def check_perf(perf: PerfConfig, precision: PrecisionConfig) -> None:

@@ -24,7 +24,7 @@ from workbench.accel import apply_accel
 from workbench.lora import apply_loras
 from workbench.models import arch21
 from workbench.models.build import components_for
-from workbench.perf import set_attention_kernel
+from workbench.perf import set_run_perf
 from workbench.models.components import Components
 from workbench.resolutions import snap
 from workbench.stages import arguments as check
@@ -266,7 +266,7 @@ class Workbench:
         before = CompileCounts.now() if is_compiled(self.components.transformer) else None
         self.set_loras(cfg.lora.items, fuse=cfg.lora.fuse, roots=cfg.model.roots)  # a no-op when unchanged
         self.set_accel(cfg.accel)  # a no-op when unchanged
-        set_attention_kernel(self.components.transformer, cfg.perf.attention_kernel)
+        set_run_perf(self.components, cfg.perf)  # the switches a run sets on the resident models
         jobs = [(p, s) for p in range(len(cfg.prompts)) for s in cfg.seeds]
         check.job_indices(only, len(cfg.prompts), len(cfg.seeds))
         run = self._prepare_run(cfg, timings)

@@ -51,6 +51,10 @@ class PerfConfig:
     # (diffusers' use_kv_cache; only the target's tokens are recomputed). Changes low-precision bits, not
     # the image's content (diffusers' docstring); no effect on the 20B family.
     prefix_kv_cache: bool = True
+    # The Qwen-Image VAE's causal 3x3x3 convolutions as the 3x3 ones they equal on a single frame
+    # (workbench/vae_frames.py): a third of the decoder's multiply-adds, the same sums up to rounding order.
+    # Set per run on the resident VAE (never rebuilds); 2.1's VAE is 2-D already.
+    vae_single_frame: bool = False
 
     def __post_init__(self) -> None:
         kernel = AttentionKernel(self.attention_kernel)

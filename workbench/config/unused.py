@@ -52,6 +52,8 @@ def ignored(cfg: Config) -> dict[str, str]:
         out["reference"] = "Layered sizes its input image by layered_resolution"
     if variant not in ("qwen21", "qwen21_turbo"):
         out["perf.prefix_kv_cache"] = f"it acts on Qwen-Image-2.1 only and model.variant={variant}"
+    else:
+        out["perf.vae_single_frame"] = f"model.variant={variant} has Qwen-Image-2.1's VAE, built on 2-D convolutions already"
     return out
 
 

@@ -3,8 +3,8 @@
 Each (model, precision, device, perf) is built once per process; ``free_models()`` releases them,
 ``free_model(key)`` one of them (``resident_models()`` names the keys).
 LoRAs are not part of that key: they go on the built transformer through hooks (or fused), so a
-LoRA swap never rebuilds or reloads a model (``components_for``). Nor is ``perf.attention_kernel``: the fast
-processors' kernel is set per run (``Workbench.generate``).
+LoRA swap never rebuilds or reloads a model (``components_for``). Nor are ``perf.attention_kernel`` and
+``perf.vae_single_frame``: both are set per run on the resident models (``Workbench.generate``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from workbench.lora import apply_loras
 from workbench.models.components import Components, build_components, resolve_device
 from workbench.compiling import compile_transformer
 from workbench.perf import check_perf, prepare_attention
+from workbench.vae_frames import set_vae_single_frame
 from workbench.precision import apply_precision, check_device
 
 _CACHE: dict[tuple, Components] = {}
@@ -39,6 +40,7 @@ def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: Opt
     prepare_attention(components.transformer, perf)  # fuses bf16 weights: before fp8 storage / quantisation
     components = apply_precision(components, precision)
     components.transformer = compile_transformer(components.transformer, perf)
+    set_vae_single_frame(components.vae, perf.vae_single_frame)
     return components
 
 
@@ -50,8 +52,10 @@ def cached_components(
     ``loras`` (the run's ``LoraItem``s) are not part of the key: when the models are built, their files
     are checked with the model files before any weight loads (``loading.load.preflight``)."""
     perf = perf or PerfConfig()
-    # dataclass reprs hold every field, recursively; the attention kernel is set per run (Workbench.generate)
-    key = (repr(model), repr(precision), repr(replace(perf, attention_kernel=AttentionKernel.sdpa)), device)
+    # dataclass reprs hold every field, recursively; the attention kernel and the VAE's convolutions are set per
+    # run (Workbench.generate)
+    per_run = replace(perf, attention_kernel=AttentionKernel.sdpa, vae_single_frame=False)
+    key = (repr(model), repr(precision), repr(per_run), device)
     if key not in _CACHE:
         _CACHE[key] = build(model, precision, device, perf, loras)
         _ABOUT[key] = {"model": model.name, "description": model.description, "precision": precision.name,
