@@ -109,15 +109,18 @@ def template_configs(overrides: list[str]) -> dict:
 
 
 def stock_loop(cfgs: dict, tiny: bool) -> dict:
-    """QwenImagePipeline on the same grid: the workbench's encoder / tokenizer / VAE, a stock transformer."""
+    """QwenImagePipeline on the same grid: the workbench's encoder / tokenizer / VAE (back in diffusers' form), a
+    stock transformer."""
     from diffusers import QwenImagePipeline
 
     from workbench.pipeline import Workbench
     from workbench.stages.schedule import make_scheduler
     from workbench.templates import render, tokenize
+    from workbench.vae_frames import set_vae_single_frame
 
     cfg = cfgs[TEMPLATES[0]]
     comps = Workbench.from_config(cfg).components
+    set_vae_single_frame(comps.vae, False)  # stock: diffusers' own 3-D convolutions (perf=fast set the 2-D form)
     transformer = comps.transformer if tiny else build_transformer()  # the workbench's is fused + compiled
     pipe = QwenImagePipeline(make_scheduler(cfg.sampler), comps.vae, comps.text_encoder, comps.tokenizer, transformer)
     pipe.set_progress_bar_config(disable=True)
