@@ -138,9 +138,10 @@ def test_natural_image_round_trips_and_is_about_pillows_size():
     for level in (1, 6):
         data = encode_png(image, compress_level=level)
         assert np.array_equal(np.asarray(_decode(data)), np.asarray(image))
-        # measured (Pillow 13, zlib, this tiled 1500x1500 photo): 1.012x Pillow's bytes at level 1, 1.040x at
-        # level 6 (each band starts a fresh deflate window); a 3x3 grid of distinct 1328 cells: 0.96x at both
-        assert 0.9 < len(data) / len(_pillow(image, level)) < 1.1, level
+        # measured (Pillow 13, zlib, this tiled 1500x1500 photo): 1.040x Pillow's bytes at level 6 (each band
+        # starts a fresh deflate window); level 1 deflates with ISA-L, smaller than zlib's level 1
+        low, high = (0.7, 1.0) if level == 1 else (0.9, 1.1)
+        assert low < len(data) / len(_pillow(image, level)) < high, level
     kinds = set(_filtered(data)[:, 0].tolist())
     assert kinds <= {0, 1, 2, 3, 4} and len(kinds) > 1
 

@@ -366,3 +366,31 @@ def test_run_arguments_are_checked_before_any_cell(tmp_path, kwargs, message):
     with pytest.raises(SweepError, match=message):
         sweep.run(progress=False, **kwargs)
     assert not (tmp_path / "sweep").exists()  # nothing ran, nothing was written
+
+
+def test_finished_cells_are_written_while_the_next_cell_denoises(tmp_path, monkeypatch):
+    """A cell's files are written once the next cell's denoise steps are queued (not during its encode, noise
+    and decode, whose host work a writer thread slows down), the last one after the run; all land on disk."""
+    import workbench.sweep.execute as execute
+
+    watches, writes = [], []  # writes: (cell written, cell running then, its steps done)
+    real_watch, real_write = execute.RunWatch, execute.write_output
+
+    def watch(*args, **kwargs):
+        watches.append(real_watch(*args, **kwargs))
+        return watches[-1]
+
+    def write(sweep, cell, out):
+        running = watches[0].running
+        writes.append((cell.index, None if running is None else running.index, watches[0].step_done))
+        real_write(sweep, cell, out)
+
+    monkeypatch.setattr(execute, "RunWatch", watch)
+    monkeypatch.setattr(execute, "write_output", write)
+    sweep = Sweep.plan(["seeds=0,1,2"], base=SMALL + ["sampler.steps=3"], out_dir=tmp_path)
+    result = sweep.run(progress=False)
+    assert result.stats["ran"] == 3 and result.complete
+    assert [(w, r) for w, r, _ in writes] == [(0, 1), (1, 2), (2, None)]  # the last: once nothing is computed
+    assert all(steps >= 1 for _, _, steps in writes[:2])
+    for cell in result.cells:
+        assert (sweep.cell_dir(cell.cell) / "record.json").is_file()

@@ -138,6 +138,12 @@ class RunWatch:
         self.step_done = 0
         self.steps = 0
         self._last_preview: Optional[float] = None
+        # Set while denoise steps are queued (the sweep's thread then mostly waits on the GPU), clear from a
+        # batch's last step to the next cell's first: finished cells are written in that window. A writer thread
+        # running elsewhere takes the GIL from the short host-bound phases (encode, noise, decode): they took
+        # 2-3x longer beside a PNG encode (run38, H200, 1328x1328 cells). ``release_writes`` opens it for good.
+        self.writes_may_run = threading.Event()
+        self._writes_released = False
 
     @property
     def stopped(self) -> bool:
@@ -172,12 +178,20 @@ class RunWatch:
     def step(self, done: int, total: int, preview: Optional["Image.Image"] = None) -> None:
         """The running cell finished its ``done``-th denoise step of ``total``."""
         self.step_done, self.steps = done, total
+        self.writes_may_run.set()
         if preview is not None:
             self._last_preview = time.perf_counter()
         self._report("denoise", preview)
 
     def phase(self, name: str) -> None:
+        if name == "decode" and not self._writes_released:
+            self.writes_may_run.clear()
         self._report(name)
+
+    def release_writes(self) -> None:
+        """Let writes run whatever the sweep's thread does: cells computed elsewhere (Ray), the run's end."""
+        self._writes_released = True
+        self.writes_may_run.set()
 
     def finish(self, ran: bool) -> None:
         """A cell ended (``ran``: it was computed, not read back); it counts in ``cells_done``."""

@@ -117,6 +117,8 @@ def run_sweep(
     bar = tqdm(total=len(order), desc="sweep", disable=not progress, leave=False)
     tally = _Tally(result, on_cell, bar, watch)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")  # one thread: writes in order
+    if runner.name != "local":  # this thread computes nothing: no phase to keep the GIL free for
+        watch.release_writes()
     writes: list[tuple[Cell, Future]] = []
     interrupted = False
     try:
@@ -130,6 +132,7 @@ def run_sweep(
         if running is not None and result.cells[running.index] is None:
             result.cut = running.index
     finally:
+        watch.release_writes()
         writer.shutdown(wait=True)  # what ran lands on disk, even when the sweep is interrupted
         tally.bar.close()
         first_error = _mark_unstored(result, writes, on_cell)
@@ -216,13 +219,20 @@ def _run_cells(sweep: SweepPlan, todo: list[Cell], runner: Executor, options: Ru
             stats["encodes"] += out.encodes
             stats["conditioning_hits"] += out.conditioning_hits
             stats["model_switches"] += int(out.model_switch)
-            writes.append((cell, writer.submit(write_output, sweep, cell, out)))
+            writes.append((cell, writer.submit(_write_while_denoising, tally.watch, sweep, cell, out)))
             if tally.finish(cell_result(sweep, cell, out)):
                 break
             if any(f.done() and f.exception() is not None for _, f in writes):
                 break
     finally:
         outputs.close()  # a stopped sweep: the executor drops the cells it has not started
+
+
+def _write_while_denoising(watch: RunWatch, sweep: SweepPlan, cell: Cell, out) -> None:
+    """Store a finished cell once the next cell's denoise steps are queued (or the run ends): see
+    ``RunWatch.writes_may_run``."""
+    watch.writes_may_run.wait()
+    write_output(sweep, cell, out)
 
 
 def _save_summary(result: SweepResult) -> Optional[BaseException]:
