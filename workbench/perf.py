@@ -25,7 +25,6 @@ from torch import nn
 from workbench.compiling import compile_transformer
 from workbench.config import AttentionKernel, CompileMode, MemoryMode, PerfConfig, PrecisionConfig, WeightStorage
 from workbench.fp8_attention import check_fp8_cudnn, fp8_joint_attention
-from workbench.vae_frames import set_vae_single_frame
 
 
 class PerfError(InputError):
@@ -166,6 +165,8 @@ def set_attention_kernel(transformer, kernel: AttentionKernel) -> None:
 
 def set_run_perf(components, perf: PerfConfig) -> None:
     """The ``perf`` switches set per run on resident models (no rebuild): attention kernel, VAE convolutions."""
+    from workbench.vae_frames import set_vae_single_frame  # imports diffusers' VAE: only once models exist
+
     set_attention_kernel(components.transformer, perf.attention_kernel)
     set_vae_single_frame(components.vae, perf.vae_single_frame)
 
