@@ -10,6 +10,7 @@ Writes ``<out>.json`` and ``<out>.txt`` (the build's cProfile).
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import io
 import json
@@ -87,6 +88,14 @@ def main() -> None:
     decodes["single_frame_max_abs_diff"] = float((single - images).abs().max())
     decodes["single_frame_rel_l2"] = float((single - images).norm() / images.norm())
     decodes["single_frame_uint8_max_diff"] = int((to_uint8(single) - to_uint8(images)).abs().max())
+    # which of the two bf16 decodes is nearer the float32 one (the 3-D form, as diffusers runs it)
+    vae32 = copy.deepcopy(vae).float()
+    set_vae_single_frame(vae32, False)
+    exact = decode(vae32, tokens.float(), h, w)
+    del vae32
+    for name, out_ in (("default", images), ("single_frame", single)):
+        decodes[f"{name}_rel_l2_vs_float32"] = float((out_ - exact).norm() / exact.norm())
+        decodes[f"{name}_uint8_max_diff_vs_float32"] = int((to_uint8(out_) - to_uint8(exact)).abs().max())
     set_vae_single_frame(vae, False)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
