@@ -117,7 +117,7 @@ def run_sweep(
     bar = tqdm(total=len(order), desc="sweep", disable=not progress, leave=False)
     tally = _Tally(result, on_cell, bar, watch)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-writer")  # one thread: writes in order
-    if runner.name != "local":  # this thread computes nothing: no phase to keep the GIL free for
+    if getattr(runner, "name", None) != "local":  # cells computed elsewhere: no phase of this thread to keep free
         watch.release_writes()
     writes: list[tuple[Cell, Future]] = []
     interrupted = False
