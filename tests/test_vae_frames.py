@@ -130,3 +130,14 @@ def test_full_size_vae_config_has_the_causal_padding_everywhere():
     left = [n for n, m in real.named_modules() if isinstance(m, QwenImageCausalConv3d) and not m._zeros_before_first_frame()]
     assert len(_causal_convs(real)) == 61
     assert left == ["encoder.down_blocks.5.time_conv", "encoder.down_blocks.8.time_conv"]
+
+
+def test_importing_the_pipeline_leaves_the_model_libraries_for_the_first_build():
+    """workbench.vae_frames imports diffusers' VAE module (3-5 s): it must load with the first model build, not with
+    ``import workbench.pipeline`` (a refused config or a CLI's --help would pay it; run40 measured it moved there)."""
+    import subprocess
+    import sys
+
+    code = "import sys, workbench.pipeline; print(sorted(m for m in ('diffusers', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

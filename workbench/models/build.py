@@ -21,8 +21,7 @@ from workbench.config import AttentionKernel, Config, ModelConfig, PerfConfig, P
 from workbench.lora import apply_loras
 from workbench.models.components import Components, build_components, resolve_device
 from workbench.compiling import compile_transformer
-from workbench.perf import check_perf, prepare_attention
-from workbench.vae_frames import set_vae_single_frame
+from workbench.perf import check_perf, prepare_attention, set_run_perf
 from workbench.precision import apply_precision, check_device
 
 _CACHE: dict[tuple, Components] = {}
@@ -40,7 +39,7 @@ def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: Opt
     prepare_attention(components.transformer, perf)  # fuses bf16 weights: before fp8 storage / quantisation
     components = apply_precision(components, precision)
     components.transformer = compile_transformer(components.transformer, perf)
-    set_vae_single_frame(components.vae, perf.vae_single_frame)
+    set_run_perf(components, perf)  # the per-run switches, as built (a run sets them again)
     return components
 
 
