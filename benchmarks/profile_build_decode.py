@@ -42,11 +42,6 @@ def timed(fn, repeat: int = 5) -> dict:
     return {"first_s": round(first, 4), "median_s": round(sorted(runs)[len(runs) // 2], 4)}
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """What ``to_pil`` writes, as int16 for differences."""
-    return ((images / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.int16)
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -56,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     from workbench.config import compose, to_run_config
     from workbench.pipeline import Workbench
-    from workbench.stages.decode import decode, to_pil
+    from workbench.stages.decode import decode, to_pil, to_uint8
     from workbench.vae_frames import set_vae_single_frame
 
     size = 64 if args.dry_run_tiny else args.size
@@ -87,7 +82,11 @@ def main() -> None:
     single = decode(vae, tokens, h, w)
     decodes["single_frame_max_abs_diff"] = float((single - images).abs().max())
     decodes["single_frame_rel_l2"] = float((single - images).norm() / images.norm())
-    decodes["single_frame_uint8_max_diff"] = int((to_uint8(single) - to_uint8(images)).abs().max())
+
+    def levels(x: torch.Tensor) -> torch.Tensor:  # what to_pil writes, signed for differences
+        return to_uint8(x).to(torch.int16)
+
+    decodes["single_frame_uint8_max_diff"] = int((levels(single) - levels(images)).abs().max())
     # which of the two bf16 decodes is nearer the float32 one (the 3-D form, as diffusers runs it)
     vae32 = copy.deepcopy(vae).float()
     set_vae_single_frame(vae32, False)
@@ -95,7 +94,7 @@ def main() -> None:
     del vae32
     for name, out_ in (("default", images), ("single_frame", single)):
         decodes[f"{name}_rel_l2_vs_float32"] = float((out_ - exact).norm() / exact.norm())
-        decodes[f"{name}_uint8_max_diff_vs_float32"] = int((to_uint8(out_) - to_uint8(exact)).abs().max())
+        decodes[f"{name}_uint8_max_diff_vs_float32"] = int((levels(out_) - levels(exact)).abs().max())
     set_vae_single_frame(vae, False)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
