@@ -9,8 +9,8 @@ filtered data. The result is one ordinary zlib stream, so the file is a standard
 reads. Bands depend on the image size only, never on the thread count, so the bytes do not either.
 
 ``compress_level=1`` (the fastest, used for sweep grids and previews) deflates with ISA-L (python-isal's
-``isal_zlib``, level 1) instead of zlib: on a 3984x3984 photo-like grid 5.4x faster than zlib's level 1 and 8 %
-smaller (0.15 vs 0.83 s on one core here), and it releases the GIL while it works, as zlib does.
+``isal_zlib``, level 1) instead of zlib: on a 3984x3984 photo-like grid 5.7x faster than zlib's level 1 and 8 %
+smaller (0.15 vs 0.86 s on one core, benchmarks/bench_png_host.py), and it releases the GIL while it works, as zlib does.
 """
 
 from __future__ import annotations
