@@ -67,7 +67,7 @@ def clear_cache(path: Path | None = None) -> int:
     path = (path or cache_dir()).expanduser()
     if not path.exists():
         return 0
-    known = {"fxgraph", "aotautograd", "triton", "locks"}
+    known = {"fxgraph", "aotautograd", "triton", "locks", "precompiled"}
     if path != default_cache_dir() and not any((path / name).exists() for name in known):
         raise InputError(
             f"{path} (from ${ENV}) does not look like a torch compile cache (none of {sorted(known)} in it): "
@@ -80,24 +80,31 @@ def clear_cache(path: Path | None = None) -> int:
 
 @dataclass(frozen=True)
 class CompileCounts:
-    """torch's process-wide compile counters at one moment; ``b - a`` is what happened in between."""
+    """torch's process-wide compile counters (and the saved blocks', workbench/precompiled.py) at one moment;
+    ``b - a`` is what happened in between."""
 
-    graphs: int = 0  # graphs Dynamo captured (a recompile for a new shape is one more)
+    graphs: int = 0  # graphs Dynamo captured, for saving too (a recompile for a new shape is one more)
     fx_cache_hits: int = 0  # Inductor FX-graph cache: compiled code found on disk
     fx_cache_misses: int = 0  # ... or compiled now (then written for the next process)
     aot_cache_hits: int = 0  # AOTAutograd cache
-    compile_s: float = 0.0  # seconds inside Dynamo + Inductor
+    precompiled_loads: int = 0  # saved compiled blocks loaded (perf.precompile: no Dynamo tracing)
+    precompiled_saves: int = 0  # ... or compiled and saved now
+    compile_s: float = 0.0  # seconds inside Dynamo + Inductor, or loading saved blocks
 
     @staticmethod
     def now() -> "CompileCounts":
         from torch._dynamo.utils import compilation_time_metrics, counters
 
+        from workbench.precompiled import COUNTS
+
         return CompileCounts(
-            graphs=int(counters["stats"]["unique_graphs"]),
+            graphs=int(counters["stats"]["unique_graphs"]),  # the saved blocks' compiles included
             fx_cache_hits=int(counters["inductor"]["fxgraph_cache_hit"]),
             fx_cache_misses=int(counters["inductor"]["fxgraph_cache_miss"]),
             aot_cache_hits=int(counters["aot_autograd"]["autograd_cache_hit"]),
-            compile_s=float(sum(compilation_time_metrics.get("_compile.compile_inner", []))),
+            precompiled_loads=COUNTS["loads"],
+            precompiled_saves=COUNTS["saves"],
+            compile_s=float(sum(compilation_time_metrics.get("_compile.compile_inner", []))) + COUNTS["seconds"],
         )
 
     def __sub__(self, other: "CompileCounts") -> "CompileCounts":
@@ -143,6 +150,25 @@ class _TextDynamicCall:
         return self.compiled(*args, **kwargs)
 
 
+def precompile_applies(perf: PerfConfig) -> bool:
+    """perf.precompile saves the regional compile's trace; CUDA-graph modes keep Dynamo's own path."""
+    return perf.precompile and perf.compile == CompileMode.regional and perf.inductor_mode in _NO_CUDA_GRAPHS
+
+
+_NO_CUDA_GRAPHS = (InductorMode.default, InductorMode.max_autotune_no_cudagraphs)
+
+
+def _install_precompiled(transformer, options: dict) -> None:
+    """Each repeated block runs the saved compiled block (workbench/precompiled.py), one store per transformer."""
+    from workbench.precompiled import PrecompiledBlocks, PrecompiledCall
+
+    inductor = options.get("options") or torch._inductor.list_mode_options(options.get("mode", "default"))
+    blocks = [m for m in transformer.modules() if type(m).__name__ in transformer._repeated_blocks]
+    store = PrecompiledBlocks(blocks[0], inductor, cache_dir() / "precompiled", before_compile=_mark_text_dynamic)
+    for block in blocks:
+        block._compiled_call_impl = PrecompiledCall(store, block)
+
+
 def compile_transformer(transformer, perf: PerfConfig, backend=None):
     """Compile switch; runs AFTER precision (the compiled graph then holds the quantised GEMMs).
     Returns the callable to use for forwards. ``backend``: torch.compile's (None: Inductor; tests pass a
@@ -161,6 +187,11 @@ def compile_transformer(transformer, perf: PerfConfig, backend=None):
         options["options"] = {"coordinate_descent_tuning": perf.coordinate_descent}  # (see precision.py)
     if backend is not None:
         options["backend"] = backend
+    if perf.compile == CompileMode.regional and precompile_applies(perf):
+        if backend is not None:
+            raise ValueError("perf.precompile saves Inductor's code: it takes no other backend")
+        _install_precompiled(transformer, options)
+        return transformer
     if perf.compile == CompileMode.regional:
         transformer.compile_repeated_blocks(**options)
         for block in transformer.modules():

@@ -55,6 +55,9 @@ class PerfConfig:
     # (workbench/vae_frames.py): a third of the decoder's multiply-adds, the same sums up to rounding order.
     # Set per run on the resident VAE (never rebuilds); 2.1's VAE is 2-D already.
     vae_single_frame: bool = False
+    # Save the compiled block with Dynamo's trace, so a new process loads it instead of tracing the block again
+    # (workbench/precompiled.py; torch's AOT compile). perf.compile=regional without CUDA graphs only.
+    precompile: bool = False
 
     def __post_init__(self) -> None:
         kernel = AttentionKernel(self.attention_kernel)

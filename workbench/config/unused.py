@@ -50,6 +50,11 @@ def ignored(cfg: Config) -> dict[str, str]:
         out["reference"] = "it sizes reference images and images is empty"
     elif variant == "layered":
         out["reference"] = "Layered sizes its input image by layered_resolution"
+    if plain(cfg.perf.compile) != "regional":
+        out["perf.precompile"] = f"it saves the regional compile and perf.compile={plain(cfg.perf.compile)}"
+    elif plain(cfg.perf.inductor_mode) in ("max-autotune", "reduce-overhead"):
+        out["perf.precompile"] = (f"perf.inductor_mode={plain(cfg.perf.inductor_mode)} captures CUDA graphs, which "
+                                  "Dynamo's own cache path keeps (the block is traced in each process)")
     if variant not in ("qwen21", "qwen21_turbo"):
         out["perf.prefix_kv_cache"] = f"it acts on Qwen-Image-2.1 only and model.variant={variant}"
     else:
