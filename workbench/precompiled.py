@@ -204,6 +204,8 @@ class PrecompiledBlocks:
         try:
             fn = compiled.aot_compile(((block, *args), kwargs))
         except Exception as err:
+            # an error of the block itself (a workbench check) is the user's to see, not Dynamo's wrapping of it
+            type(block).forward(block, *args, **kwargs)
             raise PrecompileError(
                 f"perf.precompile: torch could not compile {type(block).__name__} for saving ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}). Use perf.precompile=false (the regional compile "

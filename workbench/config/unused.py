@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from workbench.config.perf import InductorMode
 from workbench.config.run import Config
 from workbench.values import plain
 
@@ -53,7 +54,8 @@ def ignored(cfg: Config) -> dict[str, str]:
     if plain(cfg.perf.compile) != "regional":
         out["perf.precompile"] = f"it saves the regional compile and perf.compile={plain(cfg.perf.compile)}"
     elif plain(cfg.perf.inductor_mode) in ("max-autotune", "reduce-overhead"):
-        out["perf.precompile"] = (f"perf.inductor_mode={plain(cfg.perf.inductor_mode)} captures CUDA graphs, which "
+        mode = InductorMode(plain(cfg.perf.inductor_mode)).name
+        out["perf.precompile"] = (f"perf.inductor_mode={mode} captures CUDA graphs, which "
                                   "Dynamo's own cache path keeps (the block is traced in each process)")
     if variant not in ("qwen21", "qwen21_turbo"):
         out["perf.prefix_kv_cache"] = f"it acts on Qwen-Image-2.1 only and model.variant={variant}"

@@ -1,0 +1,239 @@
+"""perf.precompile: the compiled block saved with Dynamo's trace (torch's AOT compile) and loaded by a new process
+without tracing; the same numbers as the regional compile; what Dynamo could not save (the attention processor's
+settings, the traced source) keyed and checked here (tiny model, Inductor on the CPU)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.compiling import CompileCounts, clear_cache, compile_transformer
+from workbench.config import AttentionKernel, CompileMode, ModelConfig, PerfConfig
+from workbench.models.tiny import build_transformer
+from workbench.perf import prepare_attention
+from workbench import precompiled
+
+ROOT = Path(__file__).resolve().parents[1]
+LENGTHS = (7, 12, 31, 64, 90)
+PRECOMPILE = PerfConfig(fast_attention=True, compile=CompileMode.regional, precompile=True)
+
+
+def _inputs(text_len: int, side: int = 8) -> dict:
+    g = torch.Generator().manual_seed(text_len)
+    return dict(hidden_states=torch.randn(1, side * side, 64, generator=g),
+                encoder_hidden_states=torch.randn(1, text_len, 64, generator=g),
+                encoder_hidden_states_mask=None,  # no padding (the pipeline's single prompt)
+                timestep=torch.tensor([0.5]), img_shapes=[[(1, side, side)]], return_dict=False)
+
+
+def _forward(model, text_len: int, side: int = 8):
+    with torch.no_grad():
+        return model(**_inputs(text_len, side))[0]
+
+
+def _build(perf: PerfConfig):
+    torch.manual_seed(0)
+    model = build_transformer(ModelConfig()).eval()
+    prepare_attention(model, perf)
+    return compile_transformer(model, perf)
+
+
+def _files(cache: Path) -> list[Path]:
+    return sorted((cache / "precompiled").glob("*/*.bin"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("compile-cache")
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    torch._dynamo.reset()
+    yield path
+    if old is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def saved(cache):
+    """One process's run: five text lengths compiled once, saved; outputs and counts kept for the tests."""
+    model = _build(PRECOMPILE)
+    before = CompileCounts.now()
+    outputs = {n: _forward(model, n) for n in LENGTHS}
+    return model, outputs, CompileCounts.now() - before
+
+
+def test_one_saved_graph_for_five_text_lengths_with_the_regional_compiles_numbers(saved, cache):
+    model, outputs, counts = saved
+    assert (counts.graphs, counts.precompiled_saves, counts.precompiled_loads) == (1, 1, 0)
+    assert len(_files(cache)) == 1
+    eager, regional = _build(PerfConfig(fast_attention=True)), _build(PerfConfig(fast_attention=True, compile=CompileMode.regional))
+    for n in LENGTHS:
+        assert torch.allclose(outputs[n], _forward(eager, n), atol=1e-4), n
+        assert torch.equal(outputs[n], _forward(regional, n)), n  # the same Inductor code, bit for bit
+
+
+def test_a_new_process_loads_the_saved_block_without_tracing(saved, cache, tmp_path):
+    """The point of the switch: the second process's Dynamo captures nothing, and computes the same numbers."""
+    _, outputs, _ = saved
+    out = tmp_path / "outputs.pt"
+    script = (
+        "import json, sys, torch\n"
+        "sys.path.insert(0, 'tests')\n"
+        "import test_precompiled as t\n"
+        "from torch._dynamo.utils import counters\n"
+        "from workbench.compiling import CompileCounts\n"
+        "model = t._build(t.PRECOMPILE)\n"
+        f"torch.save({{n: t._forward(model, n) for n in t.LENGTHS}}, {str(out)!r})\n"
+        "c = CompileCounts.now()\n"
+        "print(json.dumps({'captured': int(counters['stats']['calls_captured']), 'graphs': c.graphs,"
+        " 'loads': c.precompiled_loads, 'saves': c.precompiled_saves}))\n"
+    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"captured": 0, "graphs": 0, "loads": 1, "saves": 0}
+    loaded = torch.load(out)
+    for n in LENGTHS:
+        assert torch.equal(loaded[n], outputs[n]), n
+
+
+def test_a_new_resolution_compiles_and_saves_a_second_variant(saved, cache):
+    model, outputs, _ = saved
+    before = CompileCounts.now()
+    _forward(model, 9, side=6)
+    _forward(model, 20, side=6)
+    assert torch.equal(_forward(model, 12), outputs[12])  # the first variant still serves its shape
+    counts = CompileCounts.now() - before
+    assert (counts.graphs, counts.precompiled_saves) == (1, 1)
+    assert len(_files(cache)) == 2 and len({f.parent for f in _files(cache)}) == 1
+
+
+def test_the_attention_kernel_is_keyed_though_dynamo_drops_its_guard(saved, cache):
+    """perf.attention_kernel is set per run on the resident model; Dynamo's guard on it cannot be saved. Without
+    the processor in the key the sdpa block would run for fp8_emulated: here it compiles its own, files it apart,
+    and switching back reuses the first."""
+    model, outputs, _ = saved
+    procs = [m.processor for m in model.modules() if hasattr(m, "processor")]
+    eager = _build(PerfConfig(fast_attention=True, attention_kernel=AttentionKernel.fp8_emulated))
+    before = CompileCounts.now()
+    for p in procs:
+        p.kernel = AttentionKernel.fp8_emulated
+    try:
+        got = _forward(model, 31)
+    finally:
+        for p in procs:
+            p.kernel = AttentionKernel.sdpa
+    assert (CompileCounts.now() - before).precompiled_saves == 1
+    assert torch.allclose(got, _forward(eager, 31), atol=1e-4)
+    assert not torch.allclose(got, outputs[31], atol=1e-4)  # fp8 attention does change the numbers
+    assert len({f.parent for f in _files(cache)}) == 2
+    before = CompileCounts.now()
+    assert torch.equal(_forward(model, 31), outputs[31])
+    assert (CompileCounts.now() - before).graphs == 0
+
+
+def test_a_block_whose_traced_source_changed_is_not_reused(saved, cache, monkeypatch, caplog):
+    folder = _files(cache)[0].parent
+    assert len(precompiled.Variants(folder).fns) >= 1  # loads as it is
+    monkeypatch.setattr(precompiled, "source_hash", lambda module, first, last: "edited")
+    kept = list(folder.glob("*.bin"))
+    with caplog.at_level(logging.INFO, logger="workbench.precompiled"):
+        assert precompiled.Variants(folder).fns == []
+    assert not any(f.exists() for f in kept)
+    assert "traced code that has changed since: removed" in caplog.text
+
+
+def test_an_unreadable_file_is_removed_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "key"
+    folder.mkdir()
+    (folder / "0123456789abcdef.bin").write_bytes(b"half a file")
+    with caplog.at_level(logging.WARNING, logger="workbench.precompiled"):
+        assert precompiled.Variants(folder).fns == []
+    assert not (folder / "0123456789abcdef.bin").exists()
+    assert "could not be loaded" in caplog.text and "the block compiles again" in caplog.text
+
+
+def test_a_hook_on_a_saved_block_is_refused(saved):
+    model, _, _ = saved
+    handle = model.transformer_blocks[0].register_forward_hook(lambda *a: None)
+    try:
+        with pytest.raises(precompiled.PrecompileError, match=r"forward hook on a compiled QwenImageTransformerBlock"):
+            _forward(model, 7)
+    finally:
+        handle.remove()
+
+
+def test_a_block_dynamo_cannot_trace_whole_is_a_clear_error(tmp_path):
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            return x + 1 if x.sum() > 0 else x - 1  # data-dependent Python branch: no full graph
+
+    store = precompiled.PrecompiledBlocks(torch.nn.Linear(2, 2), {}, tmp_path, before_compile=lambda kwargs: None)
+    with pytest.raises(precompiled.PrecompileError, match=r"could not compile Branchy for saving .* perf.precompile=false"):
+        store(Branchy(), [], (torch.ones(2),), {})
+    assert not any(tmp_path.rglob("*.bin"))
+
+
+def test_an_error_of_the_block_itself_is_raised_as_it_is(saved):
+    """A workbench check inside the block (fp8 attention refuses a padding mask) reaches the user as its own
+    message, not as Dynamo's "Observed exception" or a precompile failure."""
+    from workbench.errors import WorkbenchError
+
+    model, _, _ = saved
+    procs = [m.processor for m in model.modules() if hasattr(m, "processor")]
+    inputs = {**_inputs(5), "encoder_hidden_states_mask": torch.tensor([[1, 1, 1, 0, 0]], dtype=torch.bool)}
+    for p in procs:
+        p.kernel = AttentionKernel.fp8_emulated
+    try:
+        with pytest.raises(WorkbenchError, match=r"fp8_emulated runs unmasked.*has a padding mask") as err, torch.no_grad():
+            model(**inputs)
+        assert not isinstance(err.value, precompiled.PrecompileError)
+    finally:
+        for p in procs:
+            p.kernel = AttentionKernel.sdpa
+
+
+def test_clear_cache_takes_the_saved_blocks(tmp_path, monkeypatch):
+    cache = tmp_path / "mine"
+    (cache / "precompiled" / "k").mkdir(parents=True)
+    (cache / "precompiled" / "k" / "a.bin").write_bytes(b"z" * 10)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    assert clear_cache() == 10 and not cache.exists()
+
+
+def test_the_key_follows_versions_layout_and_processor_settings():
+    block = copy.deepcopy(build_transformer(ModelConfig()).transformer_blocks[0])
+    static = precompiled.static_facts(block, {"coordinate_descent_tuning": False})
+    attn = [m for m in block.modules() if hasattr(m, "processor")]
+    key = precompiled.artefact_key(static, precompiled.processor_facts(attn))
+    assert key == precompiled.artefact_key(precompiled.static_facts(block, {"coordinate_descent_tuning": False}),
+                                           precompiled.processor_facts(attn))  # stable
+    assert key != precompiled.artefact_key({**static, "torch": "0.0"}, precompiled.processor_facts(attn))
+    assert key != precompiled.artefact_key(precompiled.static_facts(block, {"coordinate_descent_tuning": True}),
+                                           precompiled.processor_facts(attn))
+    block.to(torch.bfloat16)
+    assert key != precompiled.artefact_key(precompiled.static_facts(block, {"coordinate_descent_tuning": False}),
+                                           precompiled.processor_facts(attn))
+
+
+@pytest.mark.parametrize(("overrides", "note"), [
+    (["perf=fast", "perf.compile=none"],
+     "perf.precompile=true is not used: it saves the regional compile and perf.compile=none"),
+    (["perf=fast", "perf.inductor_mode=reduce_overhead"],
+     "perf.precompile=true is not used: perf.inductor_mode=reduce_overhead captures CUDA graphs"),
+])
+def test_precompile_where_it_cannot_act_is_noted(make_cfg, overrides, note):
+    from workbench.config.unused import unused_notes
+
+    assert any(n.startswith(note) for n in unused_notes(make_cfg(*overrides))), unused_notes(make_cfg(*overrides))
+    assert not any("perf.precompile" in n for n in unused_notes(make_cfg("perf=fast")))
