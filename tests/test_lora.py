@@ -334,10 +334,13 @@ def test_fuse_keeps_the_originals_off_the_weights_and_is_all_or_nothing(tmp_path
     assert all(torch.equal(mods[n].weight, before[n]) for n in names)
 
 
-def test_lora_on_a_compiled_transformer_is_fused_and_follows_strength_changes(transformer, base, pairs, lora_dir):
+@pytest.mark.parametrize("precompile", [False, True], ids=["regional", "precompiled"])
+def test_lora_on_a_compiled_transformer_is_fused_and_follows_strength_changes(transformer, base, pairs, lora_dir,
+                                                                              precompile, monkeypatch, tmp_path):
     """perf.compile: a LoRA fused (or re-weighted) after the first compiled call takes effect without a
     recompile; hooks are refused with the fix. (Without hook guards torch.compile silently ignored hooks
-    added after compiling; with them, 60 differently hooked blocks exceed its recompile limit: H100 run14.)"""
+    added after compiling; with them, 60 differently hooked blocks exceed its recompile limit: H100 run14.)
+    The saved compiled block (perf.precompile) reads the fused weights as inputs, as the regional compile does."""
     import copy
 
     from workbench.config import CompileMode, PerfConfig
@@ -347,7 +350,8 @@ def test_lora_on_a_compiled_transformer_is_fused_and_follows_strength_changes(tr
     file = _write(lora_dir, "compiled", pairs, "kohya")
     expected = {s: _ours(transformer, file, strength=s, fuse=True) for s in (0.7, 0.3)}
     compiled = copy.deepcopy(transformer)
-    fwd = apply_perf(compiled, PerfConfig(fast_attention=True, compile=CompileMode.regional))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compiled"))
+    fwd = apply_perf(compiled, PerfConfig(fast_attention=True, compile=CompileMode.regional, precompile=precompile))
     assert (_forward(fwd) - base).abs().max().item() <= 1e-4  # compiled, no LoRA yet
     for strength in (0.7, 0.3):
         apply_loras(compiled, [LoraItem(file=file, strength=strength)], fuse=True)
