@@ -237,3 +237,41 @@ def test_precompile_where_it_cannot_act_is_noted(make_cfg, overrides, note):
 
     assert any(n.startswith(note) for n in unused_notes(make_cfg(*overrides))), unused_notes(make_cfg(*overrides))
     assert not any("perf.precompile" in n for n in unused_notes(make_cfg("perf=fast")))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="fp8 GEMMs need a CUDA device of compute capability >= 8.9")
+def test_fp8_saved_block_is_bit_equal_to_the_regional_compile_and_reloads(make_cfg, monkeypatch, tmp_path):
+    """torchao's fp8 weights (tensor subclasses) as inputs of the saved block: the whole pipeline at
+    perf=fast computes the same latents with and without perf.precompile, and a new process loads it."""
+    pytest.importorskip("torchao")
+    from workbench.pipeline import Workbench
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compiled"))
+    common = ["model=tiny_random", "sampler.steps=2", "prompts=[a kite]", "seeds=[2]", "height=64", "width=64",
+              "device=cuda", "precision=fp8_torchao", "perf=fast"]
+    latents = {}
+    for precompile in (True, False):
+        cfg = make_cfg(*common, f"perf.precompile={str(precompile).lower()}")
+        bench = Workbench.from_config(cfg)
+        latents[precompile] = bench.generate(cfg, progress=False)[0].latents
+        assert bench.last_compile["precompiled_saves"] == int(precompile)
+    assert torch.equal(latents[True], latents[False])
+    out = tmp_path / "latents.pt"
+    script = (
+        "import json, sys, torch\n"
+        "from torch._dynamo.utils import counters\n"
+        "from workbench.config import compose, to_run_config\n"
+        "from workbench.pipeline import Workbench\n"
+        f"cfg = to_run_config(compose({common!r}))\n"
+        "bench = Workbench.from_config(cfg)\n"
+        f"torch.save(bench.generate(cfg, progress=False)[0].latents, {str(out)!r})\n"
+        "print(json.dumps({'captured': int(counters['stats']['calls_captured']), **bench.last_compile}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (counts["captured"], counts["precompiled_loads"], counts["graphs"]) == (0, 1, 0), counts
+    assert torch.equal(torch.load(out), latents[True])
