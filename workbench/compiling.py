@@ -92,6 +92,7 @@ class CompileCounts:
     aot_cache_hits: int = 0  # AOTAutograd cache
     precompiled_loads: int = 0  # saved compiled blocks loaded (perf.precompile: no Dynamo tracing)
     precompiled_saves: int = 0  # ... or compiled and saved now
+    precompile_fallbacks: int = 0  # torch could not compile for saving: Dynamo's regional compile ran instead
     compile_s: float = 0.0  # seconds inside Dynamo + Inductor, or loading saved blocks
 
     @staticmethod
@@ -107,6 +108,7 @@ class CompileCounts:
             aot_cache_hits=int(counters["aot_autograd"]["autograd_cache_hit"]),
             precompiled_loads=COUNTS["loads"],
             precompiled_saves=COUNTS["saves"],
+            precompile_fallbacks=COUNTS["fallbacks"],
             compile_s=float(sum(compilation_time_metrics.get("_compile.compile_inner", []))) + COUNTS["seconds"],
         )
 

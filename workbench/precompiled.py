@@ -40,7 +40,7 @@ from workbench.errors import WorkbenchError
 log = logging.getLogger(__name__)
 FOLDER = "precompiled"
 # process-wide counts, read by compiling.CompileCounts (a record holds the difference over its run)
-COUNTS = {"loads": 0, "saves": 0, "compiles": 0, "seconds": 0.0}
+COUNTS = {"loads": 0, "saves": 0, "compiles": 0, "fallbacks": 0, "seconds": 0.0}
 
 
 class PrecompileError(WorkbenchError):
@@ -179,17 +179,28 @@ class Variants:
                         self.folder, err)
 
 
+def aot_compile(block, options: dict, args: tuple, kwargs: dict):
+    """torch's AOT compile of the block's ``forward`` for these inputs (the block is an input: one compiled
+    function serves every block of the same layout, its parameters read per call)."""
+    compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, options=dict(options))
+    return compiled.aot_compile(((block, *args), kwargs))
+
+
 class PrecompiledBlocks:
     """One per transformer: its repeated block's compiled variants, by attention-processor settings."""
 
     def __init__(self, block, options: dict, root: Path, before_compile):
-        self.options = {**options, "guard_filter_fn": serialisable_guards}
+        self.inductor = dict(options)
         self.static = static_facts(block, options)
         self.root = root
         self.before_compile = before_compile  # marks the text dimension dynamic on the example inputs
         self.by_facts: dict[tuple, Variants] = {}
+        self.fallback = None  # Dynamo's regional compile, once torch could not compile for saving
 
     def __call__(self, block, attentions, args, kwargs):
+        if self.fallback is not None:
+            self.before_compile(kwargs)
+            return self.fallback(block, *args, **kwargs)
         facts = processor_facts(attentions)
         variants = self.by_facts.get(facts)
         if variants is None:
@@ -200,20 +211,27 @@ class PrecompiledBlocks:
     def _compile(self, variants: Variants, block, args, kwargs):
         start = time.perf_counter()
         self.before_compile(kwargs)
-        compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, options=dict(self.options))
         try:
-            fn = compiled.aot_compile(((block, *args), kwargs))
-        except Exception as err:
+            fn = aot_compile(block, {**self.inductor, "guard_filter_fn": serialisable_guards}, args, kwargs)
+        except Exception as err:  # noqa: BLE001
             # an error of the block itself (a workbench check) is the user's to see, not Dynamo's wrapping of it
             type(block).forward(block, *args, **kwargs)
-            raise PrecompileError(
-                f"perf.precompile: torch could not compile {type(block).__name__} for saving ({type(err).__name__}: "
-                f"{str(err).splitlines()[0] if str(err) else ''}). Use perf.precompile=false (the regional compile "
-                "without a saved trace)") from err
+            return self._fall_back(block, err)
         COUNTS["compiles"] += 1
         COUNTS["seconds"] += time.perf_counter() - start
         variants.add(fn)
         return fn
+
+    def _fall_back(self, block, err: Exception):
+        """What torch cannot compile for saving still runs as the regional compile does (traced in each process):
+        a slower warm start, never a failed run. Logged, and counted in the run's record."""
+        first = str(err).splitlines()[0] if str(err) else ""
+        log.warning("perf.precompile: torch could not compile %s for saving (%s: %s); this process runs Dynamo's "
+                    "regional compile instead, as perf.precompile=false does", type(block).__name__,
+                    type(err).__name__, first)
+        COUNTS["fallbacks"] += 1
+        self.fallback = torch.compile(type(block).forward, fullgraph=True, dynamic=False, options=dict(self.inductor))
+        return self.fallback
 
 
 class PrecompiledCall:
