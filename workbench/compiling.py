@@ -28,6 +28,7 @@ import torch
 
 from workbench.config import CompileMode, InductorMode, PerfConfig
 from workbench.errors import InputError
+from workbench.precompiled import FOLDER as PRECOMPILED
 from workbench.user_cache import user_cache_dir
 
 ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -70,7 +71,7 @@ def clear_cache(path: Path | None = None) -> int:
     path = (path or cache_dir()).expanduser()
     if not path.exists():
         return 0
-    known = {"fxgraph", "aotautograd", "triton", "locks", "precompiled"}
+    known = {"fxgraph", "aotautograd", "triton", "locks", PRECOMPILED}
     if path != default_cache_dir() and not any((path / name).exists() for name in known):
         raise InputError(
             f"{path} (from ${ENV}) does not look like a torch compile cache (none of {sorted(known)} in it): "
@@ -169,7 +170,7 @@ def _install_precompiled(transformer, options: dict) -> None:
 
     inductor = options.get("options") or torch._inductor.list_mode_options(options.get("mode", "default"))
     blocks = [m for m in transformer.modules() if type(m).__name__ in transformer._repeated_blocks]
-    store = PrecompiledBlocks(blocks[0], inductor, cache_dir() / "precompiled", before_compile=_mark_text_dynamic)
+    store = PrecompiledBlocks(blocks[0], inductor, cache_dir() / PRECOMPILED, before_compile=_mark_text_dynamic)
     for block in blocks:
         block._compiled_call_impl = PrecompiledCall(store, block)
 
