@@ -246,16 +246,16 @@ def test_the_key_follows_versions_layout_and_processor_settings():
 
 
 @pytest.mark.parametrize(("overrides", "note"), [
-    (["perf=fast", "perf.compile=none"],
+    (["perf=fast", "perf.precompile=true", "perf.compile=none"],
      "perf.precompile=true is not used: it saves the regional compile and perf.compile=none"),
-    (["perf=fast", "perf.inductor_mode=reduce_overhead"],
+    (["perf=fast", "perf.precompile=true", "perf.inductor_mode=reduce_overhead"],
      "perf.precompile=true is not used: perf.inductor_mode=reduce_overhead captures CUDA graphs"),
 ])
 def test_precompile_where_it_cannot_act_is_noted(make_cfg, overrides, note):
     from workbench.config.unused import unused_notes
 
     assert any(n.startswith(note) for n in unused_notes(make_cfg(*overrides))), unused_notes(make_cfg(*overrides))
-    assert not any("perf.precompile" in n for n in unused_notes(make_cfg("perf=fast")))
+    assert not any("perf.precompile" in n for n in unused_notes(make_cfg("perf=fast", "perf.precompile=true")))
 
 
 @pytest.mark.gpu
@@ -269,10 +269,10 @@ def test_fp8_saved_block_is_bit_equal_to_the_regional_compile_and_reloads(make_c
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compiled"))
     common = ["model=tiny_random", "sampler.steps=2", "prompts=[a kite]", "seeds=[2]", "height=64", "width=64",
-              "device=cuda", "precision=fp8_torchao", "perf=fast"]
+              "device=cuda", "precision=fp8_torchao", "perf=fast", "perf.precompile=true"]
     latents = {}
     for precompile in (True, False):
-        cfg = make_cfg(*common, f"perf.precompile={str(precompile).lower()}")
+        cfg = make_cfg(*common[:-1], f"perf.precompile={str(precompile).lower()}")
         bench = Workbench.from_config(cfg)
         latents[precompile] = bench.generate(cfg, progress=False)[0].latents
         assert bench.last_compile["precompiled_saves"] == int(precompile)

@@ -10,7 +10,7 @@ process, and counts of what each run compiled (written into its record).
   under ``cache_dir()``: ``$TORCHINDUCTOR_CACHE_DIR`` when set, else ``torch-compile`` in the workbench's
   cache folder (``~/.cache/qwen-image-workbench``) instead of torch's default under /tmp, which a reboot clears.
   ``workbench cache`` shows its size; ``workbench cache --clear`` empties it.
-- **Saved trace** (``perf.precompile``, on in ``perf=fast``): the compiled block is saved with Dynamo's trace in
+- **Saved trace** (``perf.precompile=true``): the compiled block is saved with Dynamo's trace in
   the same folder (``precompiled/``) and a new process loads it instead of tracing the block again
   (workbench/precompiled.py).
 - **Counts.** ``CompileCounts.now()`` reads torch's own counters (graphs captured, cache hits / misses,

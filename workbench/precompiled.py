@@ -182,7 +182,9 @@ class Variants:
 def aot_compile(block, options: dict, args: tuple, kwargs: dict):
     """torch's AOT compile of the block's ``forward`` for these inputs (the block is an input: one compiled
     function serves every block of the same layout, its parameters read per call)."""
-    compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, options=dict(options))
+    # torch 2.11 attaches ``aot_compile`` to the compiled function only under this switch (2.13 always does)
+    with torch._dynamo.config.patch(enable_aot_compile=True):
+        compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, options=dict(options))
     return compiled.aot_compile(((block, *args), kwargs))
 
 
