@@ -294,3 +294,51 @@ def test_fp8_saved_block_is_bit_equal_to_the_regional_compile_and_reloads(make_c
     counts = json.loads(run.stdout.strip().splitlines()[-1])
     assert (counts["captured"], counts["precompiled_loads"], counts["graphs"]) == (0, 1, 0), counts
     assert torch.equal(torch.load(out), latents[True])
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.proj(x).relu()
+
+
+def test_a_repr_bound_to_a_partial_does_not_stop_the_save(tmp_path):
+    """torchao's quantize_ binds each quantised Linear's extra_repr to a functools.partial, which Dynamo's guard
+    pickler cannot save (torch 2.11): the fp8 block fell back every time. It is set aside while saving."""
+    import functools
+    import types
+
+    block = _Toy()
+    block.proj.extra_repr = types.MethodType(functools.partial(lambda self, tag: tag, tag="fp8 weight"), block.proj)
+    store = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None)
+    before = CompileCounts.now()
+    x = torch.randn(3, 4)
+    assert torch.allclose(store(block, [], (x,), {}), block(x))
+    counts = CompileCounts.now() - before
+    assert (counts.precompiled_saves, counts.precompile_fallbacks) == (1, 0)
+    assert "fp8 weight" in repr(block)  # put back
+
+
+def test_a_tensor_subclass_parameter_is_keyed_by_its_layout_not_a_saved_guard(tmp_path):
+    """Guards on a tensor-subclass parameter and its inner tensors are not saved (torchao's Float8Tensor cannot be
+    pickled by Dynamo's guard pickler); the key carries the subclass, its inner tensors' dtypes and shapes instead,
+    and the saved block reloads and computes with the parameter it is given."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    block = _Toy()
+    w = block.proj.weight.detach()
+    block.proj.weight = torch.nn.Parameter(TwoTensor(w, w.clone()), requires_grad=False)
+    layout = precompiled.static_facts(block, {})["layout"]
+    assert any(line.startswith("proj.weight TwoTensor torch.float32(4, 4) a:torch.float32(4, 4) b:") for line in layout)
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        expected = block(x)
+        store = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None)
+        assert torch.allclose(store(block, [], (x,), {}), expected)
+        reloaded = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None)
+        before = CompileCounts.now()
+        assert torch.allclose(reloaded(block, [], (x,), {}), expected)
+    assert (CompileCounts.now() - before).precompiled_loads == 1

@@ -29,6 +29,7 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
@@ -48,12 +49,20 @@ class PrecompileError(WorkbenchError):
 
 
 def serialisable_guards(entries) -> list[bool]:
-    """Dynamo's ``guard_filter_fn``: keep the guards it can save (the rest is this module's key)."""
+    """Dynamo's ``guard_filter_fn``: keep the guards it can save (the rest is this module's key). Guards on a
+    tensor subclass (torchao's fp8 weights) and on its inner tensors go too: saving them pickles an ``empty_like``
+    of the subclass, which torchao's ``Float8Tensor`` does not implement (torch 2.11, torchao 0.17); their type,
+    dtypes and shapes, inner tensors included, are in the key (``_layout``)."""
     from torch._dynamo.guards import CheckFunctionManager
 
     bad = CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES
-    return [not (e.is_global or e.guard_type in bad or any(t in bad for t in e.derived_guard_types or ()))
-            for e in entries]
+    subclasses = tuple({e.name for e in entries if _is_subclass(e.value)})  # and guards on their inner tensors
+    return [not (e.is_global or e.guard_type in bad or any(t in bad for t in e.derived_guard_types or ())
+                 or e.name.startswith(subclasses)) for e in entries]
+
+
+def _is_subclass(value) -> bool:
+    return isinstance(value, torch.Tensor) and type(value) not in (torch.Tensor, torch.nn.Parameter)
 
 
 def _version(package: str) -> str | None:
@@ -185,7 +194,21 @@ def aot_compile(block, options: dict, args: tuple, kwargs: dict):
     # torch 2.11 attaches ``aot_compile`` to the compiled function only under this switch (2.13 always does)
     with torch._dynamo.config.patch(enable_aot_compile=True):
         compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, options=dict(options))
-    return compiled.aot_compile(((block, *args), kwargs))
+    with _without_instance_reprs(block):
+        return compiled.aot_compile(((block, *args), kwargs))
+
+
+@contextmanager
+def _without_instance_reprs(block):
+    """torchao's ``quantize_`` gives each quantised Linear an ``extra_repr`` bound to a ``functools.partial``,
+    which Dynamo's guard pickler cannot save (torch 2.11: "'functools.partial' object has no attribute
+    '__name__'"). Only ``print(model)`` reads it: it is set aside while the guards are saved, then put back."""
+    kept = {m: vars(m).pop("extra_repr") for m in block.modules() if "extra_repr" in vars(m)}
+    try:
+        yield
+    finally:
+        for m, method in kept.items():
+            m.extra_repr = method
 
 
 class PrecompiledBlocks:
