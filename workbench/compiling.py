@@ -156,12 +156,12 @@ class _TextDynamicCall:
         return self.compiled(*args, **kwargs)
 
 
+_NO_CUDA_GRAPHS = (InductorMode.default, InductorMode.max_autotune_no_cudagraphs)
+
+
 def precompile_applies(perf: PerfConfig) -> bool:
     """perf.precompile saves the regional compile's trace; CUDA-graph modes keep Dynamo's own path."""
     return perf.precompile and perf.compile == CompileMode.regional and perf.inductor_mode in _NO_CUDA_GRAPHS
-
-
-_NO_CUDA_GRAPHS = (InductorMode.default, InductorMode.max_autotune_no_cudagraphs)
 
 
 def _install_precompiled(transformer, options: dict) -> None:
@@ -193,7 +193,7 @@ def compile_transformer(transformer, perf: PerfConfig, backend=None):
         options["options"] = {"coordinate_descent_tuning": perf.coordinate_descent}  # (see precision.py)
     if backend is not None:
         options["backend"] = backend
-    if perf.compile == CompileMode.regional and precompile_applies(perf):
+    if precompile_applies(perf):
         if backend is not None:
             raise ValueError("perf.precompile saves Inductor's code: it takes no other backend")
         _install_precompiled(transformer, options)
