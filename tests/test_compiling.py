@@ -124,8 +124,12 @@ def test_cli_cache_shows_and_clears(monkeypatch, tmp_path, capsys):
     (cache / "aotautograd" / "x").write_bytes(b"y" * 2048)
     assert main(["cache"]) == 0
     assert capsys.readouterr().out.strip() == f"compile cache: {cache}  2.0 KB"
+    (cache / "precompiled" / "key").mkdir(parents=True)
+    (cache / "precompiled" / "key" / "0123456789abcdef.bin").write_bytes(b"z" * 1024)
+    assert main(["cache"]) == 0
+    assert capsys.readouterr().out.strip() == f"compile cache: {cache}  3.0 KB  (1 saved compiled block(s), perf.precompile)"
     assert main(["cache", "--clear"]) == 0
-    assert capsys.readouterr().out.strip() == f"cleared {cache} (2.0 KB)" and not cache.exists()
+    assert capsys.readouterr().out.strip() == f"cleared {cache} (3.0 KB)" and not cache.exists()
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # not a cache: refused, one line, exit 2
     (tmp_path / "notes.txt").write_text("keep")
     assert main(["cache", "--clear"]) == 2

@@ -7,7 +7,7 @@ import argparse
 
 def main(argv: list[str]) -> int:
     from workbench.cli.models import _size
-    from workbench.compiling import ENV, cache_dir, cache_size_bytes, clear_cache
+    from workbench.compiling import ENV, PRECOMPILED, cache_dir, cache_size_bytes, clear_cache
 
     p = argparse.ArgumentParser(prog="workbench cache",
                                 description=f"The compile cache (perf.compile=regional/full): ${ENV}, else the workbench's cache folder.")
@@ -18,5 +18,6 @@ def main(argv: list[str]) -> int:
         print(f"cleared {path} ({_size(clear_cache(path))})")
         return 0
     state = _size(cache_size_bytes(path)) if path.is_dir() else "empty (nothing compiled yet)"
-    print(f"compile cache: {path}  {state}")
+    saved = len(list((path / PRECOMPILED).glob("*/*.bin")))
+    print(f"compile cache: {path}  {state}" + (f"  ({saved} saved compiled block(s), perf.precompile)" if saved else ""))
     return 0
