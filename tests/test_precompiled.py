@@ -20,6 +20,7 @@ from workbench.config import AttentionKernel, CompileMode, ModelConfig, PerfConf
 from workbench.models.tiny import build_transformer
 from workbench.perf import prepare_attention
 from workbench import precompiled
+from workbench.trusted_files import why_untrusted
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = (7, 12, 31, 64, 90)
@@ -144,23 +145,86 @@ def test_the_attention_kernel_is_keyed_though_dynamo_drops_its_guard(saved, cach
 
 def test_a_block_whose_traced_source_changed_is_not_reused(saved, cache, monkeypatch, caplog):
     folder = _files(cache)[0].parent
-    assert len(precompiled.Variants(folder).fns) >= 1  # loads as it is
+    assert len(precompiled.Variants(folder, folder.parent).fns) >= 1  # loads as it is
     monkeypatch.setattr(precompiled, "source_hash", lambda module, first, last: "edited")
     kept = list(folder.glob("*.bin"))
     with caplog.at_level(logging.INFO, logger="workbench.precompiled"):
-        assert precompiled.Variants(folder).fns == []
+        assert precompiled.Variants(folder, folder.parent).fns == []
     assert not any(f.exists() for f in kept)
     assert "traced code that has changed since: removed" in caplog.text
 
 
 def test_an_unreadable_file_is_removed_with_a_warning(tmp_path, caplog):
     folder = tmp_path / "key"
-    folder.mkdir()
+    folder.mkdir(mode=0o700)
     (folder / "0123456789abcdef.bin").write_bytes(b"half a file")
+    (folder / "0123456789abcdef.bin").chmod(0o600)
     with caplog.at_level(logging.WARNING, logger="workbench.precompiled"):
-        assert precompiled.Variants(folder).fns == []
+        assert precompiled.Variants(folder, tmp_path).fns == []
     assert not (folder / "0123456789abcdef.bin").exists()
     assert "could not be loaded" in caplog.text and "the block compiles again" in caplog.text
+
+
+def _copy_of_saved(cache: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The saved block's key folder copied under a root of the test's own: (root, key folder)."""
+    import shutil
+
+    root = tmp_path / "precompiled"
+    root.mkdir(mode=0o700)
+    source = _files(cache)[0].parent
+    folder = root / source.name
+    shutil.copytree(source, folder)  # copies the modes too
+    return root, folder
+
+
+def test_saved_blocks_are_private_files_in_private_folders(saved, cache):
+    file = _files(cache)[0]
+    modes = [p.stat().st_mode & 0o777 for p in (cache / "precompiled", file.parent, file)]
+    assert modes == [0o700, 0o700, 0o600]
+    assert why_untrusted(file, cache / "precompiled") is None
+
+
+@pytest.mark.parametrize("loosen", ["folder", "file", "root"])
+def test_code_others_could_have_written_is_neither_loaded_nor_saved(saved, cache, tmp_path, caplog, loosen):
+    """Loading runs code: a saved block in a folder (or a file) writable by other users is left alone, with a
+    warning naming the path and the fix, and nothing new is written there."""
+    root, folder = _copy_of_saved(cache, tmp_path)
+    files = sorted(folder.glob("*.bin"))
+    trusted = precompiled.Variants(folder, root)
+    assert len(trusted.fns) == len(files)
+    {"folder": folder, "file": files[0], "root": root}[loosen].chmod(0o777 if loosen != "file" else 0o666)
+    with caplog.at_level(logging.WARNING, logger="workbench.precompiled"):
+        variants = precompiled.Variants(folder, root)
+    assert len(variants.fns) == (len(files) - 1 if loosen == "file" else 0)
+    assert f"is writable by other users (mode {'666' if loosen == 'file' else '777'})" in caplog.text
+    assert "another user could have written" in caplog.text and "chmod go-w" in caplog.text
+    assert sorted(folder.glob("*.bin")) == files  # not deleted: they may be someone else's
+    if loosen != "file":
+        assert "$WORKBENCH_CACHE" in caplog.text
+        variants.add(trusted.fns[0])  # the process keeps it, the folder gets nothing
+        assert variants.fns[0] is trusted.fns[0] and sorted(folder.glob("*")) == files
+
+
+def test_a_saved_block_reached_through_a_symbolic_link_is_not_loaded(saved, cache, tmp_path, caplog):
+    root, folder = _copy_of_saved(cache, tmp_path)
+    elsewhere = tmp_path / "elsewhere.bin"
+    sorted(folder.glob("*.bin"))[0].rename(elsewhere)
+    (folder / "0123456789abcdef.bin").symlink_to(elsewhere)
+    with caplog.at_level(logging.WARNING, logger="workbench.precompiled"):
+        precompiled.Variants(folder, root)
+    assert f"{folder / '0123456789abcdef.bin'} is a symbolic link" in caplog.text
+    assert elsewhere.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_saved_block_another_user_owns_is_not_loaded(saved, cache, tmp_path, caplog):
+    root, folder = _copy_of_saved(cache, tmp_path)
+    file = sorted(folder.glob("*.bin"))[0]
+    os.chown(file, 4321, 4321)
+    with caplog.at_level(logging.WARNING, logger="workbench.precompiled"):
+        assert file not in [f for f in folder.glob("*.bin") if why_untrusted(f, root) is None]
+        precompiled.Variants(folder, root)
+    assert f"{file} belongs to user id 4321, not to you (0)" in caplog.text
 
 
 def test_a_hook_on_a_saved_block_is_refused(saved):

@@ -14,7 +14,8 @@ parameters' layout, the compile options, and the attention processors' classes a
 and a loaded artefact is used only if every source line Dynamo traced is unchanged (an edit of the workbench or of
 diffusers compiles again). The guards Dynamo keeps (shapes, dtypes, the dynamic text length's range, module
 attributes) are checked at every call; a call that no saved variant accepts (a new resolution) compiles one more.
-The files are trusted as Inductor's own cache beside them is (both are code): they live in the user's cache folder.
+Loading a file runs code, so a file another user could have written (a shared or loose cache folder) is not
+loaded, nor is anything saved there (workbench/trusted_files.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.trusted_files import PRIVATE_FOLDER, why_untrusted
 
 log = logging.getLogger(__name__)
 FOLDER = "precompiled"
@@ -144,15 +146,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class Variants:
     """The compiled variants of one artefact key: loaded from its folder once, extended by compiles."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, root: Path):
+        self.folder, self.root = folder, root
         self.fns = []
-        for file in sorted(folder.glob("*.bin"), key=lambda p: p.stat().st_mtime, reverse=True):
+        self.untrusted = why_untrusted(folder, root)
+        if self.untrusted:
+            log.warning("precompiled blocks in %s are neither loaded nor saved: %s, so another user could have "
+                        "written code there. Point $WORKBENCH_CACHE (or $TORCHINDUCTOR_CACHE_DIR) at a folder of "
+                        "your own", folder, self.untrusted)
+            return
+        for file in sorted(folder.glob("*.bin"), key=lambda p: p.lstat().st_mtime, reverse=True):
             self._load(file)
 
     def _load(self, file: Path) -> None:
         from torch.compiler import load_compiled_function
 
+        untrusted = why_untrusted(file, self.root)
+        if untrusted:
+            log.warning("precompiled block %s not loaded: %s, so another user could have written it", file, untrusted)
+            return
         start = time.perf_counter()
         try:
             fn = load_compiled_function(io.BytesIO(file.read_bytes()))
@@ -178,9 +190,12 @@ class Variants:
         start: it is logged, and this process runs on)."""
         fn.disable_guard_check()
         self.fns.insert(0, fn)
+        if self.untrusted:
+            return
         try:
             data = type(fn).serialize(fn).serialized_data
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
+            self.folder.mkdir(mode=PRIVATE_FOLDER, exist_ok=True)
             _atomic_write(self.folder / f"{hashlib.sha256(data).hexdigest()[:16]}.bin", data)
             COUNTS["saves"] += 1
         except Exception as err:  # noqa: BLE001
@@ -229,7 +244,7 @@ class PrecompiledBlocks:
         facts = processor_facts(attentions)
         variants = self.by_facts.get(facts)
         if variants is None:
-            variants = self.by_facts[facts] = Variants(self.root / artefact_key(self.static, facts))
+            variants = self.by_facts[facts] = Variants(self.root / artefact_key(self.static, facts), self.root)
         fn = variants.find(block, args, kwargs) or self._compile(variants, block, args, kwargs)
         return fn(block, *args, **kwargs)
 
