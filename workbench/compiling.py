@@ -29,15 +29,7 @@ import torch
 from workbench.config import CompileMode, InductorMode, PerfConfig
 from workbench.errors import InputError
 from workbench.precompiled import FOLDER as PRECOMPILED
-from workbench.user_cache import user_cache_dir
-
-ENV = "TORCHINDUCTOR_CACHE_DIR"
-
-
-def default_cache_dir() -> Path:
-    """``torch-compile`` in the workbench's cache folder (``$WORKBENCH_CACHE``, else ~/.cache/qwen-image-workbench)."""
-    return user_cache_dir() / "torch-compile"
-
+from workbench.user_cache import ENV, default_cache_dir
 
 def _user_setting() -> str | None:
     """``$TORCHINDUCTOR_CACHE_DIR`` as the user set it. Inductor writes its own /tmp default into the variable

@@ -19,6 +19,7 @@ from workbench.config import build
 from workbench.config.build import to_run_config
 from workbench.errors import RunFailure
 from workbench.pipeline import GeneratedImage, Workbench
+from workbench.user_cache import check_cache_dir
 
 
 def import_model_libraries() -> None:
@@ -47,6 +48,7 @@ def run(cfg: DictConfig, output_dir: Path, progress: bool = True, job: Optional[
     run_cfg = to_run_config(cfg)  # typed + validated before anything heavy happens
     output_dir = Path(output_dir)
     rec.check_output_dir(output_dir)
+    check_cache_dir(run_cfg.perf)
     resolved = build.resolved(cfg)
     started = time.perf_counter()
     import_model_libraries()

@@ -52,6 +52,7 @@ def _prevalidate(overrides: list[str], multirun: bool) -> Path | None:
 
     from workbench import record as rec
     from workbench.config.build import compose_many, to_run_config
+    from workbench.user_cache import check_cache_dir
 
     try:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
@@ -69,7 +70,7 @@ def _prevalidate(overrides: list[str], multirun: bool) -> Path | None:
         try:
             if isinstance(cfg, Exception):
                 raise cfg
-            to_run_config(cfg)
+            check_cache_dir(to_run_config(cfg).perf)
         except Exception as err:  # noqa: BLE001 - _input_error keeps bugs as they are
             raise _input_error(err, where) from None
 

@@ -23,6 +23,7 @@ from workbench.models.components import Components, build_components, resolve_de
 from workbench.compiling import compile_transformer
 from workbench.perf import check_perf, prepare_attention, set_run_perf
 from workbench.precision import apply_precision, check_device
+from workbench.user_cache import check_cache_dir
 
 _CACHE: dict[tuple, Components] = {}
 _ABOUT: dict[tuple, dict[str, str]] = {}  # cache key -> the names a memory view shows (model, precision, perf)
@@ -64,6 +65,7 @@ def cached_components(
 
 def components_for(cfg: Config) -> Components:
     """The run's components, built (or reused), with exactly ``cfg.lora``'s LoRAs on the transformer."""
+    check_cache_dir(cfg.perf)
     components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
     apply_loras(components.transformer, list(cfg.lora.items), fuse=cfg.lora.fuse, roots=cfg.model.roots or None)
     return components

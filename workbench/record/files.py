@@ -78,18 +78,20 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 
-def _folder_error(path: Path, why: str, setting: str) -> InputError:
-    return InputError(f"output folder {path} cannot be used: {why}; choose another with {setting}=PATH")
+def _folder_error(path: Path, why: str, setting: str, what: str) -> InputError:
+    return InputError(f"{what} {path} cannot be used: {why}; choose another with {setting}=PATH")
 
 
-def check_output_dir(path: str | Path, setting: str = "hydra.run.dir", final: bool = True) -> None:
+def check_output_dir(path: str | Path, setting: str = "hydra.run.dir", final: bool = True,
+                     what: str = "output folder") -> None:
     """Refuse, before any model work, an output folder the run could not write its images and record
     into: a part of the path that is a file, a folder without write permission, ``images`` or
     ``record.json`` already there as the wrong kind of entry, a place where no folder can be made. Raises
     ``InputError`` naming the path and ``setting`` (the key that chooses the folder). Creates nothing (the
     probe file or folder is removed).
     ``final=False``: ``path`` is a folder the run folder will be made in (``outputs`` of
-    ``outputs/${now:...}``), so what it holds is not the run's."""
+    ``outputs/${now:...}``), so what it holds is not the run's. ``what`` names the folder in the message
+    (the compile cache is checked the same way)."""
     path = Path(path)
     probe = path
     while True:  # the deepest part of the path that exists
@@ -98,28 +100,28 @@ def check_output_dir(path: str | Path, setting: str = "hydra.run.dir", final: bo
             break
         except (FileNotFoundError, NotADirectoryError):
             if probe.parent == probe:
-                raise _folder_error(path, f"{probe} does not exist", setting) from None
+                raise _folder_error(path, f"{probe} does not exist", setting, what) from None
             probe = probe.parent
         except OSError as err:  # a symlink loop, a folder we may not search, ...
-            raise _folder_error(path, f"{probe}: {err.strerror}", setting) from None
+            raise _folder_error(path, f"{probe}: {err.strerror}", setting, what) from None
     if not probe.is_dir():
-        raise _folder_error(path, f"{probe} is a file, not a folder", setting)
+        raise _folder_error(path, f"{probe} is a file, not a folder", setting, what)
     if not os.access(probe, os.W_OK | os.X_OK):
-        what = "write into" if probe == path else "create folders in"
-        raise _folder_error(path, f"no permission to {what} {probe}", setting)
+        action = "write into" if probe == path else "create folders in"
+        raise _folder_error(path, f"no permission to {action} {probe}", setting, what)
     if probe != path:  # created by the run: prove a folder can be made there (root passes os.access
         try:           # everywhere; /proc, /sys and some mounts refuse mkdir whatever the bits say)
             os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".write-probe."))
         except OSError as err:
-            raise _folder_error(path, f"cannot create folders in {probe} (mkdir refused: {err.strerror})", setting) from None
+            raise _folder_error(path, f"cannot create folders in {probe} (mkdir refused: {err.strerror})", setting, what) from None
         return
     for name, want_dir in (("images", True), ("record.json", False)) if final else ():
         entry = path / name
         if entry.exists() and entry.is_dir() != want_dir:
             kind = "a file" if want_dir else "a folder"
-            raise _folder_error(path, f"{entry} exists as {kind}; the run writes its {name} there (move it away)", setting)
+            raise _folder_error(path, f"{entry} exists as {kind}; the run writes its {name} there (move it away)", setting, what)
     try:  # permission bits do not tell everything (root, read-only mounts, ACLs): try it
         with tempfile.TemporaryFile(dir=path, prefix=".write-probe."):
             pass
     except OSError as err:
-        raise _folder_error(path, f"cannot write into {path}: {err.strerror}", setting) from None
+        raise _folder_error(path, f"cannot write into {path}: {err.strerror}", setting, what) from None
