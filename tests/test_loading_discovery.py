@@ -101,3 +101,6 @@ def test_cli_models_json_and_table(root, capsys, monkeypatch, tmp_path):
     assert "diffusion_models/qwen_image_edit_2509_bf16.safetensors" in table and "edit_2509" in table
     assert main(["models", "--root", str(root / "nowhere")]) == 0
     assert "no model files found" in capsys.readouterr().out
+    (tmp_path / "a_file").write_text("x")  # a root that is a file, one that is missing: each named
+    assert main(["models", "--no-hf-cache", "--root", str(tmp_path / "a_file"), "--root", str(root / "nowhere")]) == 0
+    assert f"({tmp_path / 'a_file'} is a file, not a folder; {root / 'nowhere'} is missing)" in capsys.readouterr().out

@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps({"roots": [str(r) for r in roots], "models": [e.as_dict() for e in entries]}, indent=1))
         return 0
-    print(f"model roots: {', '.join(map(str, roots))}" + ("" if any(r.is_dir() for r in roots) else "  (none exists)"))
+    unusable = [f"{r} is {'a file, not a folder' if r.exists() else 'missing'}" for r in roots if not r.is_dir()]
+    print(f"model roots: {', '.join(map(str, roots))}" + (f"  ({'; '.join(unusable)})" if unusable else ""))
     if not entries:
         print(f"no model files found; put them under a root (ComfyUI folders text_encoders/, diffusion_models/, vae/, loras/) or set ${ENV}")
         return 0
