@@ -227,6 +227,41 @@ def test_a_saved_block_another_user_owns_is_not_loaded(saved, cache, tmp_path, c
     assert f"{file} belongs to user id 4321, not to you (0)" in caplog.text
 
 
+def test_a_loaded_block_that_fails_to_run_is_removed_and_compiled_again(saved, cache, tmp_path, monkeypatch, caplog):
+    """Code that loads but cannot run here (say, a kernel this driver cannot load): its file goes, the block compiles
+    again (and is saved), and the output is the regional compile's. Only the first call of a loaded file is watched."""
+    import torch.compiler
+
+    _, outputs, _ = saved
+    root, folder = _copy_of_saved(cache, tmp_path)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(root.parent))
+    real_load = torch.compiler.load_compiled_function
+
+    class FailsToRun:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getattr__(self, name):
+            return getattr(self.fn, name)
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("CUDA error: device kernel image is invalid\nmore lines")
+
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda f: FailsToRun(real_load(f)))
+    model = _build(PRECOMPILE)
+    before = CompileCounts.now()
+    with caplog.at_level(logging.WARNING, logger="workbench.precompiled"):
+        got = _forward(model, 31)
+    counts = CompileCounts.now() - before
+    assert "failed to run here (RuntimeError: CUDA error: device kernel image is invalid): removed" in caplog.text
+    assert (counts.precompiled_loads, counts.precompiled_saves) == (1, 1)
+    assert torch.equal(got, outputs[31])
+    assert torch.equal(_forward(model, 7), outputs[7])  # the new compile serves the other lengths
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", real_load)
+    assert len(list(folder.glob("*.bin"))) == 1
+    assert torch.equal(_forward(_build(PRECOMPILE), 12), outputs[12])  # what was saved again loads and runs
+
+
 def test_a_hook_on_a_saved_block_is_refused(saved):
     model, _, _ = saved
     handle = model.transformer_blocks[0].register_forward_hook(lambda *a: None)

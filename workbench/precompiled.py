@@ -14,6 +14,8 @@ parameters' layout, the compile options, and the attention processors' classes a
 and a loaded artefact is used only if every source line Dynamo traced is unchanged (an edit of the workbench or of
 diffusers compiles again). The guards Dynamo keeps (shapes, dtypes, the dynamic text length's range, module
 attributes) are checked at every call; a call that no saved variant accepts (a new resolution) compiles one more.
+A loaded file whose first call fails where the block's eager forward does not (code this machine cannot run) is
+removed and compiled again.
 Loading a file runs code, so a file another user could have written (a shared or loose cache folder) is not
 loaded, nor is anything saved there (workbench/trusted_files.py).
 """
@@ -149,6 +151,7 @@ class Variants:
     def __init__(self, folder: Path, root: Path):
         self.folder, self.root = folder, root
         self.fns = []
+        self.unrun: dict[int, Path] = {}  # loaded, not yet run in this process: id(fn) -> its file
         self.untrusted = why_untrusted(folder, root)
         if self.untrusted:
             log.warning("precompiled blocks in %s are neither loaded nor saved: %s, so another user could have "
@@ -179,11 +182,20 @@ class Variants:
             return
         fn.disable_guard_check()  # checked once, by ``find``
         self.fns.append(fn)
+        self.unrun[id(fn)] = file
         COUNTS["loads"] += 1
         COUNTS["seconds"] += time.perf_counter() - start
 
     def find(self, block, args, kwargs):
         return next((fn for fn in self.fns if fn.guard_check(block, *args, **kwargs)), None)
+
+    def discard(self, fn, err: Exception) -> None:
+        """A loaded ``fn`` that failed to run here: forgotten, its file removed."""
+        self.fns.remove(fn)
+        file = self.unrun.pop(id(fn))
+        log.warning("precompiled block %s failed to run here (%s: %s): removed, the block compiles again", file,
+                    type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        file.unlink(missing_ok=True)
 
     def add(self, fn) -> None:
         """Keep ``fn`` for this process and save it for the next ones (a failed save costs only the next warm
@@ -245,8 +257,27 @@ class PrecompiledBlocks:
         variants = self.by_facts.get(facts)
         if variants is None:
             variants = self.by_facts[facts] = Variants(self.root / artefact_key(self.static, facts), self.root)
-        fn = variants.find(block, args, kwargs) or self._compile(variants, block, args, kwargs)
+        fn = variants.find(block, args, kwargs)
+        if fn is None:
+            fn = self._compile(variants, block, args, kwargs)
+        elif id(fn) in variants.unrun:
+            return self._first_run(variants, fn, block, args, kwargs)
         return fn(block, *args, **kwargs)
+
+    def _first_run(self, variants: Variants, fn, block, args, kwargs):
+        """A loaded file's first call. Code that cannot run here (a kernel this driver or card cannot load, a copy
+        from a machine the key could not tell apart) is removed and compiled again; an error of the block itself
+        (its eager forward fails too) is the user's to see; running out of memory is not the file's fault."""
+        try:
+            out = fn(block, *args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            type(block).forward(block, *args, **kwargs)
+            variants.discard(fn, err)
+            return self._compile(variants, block, args, kwargs)(block, *args, **kwargs)
+        variants.unrun.pop(id(fn))
+        return out
 
     def _compile(self, variants: Variants, block, args, kwargs):
         start = time.perf_counter()
