@@ -2,8 +2,10 @@
 
 One sweep over ``accel=none,first_block,taylorseer,pyramid_attention`` (plus TaylorSeer's interval
 and FirstBlockCache's threshold, with ``--knobs``) at 1328x1328, 20 steps, cfg 1, ``model=random_full``
-(real sizes, random weights), bf16, fused attention without compile (cache hooks and compile are
-refused together). A warm-up cell runs first. Per cell: denoise seconds, speed-up, PSNR / SSIM and
+(real sizes, random weights), bf16, fused attention without compile. ``--compiled`` adds the methods whose
+hooks wrap whole blocks (``first_block``, ``taylorseer`` at ``accel.granularity=block``) under
+``perf.compile=regional``, where the compiled blocks run beneath the hooks, and TaylorSeer's two granularities
+uncompiled. A warm-up cell runs first. Per cell: denoise seconds, speed-up, PSNR / SSIM and
 latent rel. L2 vs ``accel=none``.
 
 Random weights show the real speed of the schedule-based methods only (``taylorseer``,
@@ -12,7 +14,7 @@ depends on the trained weights; its speed here is NOT what a trained checkpoint 
 so per method). Quality numbers on random weights mean nothing; the trained tiny model's are in
 notebooks/07_acceleration_frontier.ipynb.
 
-Usage (GPU machine):  python benchmarks/bench_accel.py --out $OUT/accel.json [--knobs]
+Usage (GPU machine):  python benchmarks/bench_accel.py --out $OUT/accel.json [--knobs] [--compiled]
 CPU check of the script itself:  python benchmarks/bench_accel.py --tiny --out /tmp/accel.json
 """
 
@@ -44,7 +46,8 @@ def sweep_rows(axes: list[str], overrides: list[str], folder: Path) -> list[dict
     rows = []
     for row in result.table.reset_index().to_dict("records"):
         method = row.get("accel") or overrides[-1].split("=", 1)[1]
-        rows.append({k: row.get(k) for k in ("cell", "accel", "accel.threshold", "accel.cache_interval", "status",
+        rows.append({k: row.get(k) for k in ("cell", "accel", "accel.threshold", "accel.cache_interval",
+                                              "accel.granularity", "status",
                                               "denoise_s", "speedup_vs_0", "psnr_vs_0", "ssim_vs_0",
                                               "latent_rel_l2_vs_0", "error") if k in row}
                     | {"skips_depend_on_weights": WEIGHT_DEPENDENT.get(str(method))})
@@ -57,6 +60,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiny", action="store_true", help="the tiny CPU model: checks the script, not the speed")
     parser.add_argument("--knobs", action="store_true", help="also sweep taylorseer intervals / first_block thresholds")
+    parser.add_argument("--compiled", action="store_true",
+                        help="also the block-level methods under perf.compile=regional, and TaylorSeer's granularities")
     args = parser.parse_args()
     overrides = base(args.tiny, args.steps)
     folder = Path(tempfile.mkdtemp(prefix="bench-accel-"))
@@ -68,6 +73,13 @@ def main() -> None:
                                            folder / "first_block")
         report["taylorseer"] = sweep_rows(["accel.cache_interval=2,3,4,6"], overrides + ["accel=taylorseer"],
                                           folder / "taylorseer")
+    if args.compiled:  # the compiled none cell is this sweep's own reference (compile changes the numbers slightly)
+        report["taylorseer_granularity"] = sweep_rows(["accel.granularity=attention,block"],
+                                                      overrides + ["accel=taylorseer"], folder / "granularity")
+        compiled = overrides + ["perf.compile=regional", "accel.granularity=block"]
+        warm = [o for o in compiled if not o.startswith("sampler.steps=")]  # compiles once, before the timed cells
+        sweep_rows(["sampler.steps=2"], warm, folder / "warm-up-compiled")
+        report["compiled"] = sweep_rows(["accel=none,first_block,taylorseer"], compiled, folder / "compiled")
     args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(json.dumps(report["methods"], indent=1, default=str))
 

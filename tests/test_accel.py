@@ -80,7 +80,13 @@ def test_no_state_leaks_between_runs_or_batches(counted, method):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["accel=first_block", "perf=fast"], "accel=first_block (accel.method=first_block) with perf.compile=regional"),
+    (["accel=taylorseer", "perf=fast"], "accel=taylorseer (accel.method=taylorseer, accel.granularity=attention) with "
+     "perf.compile=regional (perf=fast): its hooks sit inside the blocks, which a compiled (fullgraph) block cannot "
+     "trace. Set accel.granularity=block"),
+    (["accel=pyramid_attention", "perf=fast"], "accel=first_block or accel=taylorseer accel.granularity=block (they "
+     "compose with perf.compile=regional)"),
+    (["accel=first_block", "perf=fast", "perf.compile=full"], "with perf.compile=full (perf=fast): the whole-model "
+     "compile would trace the hooks' per-step decisions. Use perf.compile=regional"),
     (["accel=pyramid_attention", "sampler.cfg=4", "sampler.cfg_batching=separate"],
      "sampler.cfg_batching=padded"),
     (["accel=taylorseer", "accel.cache_interval=0"], "accel.cache_interval=0 must be an integer >= 1"),
@@ -96,13 +102,14 @@ def test_refused_before_any_model_loads(overrides, message):
     ("accel.thresold=0.1", "accel.thresold"),
     ("accel.cache_interval=often", "cache_interval"),
     ("accel=magic", "magic"),
+    ("accel.granularity=blocks", "granularity"),
 ])
 def test_wrong_keys_and_types_fail_at_compose(override, message):
     with pytest.raises(ComposeError, match=message):
         _cfg(override)
 
 
-def test_a_compiled_transformer_refuses_hooks():
+def test_a_compiled_transformer_refuses_hooks_inside_its_blocks():
     from workbench.accel import AccelError, apply_accel
     from workbench.config import ModelConfig
     from workbench.models.tiny import build_transformer
@@ -110,8 +117,102 @@ def test_a_compiled_transformer_refuses_hooks():
     transformer = build_transformer(ModelConfig())
     transformer.transformer_blocks[0]._compiled_call_impl = transformer.transformer_blocks[0]._call_impl
     apply_accel(transformer, _cfg().accel)  # none: fine
-    with pytest.raises(AccelError, match="on a compiled transformer .* Use perf.compile=none, or accel=none"):
-        apply_accel(transformer, _cfg("accel=taylorseer").accel)
+    for method in ("accel=taylorseer", "accel=pyramid_attention"):
+        with pytest.raises(AccelError, match="on a compiled transformer .* Use perf.compile=none, accel=none, or with "
+                                             "perf.compile=regional accel=first_block or accel=taylorseer "
+                                             "accel.granularity=block"):
+            apply_accel(transformer, _cfg(method).accel)
+    whole = torch.compile(build_transformer(ModelConfig()))  # perf.compile=full: no method at all
+    with pytest.raises(AccelError, match="on a compiled transformer"):
+        apply_accel(whole, _cfg("accel=first_block").accel)
+
+
+BLOCK_LEVEL = [["accel=first_block", "accel.threshold=0.5"], ["accel=taylorseer", "accel.granularity=block"]]
+
+
+def _block_inputs(step: int, text_len: int) -> dict:
+    """A slowly drifting latent (as along a trajectory), so that first_block's residual test can skip."""
+    g = torch.Generator().manual_seed(0)
+    return dict(hidden_states=torch.randn(1, 64, 64, generator=g) * (1 + 0.01 * step),
+                encoder_hidden_states=torch.randn(1, text_len, 64, generator=g), encoder_hidden_states_mask=None,
+                timestep=torch.tensor([1.0 - 0.01 * step]), img_shapes=[[(1, 8, 8)]], return_dict=False)
+
+
+def _trajectory(model, accel_cfg, text_len: int = 9, steps: int = 10) -> torch.Tensor:
+    """``steps`` transformer calls under ``accel_cfg`` as the denoise loop makes them (reset, one cache slot)."""
+    from workbench import accel
+
+    accel.apply_accel(model, accel_cfg)
+    accel.reset(model)
+    out = []
+    with torch.no_grad():
+        for i in range(steps):
+            with accel.step(model, "cond", 1000.0 - 50 * i):
+                out.append(model(**_block_inputs(i, text_len))[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("overrides", BLOCK_LEVEL)
+def test_block_level_hooks_run_the_compiled_blocks_beneath_them(overrides):
+    """With perf.compile=regional, first_block and block-granularity TaylorSeer keep their per-step decisions eager
+    and run each block that runs through compiled code: the eager run's numbers, one graph for every block, step
+    and text length; accel=none afterwards gives the regional compile back as it was (no new graph)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from workbench.compiling import compile_transformer
+    from workbench.config import CompileMode, ModelConfig, PerfConfig
+    from workbench.models.tiny import build_transformer
+
+    def build(compiled: bool, counter=None):
+        torch.manual_seed(0)
+        model = build_transformer(ModelConfig()).eval()
+        return compile_transformer(model, PerfConfig(compile=CompileMode.regional), backend=counter) if compiled else model
+
+    on, off = _cfg(*overrides).accel, _cfg().accel
+    eager = build(False)
+    want, plain = _trajectory(eager, on), _trajectory(eager, off)
+    assert not torch.equal(want, plain)  # the method skipped work: the eager trajectory changed
+    counter = CompileCounter()
+    model = build(True, counter)
+    block = model.transformer_blocks[0]
+    regional = block._compiled_call_impl
+    before = _trajectory(model, off)
+    graphs = counter.frame_count
+    assert torch.equal(_trajectory(model, on), want)
+    assert "forward" in vars(block) and block._compiled_call_impl is None  # beneath the hooks
+    _trajectory(model, on, text_len=23)  # another template length
+    # at most one graph more for every block, step and length: none on torch 2.13, whose regional compile already
+    # keys its graph on the block class's forward, which the compiled call beneath the hooks reuses
+    new_graphs = counter.frame_count - graphs
+    assert new_graphs <= 1
+    assert torch.equal(_trajectory(model, off), before) and counter.frame_count - graphs == new_graphs
+    assert block._compiled_call_impl is regional and "forward" not in vars(block)
+
+
+def test_block_level_hooks_run_saved_compiled_blocks_as_they_are(tmp_path, monkeypatch):
+    """perf.precompile: the saved block's call goes beneath the hooks unchanged (Inductor on the CPU)."""
+    from workbench.compiling import CompileCounts, compile_transformer
+    from workbench.config import CompileMode, ModelConfig, PerfConfig
+    from workbench.models.tiny import build_transformer
+    from workbench.precompiled import PrecompiledCall
+
+    def build():
+        torch.manual_seed(0)
+        return build_transformer(ModelConfig()).eval()
+
+    on = _cfg(*BLOCK_LEVEL[0]).accel
+    want = _trajectory(build(), on)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = compile_transformer(build(), PerfConfig(compile=CompileMode.regional, precompile=True))
+    block = model.transformer_blocks[0]
+    saved = block._compiled_call_impl
+    before = CompileCounts.now()
+    got = _trajectory(model, on)
+    assert isinstance(saved, PrecompiledCall) and block._diffusers_hook._fn_refs[0].original_forward is saved
+    assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, _trajectory(build(), _cfg().accel))
+    assert (CompileCounts.now() - before).graphs <= 1
+    _trajectory(model, _cfg().accel)
+    assert block._compiled_call_impl is saved
 
 
 def test_accel_sweeps_as_an_axis_with_speedup_and_latent_distance(tmp_path):

@@ -2,7 +2,8 @@
 run asks for another method, their state reset at the start of every denoise call.
 
 Like LoRAs, accel is not part of the model cache key: switching it never rebuilds the transformer,
-it only swaps diffusers hooks (``enable_cache`` / ``disable_cache``). The denoise loop wraps each
+it only swaps diffusers hooks (``enable_cache`` / ``disable_cache``). On a regionally compiled transformer, methods
+whose hooks wrap whole blocks run the compiled blocks beneath the hooks (workbench/hooked_compile.py). The denoise loop wraps each
 forward in ``step`` so the hooks see which pass (cond / uncond) and timestep they are in.
 """
 
@@ -15,7 +16,8 @@ from typing import Iterator
 from torch import nn
 
 from workbench.compiling import is_compiled
-from workbench.config.accel import AccelConfig, AccelMethod
+from workbench.config.accel import AccelConfig, AccelMethod, Granularity, hooks_on_blocks
+from workbench.hooked_compile import move_above_hooks, move_beneath_hooks
 from workbench.errors import InputError
 
 
@@ -51,7 +53,7 @@ def _key(accel: AccelConfig) -> tuple:
         return (m, accel.threshold)
     if m == AccelMethod.taylorseer:
         return (m, accel.cache_interval, accel.disable_cache_before_step, accel.disable_cache_after_step,
-                accel.max_order)
+                accel.max_order, accel.granularity)
     if m == AccelMethod.pyramid_attention:
         return (m, accel.skip_range, tuple(accel.timestep_range))
     return (m,)
@@ -67,9 +69,11 @@ def hook_config(accel: AccelConfig, state: _State):
         return FirstBlockCacheConfig(threshold=accel.threshold)
     if m == AccelMethod.taylorseer:
         after = None if accel.disable_cache_after_step < 0 else accel.disable_cache_after_step
+        blocks = [r"^transformer_blocks\.\d+$"] if accel.granularity == Granularity.block else None  # None: attention
         return TaylorSeerCacheConfig(cache_interval=accel.cache_interval, max_order=accel.max_order,
                                      disable_cache_before_step=accel.disable_cache_before_step,
-                                     disable_cache_after_step=after, taylor_factors_dtype=torch.float32)  # bf16 factors would round fp32 runs
+                                     disable_cache_after_step=after, cache_identifiers=blocks,
+                                     taylor_factors_dtype=torch.float32)  # bf16 factors would round fp32 runs
     if m == AccelMethod.pyramid_attention:
         return PyramidAttentionBroadcastConfig(
             spatial_attention_block_skip_range=accel.skip_range,
@@ -85,18 +89,24 @@ def apply_accel(model: nn.Module, accel: AccelConfig) -> None:
     key = _key(accel)
     if key == state.key:
         return
-    if accel.method != AccelMethod.none and is_compiled(model):
+    compiled = is_compiled(model)
+    if accel.method != AccelMethod.none and compiled and (model is not _real(model) or not hooks_on_blocks(accel)):
         raise AccelError(
             f"accel={accel.name} (accel.method={accel.method.value}) on a compiled transformer (perf.compile="
-            "regional / full): cache hooks decide per step in Python whether a block runs, which a compiled "
-            "block cannot trace. Use perf.compile=none, or accel=none"
+            "regional / full): its hooks decide per step in Python inside the blocks (or around the whole model), "
+            "which compiled code cannot trace. Use perf.compile=none, accel=none, or with perf.compile=regional "
+            "accel=first_block or accel=taylorseer accel.granularity=block (hooks on whole blocks, which then run "
+            "compiled beneath them)"
         )
     real = _real(model)
     if state.key[0] != AccelMethod.none:
         real.disable_cache()
+        move_above_hooks(real)
     state.key = (AccelMethod.none,)
     config = hook_config(accel, state)
     if config is not None:
+        if compiled:
+            move_beneath_hooks(real)
         real.enable_cache(config)
         state.key = key
 

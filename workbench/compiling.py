@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,9 +116,23 @@ class CompileCounts:
         return out
 
 
+STASH = "_workbench_compiled_call"  # a block's compiled call while it runs beneath cache hooks (hooked_compile)
+_REGIONAL: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()  # torch.compile options
+
+
+def compiled_blocks(model) -> list:
+    """The regionally compiled blocks: ``_compiled_call_impl`` set, or moved beneath cache hooks."""
+    return [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None or STASH in vars(m)]
+
+
 def is_compiled(model) -> bool:
     """perf.compile=full wraps the model; regional compile sets each block's ``_compiled_call_impl``."""
-    return hasattr(model, "_orig_mod") or any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    return hasattr(model, "_orig_mod") or bool(compiled_blocks(model))
+
+
+def regional_options(transformer) -> dict:
+    """The torch.compile options of ``transformer``'s regional compile (hooked_compile compiles the same way)."""
+    return dict(_REGIONAL[transformer])
 
 
 def _mark_text_dynamic(kwargs: dict) -> None:
@@ -137,7 +152,7 @@ def _mark_text_dynamic(kwargs: dict) -> None:
             mark(t, 0)
 
 
-class _TextDynamicCall:
+class TextDynamicCall:
     """Wraps a block's compiled call: marks the text dimension, then calls the compiled code."""
 
     def __init__(self, compiled):
@@ -185,6 +200,7 @@ def compile_transformer(transformer, perf: PerfConfig, backend=None):
         options["options"] = {"coordinate_descent_tuning": perf.coordinate_descent}  # (see precision.py)
     if backend is not None:
         options["backend"] = backend
+    _REGIONAL[transformer] = dict(options)
     if precompile_applies(perf):
         if backend is not None:
             raise ValueError("perf.precompile saves Inductor's code: it takes no other backend")
@@ -195,7 +211,7 @@ def compile_transformer(transformer, perf: PerfConfig, backend=None):
         for block in transformer.modules():
             # nn.Module.compile stores torch.compile(self._call_impl) here; __call__ uses it
             if getattr(block, "_compiled_call_impl", None) is not None:
-                block._compiled_call_impl = _TextDynamicCall(block._compiled_call_impl)
+                block._compiled_call_impl = TextDynamicCall(block._compiled_call_impl)
         return transformer
     options.pop("fullgraph")  # whole model: its eager-only parts (RoPE tables) break the graph
     return torch.compile(transformer, **options)

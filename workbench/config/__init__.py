@@ -13,7 +13,7 @@ Every schema name is importable from here; the build functions (``compose``, ``t
 too, loaded on first use so that importing a dataclass never imports Hydra.
 """
 
-from workbench.config.accel import AccelConfig, AccelMethod, check_accel_fits
+from workbench.config.accel import AccelConfig, AccelMethod, Granularity, check_accel_fits
 from workbench.config.executor import ExecutorConfig, ExecutorName
 from workbench.config.lora import LoraAlpha, LoraConfig, LoraItem, check_lora_fits
 from workbench.config.model import (
@@ -40,7 +40,7 @@ _BUILD = ("ComposeError", "compose", "compose_many", "config_dir", "describe_err
           "to_run_config")
 
 __all__ = [
-    "AccelConfig", "AccelMethod", "CfgBatching", "CompileMode", "Config", "ConfigError", "ControlTokens", "DType", "ExecutorConfig",
+    "AccelConfig", "AccelMethod", "CfgBatching", "Granularity", "CompileMode", "Config", "ConfigError", "ControlTokens", "DType", "ExecutorConfig",
     "AttentionKernel", "EncoderMemory", "ExecutorName", "Guidance", "InductorMode", "LoraAlpha", "LoraConfig", "LoraItem", "MemoryMode",
     "Fp8Scale", "ModelConfig", "ModelSource", "PerfConfig", "PrecisionConfig", "Quantization", "ReferenceConfig",
     "ReferencePolicy", "Resample", "SamplerConfig", "SchedulerKind", "ShiftMode", "TemplateConfig",

@@ -9,9 +9,12 @@ Whose skip decisions depend on the weights' values (so random weights cannot sho
   depends on the trained weights.
 - ``taylorseer``: no. Full steps come on a fixed schedule (every ``cache_interval`` steps after
   ``disable_cache_before_step``); the steps between are Taylor extrapolations. Speed is weight-free,
-  only the quality cost depends on the weights.
+  only the quality cost depends on the weights. ``granularity``: what is extrapolated, each block's
+  attention output (diffusers' default; the MLPs still run) or each whole block's output (nothing runs).
 - ``pyramid_attention``: no. Each block's attention output is reused ``skip_range - 1`` times in a
   row inside a timestep window: a fixed schedule.
+With ``perf.compile=regional`` the hooks must sit on whole blocks, so that each block that runs, runs compiled
+beneath them (``workbench/hooked_compile.py``): first_block, and taylorseer at ``granularity=block``.
 "Steps" above are the hooks' own count of transformer calls per cache slot (cond / uncond / batch),
 from the first call of each denoise call: Heun's corrector is one more call per step, and an
 image-to-image run counts from its first remaining step.
@@ -37,6 +40,11 @@ class AccelMethod(str, Enum):
     pyramid_attention = "pyramid_attention"  # diffusers PyramidAttentionBroadcast: scheduled attention reuse
 
 
+class Granularity(str, Enum):
+    attention = "attention"  # each block's attention output (diffusers' TaylorSeer default)
+    block = "block"  # each whole block's output: the MLP is skipped too; composes with perf.compile=regional
+
+
 @dataclass
 class AccelConfig:
     """One cache method and its knobs; knobs of the other methods are ignored (kept in the record)."""
@@ -48,6 +56,7 @@ class AccelConfig:
     disable_cache_before_step: int = 3  # taylorseer: the first steps always run in full (warm-up)
     disable_cache_after_step: int = -1  # taylorseer: steps from here run in full; -1 = never
     max_order: int = 1  # taylorseer: order of the Taylor extrapolation (1 = linear)
+    granularity: Granularity = Granularity.attention  # taylorseer: extrapolate attention outputs or whole blocks
     skip_range: int = 2  # pyramid_attention: compute attention once every skip_range calls
     timestep_range: list[float] = field(default_factory=lambda: [100.0, 800.0])  # pyramid_attention: window (0..1000)
 
@@ -73,12 +82,17 @@ def check_accel_fits(accel: AccelConfig, sampler: SamplerConfig, perf: PerfConfi
     """accel x compile x guidance combinations ``workbench.accel`` refuses, caught before any model loads."""
     if accel.method == AccelMethod.none:
         return
-    if perf.compile != CompileMode.none:
+    if perf.compile != CompileMode.none and not hooks_on_blocks(accel):
         raise ConfigError(
-            f"accel={accel.name} (accel.method={accel.method.value}) with perf.compile={perf.compile.value} "
-            f"(perf={perf.name}): cache hooks decide per step in Python whether a block runs, which a compiled "
-            "(fullgraph) block cannot trace. Use perf.compile=none (e.g. perf=eager, or perf.fast_attention=true "
-            "perf.compile=none), or accel=none to compile"
+            f"accel={accel.name} (accel.method={accel.method.value}{_granularity(accel)}) with perf.compile="
+            f"{perf.compile.value} (perf={perf.name}): its hooks sit inside the blocks, which a compiled (fullgraph) "
+            f"block cannot trace. {_fix(accel)}"
+        )
+    if perf.compile == CompileMode.full:
+        raise ConfigError(
+            f"accel={accel.name} (accel.method={accel.method.value}) with perf.compile=full (perf={perf.name}): the "
+            "whole-model compile would trace the hooks' per-step decisions. Use perf.compile=regional (the blocks "
+            "then run compiled beneath the hooks), perf.compile=none, or accel=none"
         )
     if (accel.method == AccelMethod.pyramid_attention and sampler.cfg > 1.0
             and sampler.cfg_batching != CfgBatching.padded):
@@ -88,3 +102,21 @@ def check_accel_fits(accel: AccelConfig, sampler: SamplerConfig, perf: PerfConfi
             "negative passes would reuse the positive pass's attention. Set sampler.cfg_batching=padded "
             "(one batched pass), sampler.cfg=1, or another accel method"
         )
+
+
+def hooks_on_blocks(accel: AccelConfig) -> bool:
+    """Whether the method's hooks wrap whole transformer blocks (so compiled blocks can run beneath them)."""
+    return accel.method == AccelMethod.first_block or (
+        accel.method == AccelMethod.taylorseer and accel.granularity == Granularity.block)
+
+
+def _granularity(accel: AccelConfig) -> str:
+    return f", accel.granularity={accel.granularity.value}" if accel.method == AccelMethod.taylorseer else ""
+
+
+def _fix(accel: AccelConfig) -> str:
+    if accel.method == AccelMethod.taylorseer:
+        return ("Set accel.granularity=block (whole blocks extrapolated, run compiled when they run), or "
+                "perf.compile=none")
+    return ("Use perf.compile=none (e.g. perf=eager, or perf.fast_attention=true perf.compile=none), accel=first_block "
+            "or accel=taylorseer accel.granularity=block (they compose with perf.compile=regional), or accel=none")

@@ -15,8 +15,8 @@ from workbench.values import plain
 
 _DYNAMIC_ONLY = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
 _ACCEL_KNOBS = {"threshold": "first_block", "cache_interval": "taylorseer", "disable_cache_before_step": "taylorseer",
-                "disable_cache_after_step": "taylorseer", "max_order": "taylorseer", "skip_range": "pyramid_attention",
-                "timestep_range": "pyramid_attention"}
+                "disable_cache_after_step": "taylorseer", "max_order": "taylorseer", "granularity": "taylorseer",
+                "skip_range": "pyramid_attention", "timestep_range": "pyramid_attention"}
 _LAYERED_ONLY = ("layers", "layered_resolution", "layered_caption")
 # read by sweeps only: the reference presets differ from the dataclass's defaults, so a note would follow
 # every text-to-image run
