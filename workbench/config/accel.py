@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
-from workbench.config.perf import CompileMode, PerfConfig
+from workbench.config.perf import CompileMode, InductorMode, PerfConfig
 from workbench.config.sampler import CfgBatching, SamplerConfig
 from workbench.errors import ConfigError
 
@@ -87,6 +87,12 @@ def check_accel_fits(accel: AccelConfig, sampler: SamplerConfig, perf: PerfConfi
             f"accel={accel.name} (accel.method={accel.method.value}{_granularity(accel)}) with perf.compile="
             f"{perf.compile.value} (perf={perf.name}): its hooks sit inside the blocks, which a compiled (fullgraph) "
             f"block cannot trace. {_fix(accel)}"
+        )
+    if perf.compile != CompileMode.none and perf.inductor_mode in (InductorMode.max_autotune, InductorMode.reduce_overhead):
+        raise ConfigError(
+            f"accel={accel.name} with perf.inductor_mode={perf.inductor_mode.value}: that mode replays CUDA graphs "
+            "recorded for one order of block calls, and the hooks' skips change the order from step to step. Use "
+            "perf.inductor_mode=default or max-autotune-no-cudagraphs with accel, or accel=none"
         )
     if perf.compile == CompileMode.full:
         raise ConfigError(
