@@ -88,7 +88,7 @@ def test_no_state_leaks_between_runs_or_batches(counted, method):
     (["accel=first_block", "perf=fast", "perf.compile=full"], "with perf.compile=full (perf=fast): the whole-model "
      "compile would trace the hooks' per-step decisions. Use perf.compile=regional"),
     (["accel=first_block", "perf=fast", "perf.inductor_mode=reduce_overhead"], "accel=first_block with "
-     "perf.inductor_mode=reduce-overhead: that mode replays CUDA graphs recorded for one order of block calls"),
+     "perf.inductor_mode=reduce_overhead: that mode replays CUDA graphs recorded for one order of block calls"),
     (["accel=pyramid_attention", "sampler.cfg=4", "sampler.cfg_batching=separate"],
      "sampler.cfg_batching=padded"),
     (["accel=taylorseer", "accel.cache_interval=0"], "accel.cache_interval=0 must be an integer >= 1"),

@@ -90,9 +90,9 @@ def check_accel_fits(accel: AccelConfig, sampler: SamplerConfig, perf: PerfConfi
         )
     if perf.compile != CompileMode.none and perf.inductor_mode in (InductorMode.max_autotune, InductorMode.reduce_overhead):
         raise ConfigError(
-            f"accel={accel.name} with perf.inductor_mode={perf.inductor_mode.value}: that mode replays CUDA graphs "
+            f"accel={accel.name} with perf.inductor_mode={perf.inductor_mode.name}: that mode replays CUDA graphs "
             "recorded for one order of block calls, and the hooks' skips change the order from step to step. Use "
-            "perf.inductor_mode=default or max-autotune-no-cudagraphs with accel, or accel=none"
+            "perf.inductor_mode=default or max_autotune_no_cudagraphs with accel, or accel=none"
         )
     if perf.compile == CompileMode.full:
         raise ConfigError(
