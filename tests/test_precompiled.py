@@ -234,6 +234,7 @@ def test_a_loaded_block_that_fails_to_run_is_removed_and_compiled_again(saved, c
 
     _, outputs, _ = saved
     root, folder = _copy_of_saved(cache, tmp_path)
+    copied = len(list(folder.glob("*.bin")))  # other tests of the module may have saved a variant more
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(root.parent))
     real_load = torch.compiler.load_compiled_function
 
@@ -254,11 +255,11 @@ def test_a_loaded_block_that_fails_to_run_is_removed_and_compiled_again(saved, c
         got = _forward(model, 31)
     counts = CompileCounts.now() - before
     assert "failed to run here (RuntimeError: CUDA error: device kernel image is invalid): removed" in caplog.text
-    assert (counts.precompiled_loads, counts.precompiled_saves) == (1, 1)
+    assert (counts.precompiled_loads, counts.precompiled_saves) == (copied, 1)
     assert torch.equal(got, outputs[31])
     assert torch.equal(_forward(model, 7), outputs[7])  # the new compile serves the other lengths
     monkeypatch.setattr(torch.compiler, "load_compiled_function", real_load)
-    assert len(list(folder.glob("*.bin"))) == 1
+    assert len(list(folder.glob("*.bin"))) == copied  # the failed one removed, the new compile saved
     assert torch.equal(_forward(_build(PRECOMPILE), 12), outputs[12])  # what was saved again loads and runs
 
 
