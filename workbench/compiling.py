@@ -13,6 +13,8 @@ process, and counts of what each run compiled (written into its record).
 - **Saved trace** (``perf.precompile=true``): the compiled block is saved with Dynamo's trace in
   the same folder (``precompiled/``) and a new process loads it instead of tracing the block again
   (workbench/precompiled.py).
+- **Beneath cache hooks** (``accel`` methods whose hooks wrap whole blocks): the compiled call becomes the block's
+  ``forward`` while the hooks are on (workbench/hooked_compile.py).
 - **Counts.** ``CompileCounts.now()`` reads torch's own counters (graphs captured, cache hits / misses,
   seconds spent compiling); a generation records the difference (``record["compile"]``).
 """
@@ -31,6 +33,7 @@ from workbench.config import CompileMode, InductorMode, PerfConfig
 from workbench.errors import InputError
 from workbench.precompiled import FOLDER as PRECOMPILED
 from workbench.user_cache import ENV, default_cache_dir
+
 
 def _user_setting() -> str | None:
     """``$TORCHINDUCTOR_CACHE_DIR`` as the user set it. Inductor writes its own /tmp default into the variable
