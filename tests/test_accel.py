@@ -258,3 +258,18 @@ def test_a_record_from_before_the_group_reproduces_with_accel_none(tmp_path):
     _, cfg, defaults = recorded_config(record, tmp_path / "record.json")
     assert cfg.accel.method.value == "none"
     assert {"key": "accel.method", "default": "none"} in defaults
+
+
+def test_a_compiled_sweep_over_the_block_level_methods(tmp_path):
+    """The research loop: accel as a sweep axis under perf.compile=regional (Inductor on the CPU). One resident
+    compiled model serves every cell, no cell compiles a graph after the first, and each method's latents match
+    the same method uncompiled (Inductor's rounding apart)."""
+    axis = ["accel=none,first_block,taylorseer"]
+    base = [*STEPS, "height=64", "width=64", "accel.granularity=block", "accel.threshold=0.3"]
+    compiled = Sweep.plan(axis, [*base, "perf.compile=regional"], tmp_path / "compiled").run(progress=False)
+    eager = Sweep.plan(axis, base, tmp_path / "eager").run(progress=False)
+    assert [c.status for c in compiled.cells] == ["ok"] * 3
+    assert all(c.record["compile"]["graphs"] == 0 for c in compiled.cells[1:])
+    for got, want in zip(compiled.cells, eager.cells):
+        assert np.allclose(got.latents, want.latents, atol=2e-3), got.cell.overrides
+    assert not np.allclose(compiled.cells[2].latents, compiled.cells[0].latents, atol=1e-2)  # TaylorSeer skipped work
