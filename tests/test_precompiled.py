@@ -263,6 +263,51 @@ def test_a_loaded_block_that_fails_to_run_is_removed_and_compiled_again(saved, c
     assert torch.equal(_forward(_build(PRECOMPILE), 12), outputs[12])  # what was saved again loads and runs
 
 
+def test_workbench_cache_says_what_each_saved_block_was_compiled_for(saved, cache, capsys):
+    from workbench.cli import main
+
+    folder = _files(cache)[0].parent
+    facts = json.loads((folder / "facts.json").read_text())
+    assert (folder / "facts.json").stat().st_mode & 0o777 == 0o600
+    assert facts["torch"] == torch.__version__ and facts["layout"].endswith("parameters and buffers")
+    assert main(["cache"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith(f"  {folder.name[:12]}  QwenImageTransformerBlock  python ")
+    assert f"torch {torch.__version__}" in line and "FastQwenAttnProcessor kernel=sdpa" in line
+    assert "variant(s)" in line and "not used here" not in line and "not loaded" not in line
+
+
+def test_workbench_cache_reads_facts_as_data(tmp_path, monkeypatch, capsys):
+    """facts.json is shown, never trusted: other versions are named as unusable here, control characters do not
+    reach the terminal, a huge / malformed / wrongly typed file is shown as unreadable, a loose folder is flagged."""
+    from workbench.cli import main
+
+    root = tmp_path / "precompiled"
+    root.mkdir(mode=0o700)
+    entries = {
+        "a_old": {"torch": "0.0.1", "python": "3.0", "modules": ["x.FooBlock", 3], "device": "cuda H100 sm90",
+                  "processors": [["m.Proc", [["kernel", "<AttentionKernel.fp8_cudnn: 'fp8_cudnn'>"]]], "junk"]},
+        "b_escape": {"torch": "\x1b[31mred\x07", "modules": "not a list", "processors": {"a": 1}},
+        "c_list": ["not", "a", "dict"],
+        "d_huge": {"torch": "x" * (2 << 20)},
+    }
+    for name, facts in entries.items():
+        (root / name).mkdir(mode=0o700)
+        (root / name / "0123456789abcdef.bin").write_bytes(b"b" * 10)
+        (root / name / "facts.json").write_text(json.dumps(facts))
+    (root / "e_loose").mkdir(mode=0o700)
+    (root / "e_loose").chmod(0o777)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert main(["cache"]) == 0
+    lines = dict(line.strip().split("  ", 1) for line in capsys.readouterr().out.splitlines()[1:])
+    assert lines["a_old"].startswith("FooBlock  python 3.0 torch 0.0.1 diffusers - torchao -  cuda H100 sm90  "
+                                     "Proc kernel=fp8_cudnn  1 variant(s); 10 B; not used here: compiled for python 3.0")
+    assert f"torch 0.0.1 (here {torch.__version__})" in lines["a_old"]
+    assert "?[31mred?" in lines["b_escape"] and "\x1b" not in lines["b_escape"] and "\x07" not in lines["b_escape"]
+    assert lines["c_list"].startswith("(no readable facts.json)") and lines["d_huge"].startswith("(no readable facts.json)")
+    assert "not loaded: " in lines["e_loose"] and "is writable by other users (mode 777)" in lines["e_loose"]
+
+
 def test_a_hook_on_a_saved_block_is_refused(saved):
     model, _, _ = saved
     handle = model.transformer_blocks[0].register_forward_hook(lambda *a: None)

@@ -44,6 +44,7 @@ from workbench.trusted_files import PRIVATE_FOLDER, why_untrusted
 
 log = logging.getLogger(__name__)
 FOLDER = "precompiled"
+FACTS = "facts.json"  # beside each key's variants: what they were compiled for (workbench cache shows it)
 # process-wide counts, read by compiling.CompileCounts (a record holds the difference over its run)
 COUNTS = {"loads": 0, "saves": 0, "compiles": 0, "fallbacks": 0, "seconds": 0.0}
 
@@ -107,19 +108,35 @@ def processor_facts(attentions) -> tuple:
                  for a in attentions)
 
 
+def static_versions() -> dict:
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "diffusers": _version("diffusers"),
+            "torchao": _version("torchao")}
+
+
 def static_facts(block, options: dict) -> dict:
     return {
-        "python": sys.version.split()[0], "torch": torch.__version__, "diffusers": _version("diffusers"),
-        "torchao": _version("torchao"), "device": _device_facts(block),
+        **static_versions(), "device": _device_facts(block),
         "modules": sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in block.modules()}),
         "layout": _layout(block), "options": {k: _plain(v) for k, v in sorted(options.items())},
     }
 
 
-def artefact_key(static: dict, facts: tuple) -> str:
+def key_facts(static: dict, facts: tuple) -> dict:
+    """Everything an artefact is filed under, as plain JSON values."""
     procs = [[f"{cls.__module__}.{cls.__qualname__}", list(settings)] for cls, settings in facts]
-    text = json.dumps({**static, "processors": procs}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return {**static, "processors": procs}
+
+
+def artefact_key(static: dict, facts: tuple) -> str:
+    return hashlib.sha256(json.dumps(key_facts(static, facts), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def facts_file(static: dict, facts: tuple) -> bytes:
+    """``facts.json`` beside a key's variants: what they were compiled for, read by ``workbench cache`` (data only:
+    the key is the hash, never this file). The parameter layout is counted, not listed."""
+    shown = key_facts(static, facts)
+    shown["layout"] = f"{len(static['layout'])} parameters and buffers"
+    return json.dumps(shown, indent=1, sort_keys=True).encode()
 
 
 def source_hash(module, first: int, last: int) -> str:
@@ -148,8 +165,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class Variants:
     """The compiled variants of one artefact key: loaded from its folder once, extended by compiles."""
 
-    def __init__(self, folder: Path, root: Path):
-        self.folder, self.root = folder, root
+    def __init__(self, folder: Path, root: Path, facts: bytes = b"{}"):
+        self.folder, self.root, self.facts = folder, root, facts
         self.fns = []
         self.unrun: dict[int, Path] = {}  # loaded, not yet run in this process: id(fn) -> its file
         self.untrusted = why_untrusted(folder, root)
@@ -209,6 +226,7 @@ class Variants:
             self.root.mkdir(mode=PRIVATE_FOLDER, parents=True, exist_ok=True)
             self.folder.mkdir(mode=PRIVATE_FOLDER, exist_ok=True)
             _atomic_write(self.folder / f"{hashlib.sha256(data).hexdigest()[:16]}.bin", data)
+            _atomic_write(self.folder / FACTS, self.facts)
             COUNTS["saves"] += 1
         except Exception as err:  # noqa: BLE001
             log.warning("the compiled block could not be saved to %s (%s): the next process compiles it again",
@@ -256,7 +274,8 @@ class PrecompiledBlocks:
         facts = processor_facts(attentions)
         variants = self.by_facts.get(facts)
         if variants is None:
-            variants = self.by_facts[facts] = Variants(self.root / artefact_key(self.static, facts), self.root)
+            variants = self.by_facts[facts] = Variants(self.root / artefact_key(self.static, facts), self.root,
+                                                       facts_file(self.static, facts))
         fn = variants.find(block, args, kwargs)
         if fn is None:
             fn = self._compile(variants, block, args, kwargs)
