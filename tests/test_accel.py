@@ -53,18 +53,28 @@ def _rel(a, b) -> float:
     (["accel=pyramid_attention"], 0.8, 0.05),
 ])
 def test_each_method_skips_work_and_changes_the_result_a_bounded_amount(counted, overrides, most_calls, max_rel):
+    from workbench.accel import work
+
     ref, full = _run(counted, "accel=none")
     assert full == 10 * 3  # 10 steps x 3 blocks, every attention computed
+    assert work(counted[0].components.transformer) is None
     lat, calls = _run(counted, *overrides)
     assert calls <= most_calls * full, f"{overrides}: {calls} of {full} attention calls ran"
     assert 0 < _rel(lat, ref) < max_rel
+    # the run's own count (what records and sweep tables report) agrees with the attention calls counted here
+    done = work(counted[0].components.transformer)
+    assert done == {"unit": "blocks" if "first_block" in overrides[0] else "attention modules",
+                    "calls": full, "computed": calls}
 
 
 def test_none_after_a_method_is_bit_identical_and_runs_every_block(counted):
+    from workbench.accel_work import _Counted
+
     ref, full = _run(counted, "accel=none")
     _run(counted, "accel=taylorseer")
     again, calls = _run(counted, "accel=none")
     assert calls == full and torch.equal(again, ref)
+    assert not any(isinstance(vars(m).get("forward"), _Counted) for m in counted[0].components.transformer.modules())
 
 
 @pytest.mark.parametrize("method", ["first_block", "taylorseer", "pyramid_attention"])
@@ -210,7 +220,7 @@ def test_block_level_hooks_run_saved_compiled_blocks_as_they_are(tmp_path, monke
     saved = block._compiled_call_impl
     before = CompileCounts.now()
     got = _trajectory(model, on)
-    assert isinstance(saved, PrecompiledCall) and block._diffusers_hook._fn_refs[0].original_forward is saved
+    assert isinstance(saved, PrecompiledCall) and block._diffusers_hook._fn_refs[0].original_forward.fn is saved
     assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, _trajectory(build(), _cfg().accel))
     assert (CompileCounts.now() - before).graphs <= 1
     _trajectory(model, _cfg().accel)
@@ -229,6 +239,10 @@ def test_accel_sweeps_as_an_axis_with_speedup_and_latent_distance(tmp_path):
     assert table.loc[1, "speedup_vs_0"] == pytest.approx(
         result.cells[0].timings["denoise"] / result.cells[1].timings["denoise"])
     assert 10 < table.loc[1, "psnr_vs_0"] < float("inf")
+    work = result.cells[1].record["accel_work"]  # in the cell's record.json, and as the table's work_speedup
+    assert work["unit"] == "attention modules" and work["calls"] == 30 and 0 < work["computed"] < 30
+    assert list(table["work_speedup"]) == [1.0, pytest.approx(30 / work["computed"])]
+    assert "accel_work" not in result.cells[0].record
     again = Sweep.plan(["accel=none,taylorseer"], base, tmp_path, metrics=["psnr", "ssim"]).run(progress=False)
     assert again.stats["cached"] == 2 and again.table.loc[1, "latent_rel_l2_vs_0"] == pytest.approx(rel)
 
@@ -273,3 +287,5 @@ def test_a_compiled_sweep_over_the_block_level_methods(tmp_path):
     for got, want in zip(compiled.cells, eager.cells):
         assert np.allclose(got.latents, want.latents, atol=2e-3), got.cell.overrides
     assert not np.allclose(compiled.cells[2].latents, compiled.cells[0].latents, atol=1e-2)  # TaylorSeer skipped work
+    assert list(compiled.table["work_speedup"]) == list(eager.table["work_speedup"])  # the same blocks ran
+    assert compiled.table.loc[2, "work_speedup"] > 1.5 and compiled.cells[2].record["accel_work"]["unit"] == "blocks"

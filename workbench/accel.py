@@ -17,6 +17,7 @@ from torch import nn
 
 from workbench.compiling import is_compiled
 from workbench.config.accel import AccelConfig, AccelMethod, Granularity, hooks_on_blocks
+from workbench.accel_work import unwatch, watch
 from workbench.hooked_compile import move_above_hooks, move_beneath_hooks
 from workbench.errors import InputError
 
@@ -31,6 +32,8 @@ class _State:
     def __init__(self) -> None:
         self.key: tuple = (AccelMethod.none,)
         self.timestep: float = 1000.0
+        self.unit = ""  # what the hooks wrap: "blocks" or "attention modules"
+        self.counts = {"calls": 0, "computed": 0}  # since the last apply_accel (accel_work.watch)
 
 
 _STATES: "weakref.WeakKeyDictionary[nn.Module, _State]" = weakref.WeakKeyDictionary()
@@ -86,6 +89,7 @@ def hook_config(accel: AccelConfig, state: _State):
 def apply_accel(model: nn.Module, accel: AccelConfig) -> None:
     """Make exactly ``accel`` active on ``model`` (a no-op when it already is)."""
     state = _state(model)
+    state.counts.update(calls=0, computed=0)  # ``work`` counts from here: generate applies its accel every run
     key = _key(accel)
     if key == state.key:
         return
@@ -101,6 +105,7 @@ def apply_accel(model: nn.Module, accel: AccelConfig) -> None:
     real = _real(model)
     if state.key[0] != AccelMethod.none:
         real.disable_cache()
+        unwatch(real)
         move_above_hooks(real)
     state.key = (AccelMethod.none,)
     config = hook_config(accel, state)
@@ -108,12 +113,20 @@ def apply_accel(model: nn.Module, accel: AccelConfig) -> None:
         if compiled:
             move_beneath_hooks(real)
         real.enable_cache(config)
-        state.key = key
+        state.key, state.unit = key, "blocks" if hooks_on_blocks(accel) else "attention modules"
+        watch(real, state.counts)
 
 
 def active(model: nn.Module) -> AccelMethod:
     """The method now applied on ``model``."""
     return _state(model).key[0]
+
+
+def work(model: nn.Module) -> dict | None:
+    """The hooked modules' calls since ``apply_accel`` (each ``generate``) and how many computed; None without a
+    method."""
+    state = _state(model)
+    return None if state.key[0] == AccelMethod.none else {"unit": state.unit, **state.counts}
 
 
 def reset(model: nn.Module) -> None:

@@ -44,8 +44,13 @@ def layer_files(index: int, seed: int, prompt: str, layers: int) -> list[str]:
 
 def record_head(bench, cfg: Config, resolved: dict, **extra: Any) -> dict:
     """Config, provenance and the peak memory so far: read after generation, so the peak is the run's.
-    A compiled transformer adds ``compile``: graphs compiled, compile-cache hits / misses and seconds."""
+    A compiled transformer adds ``compile``: graphs compiled, compile-cache hits / misses and seconds; an accel
+    method adds ``accel_work``: its hooked modules' calls in the run and how many computed (workbench/accel_work.py)."""
+    from workbench.accel import work
+
     compiled = {"compile": bench.last_compile} if getattr(bench, "last_compile", None) else {}
+    done = work(bench.components.transformer) if hasattr(bench, "components") else None
+    compiled |= {"accel_work": done} if done else {}
     if resolved.get("encoder_tap") is None:  # null means the family's default: record the tap that ran
         resolved = {**resolved, "encoder_tap": cfg.encoder_tap}
     return {"config": resolved, **provenance(bench, cfg, resolved), "peak_memory": peak_memory(bench.device),

@@ -18,7 +18,7 @@ from PIL import Image
 from workbench import record as rec
 from workbench.sweep.axes import Axis, SweepError
 from workbench.sweep.grid import GridLayout, cell_size, grid_layout, in_a_row, make_grid, side_by_side, tile_or_blank
-from workbench.sweep.scoring import cell_scores
+from workbench.sweep.scoring import cell_scores, work_speedup
 
 if TYPE_CHECKING:
     from workbench.sweep.plan import Cell, SweepPlan
@@ -147,6 +147,7 @@ class SweepResult:
                 row[f"{stage}_s"] = t.get(stage)
             row["total_s"] = t.get("total")
             row["cond_cached"] = res.conditioning_cached if res else None
+            row["work_speedup"] = work_speedup(res)  # accel: hooked calls / computed, machine-independent
             mem = res.record.get("peak_memory", {}) if res else {}
             row["peak_mem_mb"] = round(max(mem.values()) / 2**20, 1) if mem else None
             # what the number is: CUDA allocations of the cell, or on a CPU the process's lifetime peak RSS

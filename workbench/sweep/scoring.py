@@ -70,6 +70,20 @@ def speedup(res: CellResult, ref: CellResult) -> Optional[float]:
     return theirs / mine if mine and theirs else None
 
 
+def work_speedup(res: Optional[CellResult]) -> Optional[float]:
+    """Hooked-module calls / those that computed (2.0: the method ran half the work; workbench/accel_work.py);
+    1.0 for a cell without an accel method, None where unknown (a failed cell, a record from before the count)."""
+    if res is None or res.status not in ("ok", "cached"):
+        return None
+    done = res.record.get("accel_work")
+    if isinstance(done, dict):  # read back from a record: data, checked
+        calls, computed = done.get("calls"), done.get("computed")
+        ok = all(isinstance(n, int) and not isinstance(n, bool) for n in (calls, computed)) and computed > 0
+        return calls / computed if ok else None
+    config = res.cell.config
+    return 1.0 if config is not None and config.accel.method.value == "none" else None
+
+
 def cell_scores(
     res: Optional[CellResult], ref: Optional[CellResult], metrics: Sequence[str], reference: int
 ) -> dict[str, Any]:
