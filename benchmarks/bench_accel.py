@@ -48,7 +48,7 @@ def sweep_rows(axes: list[str], overrides: list[str], folder: Path) -> list[dict
         method = row.get("accel") or overrides[-1].split("=", 1)[1]
         rows.append({k: row.get(k) for k in ("cell", "accel", "accel.threshold", "accel.cache_interval",
                                               "accel.granularity", "status",
-                                              "denoise_s", "speedup_vs_0", "psnr_vs_0", "ssim_vs_0",
+                                              "denoise_s", "speedup_vs_0", "work_speedup", "psnr_vs_0", "ssim_vs_0",
                                               "latent_rel_l2_vs_0", "error") if k in row}
                     | {"skips_depend_on_weights": WEIGHT_DEPENDENT.get(str(method))})
     return rows
