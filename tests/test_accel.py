@@ -257,6 +257,10 @@ def test_composes_with_fp8_storage():
     ref = bench.generate(plain, progress=False)[0].latents
     lat = bench.generate(_cfg("precision=fp8_e4m3fn", "accel=taylorseer"), progress=False)[0].latents
     assert 0 < _rel(lat, ref) < 0.25
+    from workbench.accel import work
+
+    done = work(bench.components.transformer)  # the casting hooks on every layer are not counted as its work
+    assert done["unit"] == "attention modules" and done["calls"] == 30 and 0 < done["computed"] < 30
     bench.set_accel(plain.accel)
 
 

@@ -13,6 +13,16 @@ from __future__ import annotations
 from torch import nn
 
 
+def cache_hook_names() -> set[str]:
+    """The registry names of the methods' hooks, as diffusers names them; other hooks with a forward of their own
+    (PEFT's input autocast, for one) are not the method's work."""
+    from diffusers.hooks import first_block_cache as fbc
+    from diffusers.hooks import pyramid_attention_broadcast as pab
+    from diffusers.hooks import taylorseer_cache as tsc
+
+    return {fbc._FBC_LEADER_BLOCK_HOOK, fbc._FBC_BLOCK_HOOK, tsc._TAYLORSEER_CACHE_HOOK, pab._PYRAMID_ATTENTION_BROADCAST_HOOK}
+
+
 class _Counted:
     def __init__(self, fn, counts: dict, key: str):
         self.fn, self.counts, self.key = fn, counts, key
@@ -24,10 +34,11 @@ class _Counted:
 
 def watch(model: nn.Module, counts: dict) -> None:
     """Count into ``counts["calls"]`` / ``counts["computed"]`` for every cache hook now on ``model``."""
+    names = cache_hook_names()
     for module in model.modules():
         registry = getattr(module, "_diffusers_hook", None)
-        for hook in registry.hooks.values() if registry is not None else ():
-            ref = getattr(hook, "fn_ref", None)
+        for name, hook in registry.hooks.items() if registry is not None else ():
+            ref = getattr(hook, "fn_ref", None) if name in names else None
             if ref is None or ref.original_forward is None or isinstance(ref.forward, _Counted):
                 continue
             ref.forward = _Counted(ref.forward, counts, "calls")
