@@ -46,6 +46,8 @@ def saved_blocks(root: Path) -> list[str]:
     lines = []
     for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else ():
         variants = list(folder.glob("*.bin"))
+        if not variants and not why_untrusted(folder, root):  # every variant removed (stale): nothing to say
+            continue
         facts = _read_facts(folder / FACTS)
         block = ", ".join(m.rsplit(".", 1)[-1] for m in facts.get("modules", []) if m.endswith("Block")) or "?"
         made = " ".join(f"{k} {facts.get(k) or '-'}" for k in _VERSIONS)
