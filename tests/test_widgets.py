@@ -429,3 +429,17 @@ def test_model_panel_writes_its_settings_into_a_sweep_base():
                                                                   "precision.memory=all_on_device"]
     with pytest.raises(ValueError, match="no SweepPanel"):
         ModelPanel().use_as_sweep_base()
+
+
+def test_every_suggested_axis_key_is_a_key_or_group_of_the_config():
+    """The panel's key suggestions name real keys (a typo there would plan a sweep that Hydra refuses)."""
+    from omegaconf import OmegaConf
+
+    from workbench.config import compose
+    from workbench.config.build import options
+    from workbench.widgets.sweep_panel import AXIS_KEYS
+
+    cfg = compose([])
+    for key in AXIS_KEYS:
+        found = OmegaConf.select(cfg, key, default="<absent>", throw_on_missing=False) != "<absent>"
+        assert found or options(key), key

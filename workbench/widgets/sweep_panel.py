@@ -29,7 +29,8 @@ from workbench.widgets.sweep_results import SweepResults, error_html
 # suggestions for the key fields; any config key works
 AXIS_KEYS = [
     "sampler.steps", "sampler.cfg", "sampler.shift", "sampler", "template", "precision", "prompts", "seeds",
-    "height", "width", "model", "reference", "reference.vlm_area", "lora", "negative_prompt",
+    "height", "width", "model", "reference", "reference.vlm_area", "lora", "negative_prompt", "encoder_tap",
+    "accel", "accel.threshold", "accel.cache_interval", "accel.granularity", "perf", "perf.attention_kernel",
 ]
 PROGRESS_EVERY_S = 0.1  # widget redraws per denoise step at most this often (each is a message to the browser)
 PREVIEW_EVERY_S = 1.0  # x0 previews decoded at most this often (a VAE decode each)
