@@ -47,6 +47,13 @@ def _build(perf: PerfConfig):
     return compile_transformer(model, perf)
 
 
+def _child_env(**extra: str) -> dict:
+    """A new process's environment: this repository first, then what this process was given (the GPU machine's
+    carried packages sit on PYTHONPATH)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def _files(cache: Path) -> list[Path]:
     return sorted((cache / "precompiled").glob("*/*.bin"))
 
@@ -99,7 +106,7 @@ def test_a_new_process_loads_the_saved_block_without_tracing(saved, cache, tmp_p
         "print(json.dumps({'captured': int(counters['stats']['calls_captured']), 'graphs': c.graphs,"
         " 'loads': c.precompiled_loads, 'saves': c.precompiled_saves}))\n"
     )
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    env = _child_env(TORCHINDUCTOR_CACHE_DIR=str(cache))
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == {"captured": 0, "graphs": 0, "loads": 1, "saves": 0}
@@ -434,7 +441,7 @@ def test_fp8_saved_block_is_bit_equal_to_the_regional_compile_and_reloads(make_c
         f"torch.save(bench.generate(cfg, progress=False)[0].latents, {str(out)!r})\n"
         "print(json.dumps({'captured': int(counters['stats']['calls_captured']), **bench.last_compile}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = _child_env()
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     counts = json.loads(run.stdout.strip().splitlines()[-1])
