@@ -398,3 +398,23 @@ def test_vendored_control_token_list_equals_the_tokenizers():
     assert list(vendored_control_tokens()) == control_tokens(load_tokenizer())
     assert "<|im_end|>" in vendored_control_tokens() and len(vendored_control_tokens()) == 22
 
+
+
+def test_the_weights_check_counts_a_resident_identical_model_as_present(monkeypatch):
+    """A second sweep of the same seeded model (bench_headline's resident grid on an 80 GB card) was refused
+    because the resident copy's memory was counted as needed again; a resident identical model is reused."""
+    from workbench.config.preflight import check_weights_memory
+    from workbench.models import build
+
+    cfg = to_run_config(compose(["height=64", "width=64"]))
+    other = to_run_config(compose(["height=64", "width=64", "precision=bf16"]))
+    monkeypatch.setattr(build, "_CACHE", {})  # nothing resident (other tests may have built the tiny model)
+    monkeypatch.setattr(limits, "available_memory", lambda device: (1024, "a small card"))
+    with pytest.raises(ConfigError, match=r"model=tiny: its weights need about .* more than the 1.0 KiB free on a small card"):
+        check_weights_memory(cfg)
+    monkeypatch.setitem(build._CACHE, build._cache_key(cfg.model, cfg.precision, cfg.device, cfg.perf), object())
+    assert build.is_resident(cfg)
+    check_weights_memory(cfg)  # reused: nothing new is drawn
+    assert not build.is_resident(other)
+    with pytest.raises(ConfigError, match="its weights need about"):
+        check_weights_memory(other)  # a different build still needs its own room

@@ -9,6 +9,7 @@ activations fit the free memory, and prompts carry no control tokens.
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 from workbench.config import limits
@@ -196,6 +197,9 @@ def check_weights_memory(cfg: Config) -> None:
     parameters, on a CPU) is refused before a single weight is drawn."""
     if cfg.model.source != ModelSource.tiny:
         return  # files: their sizes are read from the headers when they load
+    built = sys.modules.get("workbench.models.build")  # loaded once this process built a model (not imported here)
+    if built is not None and built.is_resident(cfg):
+        return  # the same weights are resident and reused: the free memory they take is not needed again
     need = seeded_parameters(cfg.model.tiny) * weight_width(cfg.precision)
     free, where = limits.available_memory(cfg.device)
     if need > free:

@@ -52,15 +52,24 @@ def cached_components(
     ``loras`` (the run's ``LoraItem``s) are not part of the key: when the models are built, their files
     are checked with the model files before any weight loads (``loading.load.preflight``)."""
     perf = perf or PerfConfig()
-    # dataclass reprs hold every field, recursively; the attention kernel and the VAE's convolutions are set per
-    # run (Workbench.generate)
-    per_run = replace(perf, attention_kernel=AttentionKernel.sdpa, vae_single_frame=False)
-    key = (repr(model), repr(precision), repr(per_run), device)
+    key = _cache_key(model, precision, device, perf)
     if key not in _CACHE:
         _CACHE[key] = build(model, precision, device, perf, loras)
         _ABOUT[key] = {"model": model.name, "description": model.description, "precision": precision.name,
                        "perf": perf.name}
     return _CACHE[key]
+
+
+def _cache_key(model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig) -> tuple:
+    # dataclass reprs hold every field, recursively; the attention kernel and the VAE's convolutions are set per
+    # run (Workbench.generate)
+    per_run = replace(perf, attention_kernel=AttentionKernel.sdpa, vae_single_frame=False)
+    return (repr(model), repr(precision), repr(per_run), device)
+
+
+def is_resident(cfg: Config) -> bool:
+    """Whether ``cfg``'s components are already built in this process (a run of it draws no new weights)."""
+    return _cache_key(cfg.model, cfg.precision, cfg.device, cfg.perf) in _CACHE
 
 
 def components_for(cfg: Config) -> Components:
