@@ -70,7 +70,8 @@ def test_the_models_are_not_built_before_the_cache_is_checked(a_file, monkeypatc
     from workbench.models import build
 
     monkeypatch.setenv("WORKBENCH_CACHE", str(a_file))
-    monkeypatch.setattr(build, "cached_components", lambda *a, **k: pytest.fail("models built before the check"))
+    monkeypatch.setattr(build, "build_components", lambda *a, **k: pytest.fail("models built before the check"))
+    monkeypatch.setattr(build, "_CACHE", {})  # not resident: this run would build
     cfg = to_run_config(compose([*TINY, "perf.compile=regional"]))
     with pytest.raises(InputError, match=r"is a file, not a folder; choose another with WORKBENCH_CACHE=PATH"):
         build.components_for(cfg)

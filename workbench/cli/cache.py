@@ -46,7 +46,8 @@ def saved_blocks(root: Path) -> list[str]:
     lines = []
     for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else ():
         variants = list(folder.glob("*.bin"))
-        if not variants and not why_untrusted(folder, root):  # every variant removed (stale): nothing to say
+        untrusted = why_untrusted(folder, root)
+        if not variants and not untrusted:  # every variant removed (stale): nothing to say
             continue
         facts = _read_facts(folder / FACTS)
         block = ", ".join(m.rsplit(".", 1)[-1] for m in facts.get("modules", []) if m.endswith("Block")) or "?"
@@ -56,7 +57,6 @@ def saved_blocks(root: Path) -> list[str]:
                  if k in facts and facts.get(k) != here[k]]
         if other:
             notes.append("not used here: compiled for " + ", ".join(other))
-        untrusted = why_untrusted(folder, root)
         if untrusted:
             notes.append(f"not loaded: {untrusted}")
         what = (f"{block}  {made}  {facts.get('device', '?')}  {facts['attention']}" if facts.get("torch")

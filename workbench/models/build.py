@@ -34,6 +34,7 @@ def build(model: ModelConfig, precision: PrecisionConfig, device: str, perf: Opt
           loras: Sequence = ()) -> Components:
     """Build one component set in the order the levers need, every setting checked before any load."""
     perf = perf or PerfConfig()
+    check_cache_dir(perf)  # a compile cache Inductor could not write fails before any load, not mid-build
     check_device(precision, resolve_device(device))  # an impossible precision fails before any load
     check_perf(perf, precision)
     components = build_components(model, precision, device, loras=loras)
@@ -74,7 +75,6 @@ def is_resident(cfg: Config) -> bool:
 
 def components_for(cfg: Config) -> Components:
     """The run's components, built (or reused), with exactly ``cfg.lora``'s LoRAs on the transformer."""
-    check_cache_dir(cfg.perf)
     components = cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf, loras=cfg.lora.items)
     apply_loras(components.transformer, list(cfg.lora.items), fuse=cfg.lora.fuse, roots=cfg.model.roots or None)
     return components
