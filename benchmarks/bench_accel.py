@@ -2,7 +2,7 @@
 
 One sweep over ``accel=none,first_block,taylorseer,pyramid_attention`` (plus TaylorSeer's interval
 and FirstBlockCache's threshold, with ``--knobs``) at 1328x1328, 20 steps, cfg 1, ``model=random_full``
-(real sizes, random weights), bf16, fused attention without compile. ``--compiled`` adds the methods whose
+(real sizes, random weights), bf16 (or ``--precision``), fused attention without compile. ``--compiled`` adds the methods whose
 hooks wrap whole blocks (``first_block``, ``taylorseer`` at ``accel.granularity=block``) under
 ``perf.compile=regional``, where the compiled blocks run beneath the hooks, and TaylorSeer's two granularities
 uncompiled. A warm-up cell runs first. Per cell: denoise seconds, speed-up, PSNR / SSIM and
@@ -32,10 +32,10 @@ WEIGHT_DEPENDENT = {"none": False, "first_block": True, "taylorseer": False, "py
 PROMPT = "a red fox in the snow, photographed at dusk"
 
 
-def base(tiny: bool, steps: int) -> list[str]:
+def base(tiny: bool, steps: int, precision: str) -> list[str]:
     if tiny:
         return ["sampler.steps=8", f"prompts=[{PROMPT!r}]"]
-    return ["model=random_full", "device=cuda", "height=1328", "width=1328", "precision=bf16",
+    return ["model=random_full", "device=cuda", "height=1328", "width=1328", f"precision={precision}",
             "perf.fast_attention=true", f"sampler.steps={steps}", f"prompts=[{PROMPT!r}]"]
 
 
@@ -54,16 +54,31 @@ def sweep_rows(axes: list[str], overrides: list[str], folder: Path) -> list[dict
     return rows
 
 
+def meta() -> dict:
+    """Where and how this file was made (the command, the device, the versions)."""
+    import time
+
+    import diffusers
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"command": " ".join(["python", *sys.argv]), "device": device, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
 def main() -> None:
+    from workbench import free_models
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--precision", default="bf16", help="e.g. fp8_torchao: the methods on fp8 compute")
     parser.add_argument("--tiny", action="store_true", help="the tiny CPU model: checks the script, not the speed")
     parser.add_argument("--knobs", action="store_true", help="also sweep taylorseer intervals / first_block thresholds")
     parser.add_argument("--compiled", action="store_true",
                         help="also the block-level methods under perf.compile=regional, and TaylorSeer's granularities")
     args = parser.parse_args()
-    overrides = base(args.tiny, args.steps)
+    overrides = base(args.tiny, args.steps, args.precision)
     folder = Path(tempfile.mkdtemp(prefix="bench-accel-"))
     sweep_rows(["sampler.steps=2"], overrides[:-2] + overrides[-1:], folder / "warm-up")
     report = {"base": overrides, "methods": sweep_rows(
@@ -78,9 +93,10 @@ def main() -> None:
                                                       overrides + ["accel=taylorseer"], folder / "granularity")
         compiled = overrides + ["perf.compile=regional", "accel.granularity=block"]
         warm = [o for o in compiled if not o.startswith("sampler.steps=")]  # compiles once, before the timed cells
+        free_models()  # the compiled build is another 53 GiB: an 80 GB card cannot hold both
         sweep_rows(["sampler.steps=2"], warm, folder / "warm-up-compiled")
         report["compiled"] = sweep_rows(["accel=none,first_block,taylorseer"], compiled, folder / "compiled")
-    args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    args.out.write_text(json.dumps({"meta": meta(), "results": report}, indent=1, default=str) + "\n")
     print(json.dumps(report["methods"], indent=1, default=str))
 
 

@@ -413,8 +413,39 @@ def test_the_weights_check_counts_a_resident_identical_model_as_present(monkeypa
     with pytest.raises(ConfigError, match=r"model=tiny: its weights need about .* more than the 1.0 KiB free on a small card"):
         check_weights_memory(cfg)
     monkeypatch.setitem(build._CACHE, build._cache_key(cfg.model, cfg.precision, cfg.device, cfg.perf), object())
+    monkeypatch.setattr(build, "resident_models", lambda: [{"bytes": {"transformer": 1}}])  # the stand-in's size
     assert build.is_resident(cfg)
     check_weights_memory(cfg)  # reused: nothing new is drawn
     assert not build.is_resident(other)
     with pytest.raises(ConfigError, match="its weights need about"):
         check_weights_memory(other)  # a different build still needs its own room
+
+
+def test_a_build_that_fits_once_the_resident_ones_go_names_that_fix(monkeypatch):
+    """run44: bench_accel's compiled sweep after an eager one on an 80 GB card was refused with "use model=tiny";
+    what was in the way was this process's own resident build (a different perf is a separate build)."""
+    from workbench.config.preflight import check_weights_memory
+    from workbench.models import build
+
+    cfg = to_run_config(compose(["height=64", "width=64"]))
+    other = to_run_config(compose(["height=64", "width=64", "precision=bf16"]))
+    monkeypatch.setattr(build, "_CACHE", {})
+    monkeypatch.setattr(build, "_ABOUT", {})
+    build.cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf)  # a real resident build
+    monkeypatch.setattr(limits, "available_memory", lambda device: (1024, "a small card"))
+    with pytest.raises(ConfigError, match=r"more than the 1.0 KiB free on a small card; 1 other model build\(s\) resident "
+                                          r"in this process hold .*: free them first with workbench.free_models\(\)"):
+        check_weights_memory(other)
+    # freeing them would not make room: the plain advice stays
+    monkeypatch.setattr(build, "resident_models", lambda: [{"bytes": {"transformer": 1}}])
+    with pytest.raises(ConfigError, match=r"free on a small card; it is meant for a CUDA GPU with room for them"):
+        check_weights_memory(other)
+
+
+def test_cuda_free_memory_counts_what_torch_holds_unused(monkeypatch):
+    """After free_models() the caching allocator may keep the blocks (reusable by this process) while the driver's
+    free figure does not show them: both count, or a rebuild after a free is refused for memory it has."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (1000, 80_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index: 50_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index: 20_000)
+    assert limits.available_memory("cuda:0") == (31_000, "cuda:0")

@@ -130,15 +130,17 @@ def estimate_bytes(batch: int, height: int, width: int, *, hidden: int = REAL_HI
 def available_memory(device: str) -> tuple[int, str]:
     """Free bytes on ``device`` (resolved: ``auto`` -> cuda when available) and a label for messages.
 
-    CUDA: ``torch.cuda.mem_get_info`` (free memory of that GPU); CPU / MPS: psutil's available RAM,
-    else ``os.sysconf`` free pages."""
+    CUDA: ``torch.cuda.mem_get_info`` (free memory of that GPU) plus what torch's caching allocator holds
+    reserved but unused (this process reuses it: after ``free_models()`` the driver may not have it back yet);
+    CPU / MPS: psutil's available RAM, else ``os.sysconf`` free pages."""
     if device != "cpu" and device != "mps":
         import torch
 
         if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
             index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
             free, _total = torch.cuda.mem_get_info(index)
-            return int(free), f"cuda:{index}"
+            cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
+            return int(free + cached), f"cuda:{index}"
     try:
         import psutil
 
