@@ -5,6 +5,7 @@ is allowed; the few that can only show at run time are checked there too."""
 from __future__ import annotations
 
 import math
+import re
 import struct
 import zlib
 
@@ -413,7 +414,7 @@ def test_the_weights_check_counts_a_resident_identical_model_as_present(monkeypa
     with pytest.raises(ConfigError, match=r"model=tiny: its weights need about .* more than the 1.0 KiB free on a small card"):
         check_weights_memory(cfg)
     monkeypatch.setitem(build._CACHE, build._cache_key(cfg.model, cfg.precision, cfg.device, cfg.perf), object())
-    monkeypatch.setattr(build, "resident_models", lambda: [{"bytes": {"transformer": 1}}])  # the stand-in's size
+    monkeypatch.setattr(build, "_nbytes_of", lambda components: 1)  # the stand-in's size: releasing it frees nothing
     assert build.is_resident(cfg)
     check_weights_memory(cfg)  # reused: nothing new is drawn
     assert not build.is_resident(other)
@@ -421,10 +422,10 @@ def test_the_weights_check_counts_a_resident_identical_model_as_present(monkeypa
         check_weights_memory(other)  # a different build still needs its own room
 
 
-def test_a_build_that_fits_once_the_resident_ones_go_names_that_fix(monkeypatch):
-    """run44: bench_accel's compiled sweep after an eager one on an 80 GB card was refused with "use model=tiny";
-    what was in the way was this process's own resident build (a different perf is a separate build)."""
-    from workbench.config.preflight import check_weights_memory
+def test_the_weights_check_counts_resident_builds_a_new_build_would_release(monkeypatch):
+    """run44: bench_accel's compiled sweep after an eager one on an 80 GB card was refused (53 GiB needed, 12 MiB
+    free): the memory was this process's own resident build, which a new build releases (models.build._make_room)."""
+    from workbench.config.preflight import check_weights_memory, seeded_parameters, weight_width
     from workbench.models import build
 
     cfg = to_run_config(compose(["height=64", "width=64"]))
@@ -432,14 +433,39 @@ def test_a_build_that_fits_once_the_resident_ones_go_names_that_fix(monkeypatch)
     monkeypatch.setattr(build, "_CACHE", {})
     monkeypatch.setattr(build, "_ABOUT", {})
     build.cached_components(cfg.model, cfg.precision, cfg.device, cfg.perf)  # a real resident build
+    held = build.reclaimable_bytes(other)
+    need = seeded_parameters(other.model.tiny) * weight_width(other.precision)
+    assert held == sum(sum(m["bytes"].values()) for m in build.resident_models()) > need > 0
+    assert build.reclaimable_bytes(cfg) == 0  # its own build is not "another"
     monkeypatch.setattr(limits, "available_memory", lambda device: (1024, "a small card"))
-    with pytest.raises(ConfigError, match=r"more than the 1.0 KiB free on a small card; 1 other model build\(s\) resident "
-                                          r"in this process hold .*: free them first with workbench.free_models\(\)"):
+    check_weights_memory(other)  # fits once the resident build goes
+    monkeypatch.setattr(build, "_CACHE", {k: v for k, v in build._CACHE.items()})
+    monkeypatch.setattr(build, "_nbytes_of", lambda components: 1)  # now releasing it would not make room
+    with pytest.raises(ConfigError, match=r"more than the 1.0 KiB free on a small card \(with the 1 B of other resident "
+                                          r"builds it would release\); it is meant for a CUDA GPU"):
         check_weights_memory(other)
-    # freeing them would not make room: the plain advice stays
-    monkeypatch.setattr(build, "resident_models", lambda: [{"bytes": {"transformer": 1}}])
-    with pytest.raises(ConfigError, match=r"free on a small card; it is meant for a CUDA GPU with room for them"):
-        check_weights_memory(other)
+
+
+def test_a_build_that_does_not_fit_releases_the_least_recently_used_builds_first(monkeypatch, caplog):
+    from workbench.models import build
+
+    a, b, c = (to_run_config(compose(["height=64", "width=64", *extra]))
+               for extra in ([], ["precision=bf16"], ["perf.fast_attention=true"]))
+    monkeypatch.setattr(build, "_CACHE", {})
+    monkeypatch.setattr(build, "_ABOUT", {})
+    for run in (a, b, a):  # a is used last: b is the least recently used
+        build.cached_components(run.model, run.precision, run.device, run.perf)
+    # room for one more build while one other is resident, not while two are
+    monkeypatch.setattr(limits, "available_memory", lambda device: (10**12 if len(build._CACHE) < 2 else 1, "a card"))
+    with caplog.at_level("WARNING", logger="workbench.models.build"):
+        build.cached_components(c.model, c.precision, c.device, c.perf)
+    assert [build.is_resident(run) for run in (a, b, c)] == [True, False, True]
+    assert len(caplog.records) == 1 and re.search(r"releasing the resident build \w+ \(model=tiny precision=bf16 perf=eager"
+                                                  r", .*\) to make room for the .* of model=tiny precision=fp32 on a card",
+                                                  caplog.records[0].getMessage())
+    monkeypatch.setattr(limits, "available_memory", lambda device: (1, "a card"))
+    build.cached_components(a.model, a.precision, a.device, a.perf)  # resident: nothing is built, nothing released
+    assert build.is_resident(c)
 
 
 def test_cuda_free_memory_counts_what_torch_holds_unused(monkeypatch):

@@ -202,22 +202,12 @@ def check_weights_memory(cfg: Config) -> None:
         return  # the same weights are resident and reused: the free memory they take is not needed again
     need = seeded_parameters(cfg.model.tiny) * weight_width(cfg.precision)
     free, where = limits.available_memory(cfg.device)
-    if need > free:
-        raise ConfigError(f"{weights_message(f'model={cfg.model.name}', need, cfg.precision, free, where)}; "
-                          + (_resident_hint(built, need - free) or "it is meant for a CUDA GPU with room for them "
-                             "(device=cuda precision=bf16), or use model=tiny"))
-
-
-def _resident_hint(built, short: int) -> str:
-    """When freeing the builds resident in this process would make room (a different precision or perf is a
-    separate build: run44's compiled sweep after an eager one on an 80 GB card), that is the fix to name."""
-    resident = built.resident_models() if built is not None else []
-    held = sum(sum(m["bytes"].values()) for m in resident)
-    if not resident or held < short:
-        return ""
-    return (f"{len(resident)} other model build(s) resident in this process hold {limits.fmt_bytes(held)} "
-            "(a different precision or perf is a separate build): free them first with workbench.free_models() "
-            "(or the model panel), or run the sweep with keep_models=False")
+    reclaim = built.reclaimable_bytes(cfg) if built is not None else 0  # resident builds this one would release
+    if need > free + reclaim:
+        freed = f" (with the {limits.fmt_bytes(reclaim)} of other resident builds it would release)" if reclaim else ""
+        raise ConfigError(f"{weights_message(f'model={cfg.model.name}', need, cfg.precision, free + reclaim, where)}"
+                          f"{freed}; it is meant for a CUDA GPU with room for them (device=cuda precision=bf16), "
+                          "or use model=tiny")
 
 
 def check_control_tokens(cfg: Config) -> None:

@@ -1,7 +1,9 @@
 """The model cache and the build order: load -> attention prep -> precision -> compile -> LoRA.
 
 Each (model, precision, device, perf) is built once per process; ``free_models()`` releases them,
-``free_model(key)`` one of them (``resident_models()`` names the keys).
+``free_model(key)`` one of them (``resident_models()`` names the keys). A new build that does not fit beside the
+resident ones on its device releases the least recently used of them first (a sweep over precision or perf on one
+card), with a log line; the weights check before any load counts their memory as available (``reclaimable_bytes``).
 LoRAs are not part of that key: they go on the built transformer through hooks (or fused), so a
 LoRA swap never rebuilds or reloads a model (``components_for``). Nor are ``perf.attention_kernel`` and
 ``perf.vae_single_frame``: both are set per run on the resident models (``Workbench.generate``).
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 from dataclasses import replace
 import sys
 from typing import Optional, Sequence
 
 import torch
 
-from workbench.config import AttentionKernel, Config, ModelConfig, PerfConfig, PrecisionConfig
+from workbench.config import AttentionKernel, Config, MemoryMode, ModelConfig, ModelSource, PerfConfig, PrecisionConfig
+from workbench.config import limits
 from workbench.lora import apply_loras
 from workbench.models.components import Components, build_components, resolve_device
 from workbench.compiling import compile_transformer
@@ -25,7 +29,8 @@ from workbench.perf import check_perf, prepare_attention, set_run_perf
 from workbench.precision import apply_precision, check_device
 from workbench.user_cache import check_cache_dir
 
-_CACHE: dict[tuple, Components] = {}
+log = logging.getLogger(__name__)
+_CACHE: dict[tuple, Components] = {}  # in order of last use: the first is released first
 _ABOUT: dict[tuple, dict[str, str]] = {}  # cache key -> the names a memory view shows (model, precision, perf)
 SLOTS = ("text_encoder", "transformer", "vae")
 
@@ -55,10 +60,63 @@ def cached_components(
     perf = perf or PerfConfig()
     key = _cache_key(model, precision, device, perf)
     if key not in _CACHE:
+        _make_room(key, model, precision)
         _CACHE[key] = build(model, precision, device, perf, loras)
         _ABOUT[key] = {"model": model.name, "description": model.description, "precision": precision.name,
                        "perf": perf.name}
+    _CACHE[key] = _CACHE.pop(key)  # the most recently used goes last
     return _CACHE[key]
+
+
+def _same_device(key: tuple, device: str) -> bool:
+    return str(resolve_device(key[3])) == str(resolve_device(device))
+
+
+def _others_on(key: tuple, device: str, precision: PrecisionConfig) -> list[tuple]:
+    """The resident builds whose weights hold ``device``'s memory, besides ``key``'s, least recently used first.
+    None for a streamed (offload) build: its weights sit in host memory, what it needs on the card is not its size."""
+    if precision.memory != MemoryMode.all_on_device:
+        return []
+    return [k for k in _CACHE if k != key and _same_device(k, device)]
+
+
+def reclaimable_bytes(cfg: Config) -> int:
+    """What the resident builds other than ``cfg``'s hold on its device: building ``cfg`` releases them if needed."""
+    key = _cache_key(cfg.model, cfg.precision, cfg.device, cfg.perf)
+    return sum(_nbytes_of(_CACHE[k]) for k in _others_on(key, cfg.device, cfg.precision))
+
+
+def _make_room(key: tuple, model: ModelConfig, precision: PrecisionConfig) -> None:
+    """Release resident builds, least recently used first, until the new one's weights fit beside the rest."""
+    device = key[3]
+    others = _others_on(key, device, precision)
+    if not others:
+        return
+    need = weights_need(model, precision)
+    free, where = limits.available_memory(str(resolve_device(device)))
+    while others and need > free:
+        old = others.pop(0)
+        about = _ABOUT.get(old, {})
+        log.warning("releasing the resident build %s (model=%s precision=%s perf=%s, %s) to make room for the %s "
+                    "of model=%s precision=%s on %s", _key_id(old), about.get("model"), about.get("precision"),
+                    about.get("perf"), limits.fmt_bytes(_nbytes_of(_CACHE[old])), limits.fmt_bytes(need), model.name,
+                    precision.name, where)
+        del _CACHE[old]
+        _ABOUT.pop(old, None)
+        _release()
+        free, where = limits.available_memory(str(resolve_device(device)))
+
+
+def weights_need(model: ModelConfig, precision: PrecisionConfig) -> int:
+    """The bytes a build's weights take: seeded models from their sizes, files from their headers (no weight read)."""
+    from workbench.config.preflight import seeded_parameters, weight_width
+
+    if model.source == ModelSource.tiny:
+        return seeded_parameters(model.tiny) * weight_width(precision)
+    from workbench.loading.load import preflight
+
+    modules = [prepared.model for prepared in preflight(model).values()]
+    return sum(p.numel() for m in modules for p in m.parameters()) * weight_width(precision)
 
 
 def _cache_key(model: ModelConfig, precision: PrecisionConfig, device: str, perf: PerfConfig) -> tuple:
@@ -119,6 +177,10 @@ def _key_id(key: tuple) -> str:
 
 def _nbytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _nbytes_of(components: Components) -> int:
+    return sum(_nbytes(getattr(components, s)) for s in SLOTS)
 
 
 def _dtype(module: torch.nn.Module) -> str:
