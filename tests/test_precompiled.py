@@ -458,6 +458,10 @@ class _Toy(torch.nn.Module):
         return self.proj(x).relu()
 
 
+def _no_fallback():
+    raise AssertionError("the block fell back to the regional compile")
+
+
 def test_a_repr_bound_to_a_partial_does_not_stop_the_save(tmp_path):
     """torchao's quantize_ binds each quantised Linear's extra_repr to a functools.partial, which Dynamo's guard
     pickler cannot save (torch 2.11): the fp8 block fell back every time. It is set aside while saving."""
@@ -466,7 +470,8 @@ def test_a_repr_bound_to_a_partial_does_not_stop_the_save(tmp_path):
 
     block = _Toy()
     block.proj.extra_repr = types.MethodType(functools.partial(lambda self, tag: tag, tag="fp8 weight"), block.proj)
-    store = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None)
+    store = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None,
+                                          regional=_no_fallback)
     before = CompileCounts.now()
     x = torch.randn(3, 4)
     assert torch.allclose(store(block, [], (x,), {}), block(x))
@@ -489,9 +494,11 @@ def test_a_tensor_subclass_parameter_is_keyed_by_its_layout_not_a_saved_guard(tm
     x = torch.randn(3, 4)
     with torch.no_grad():
         expected = block(x)
-        store = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None)
+        store = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None,
+                                          regional=_no_fallback)
         assert torch.allclose(store(block, [], (x,), {}), expected)
-        reloaded = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None)
+        reloaded = precompiled.PrecompiledBlocks(block, {}, tmp_path, before_compile=lambda kwargs: None,
+                                          regional=_no_fallback)
         before = CompileCounts.now()
         assert torch.allclose(reloaded(block, [], (x,), {}), expected)
     assert (CompileCounts.now() - before).precompiled_loads == 1

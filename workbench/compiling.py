@@ -138,6 +138,13 @@ def regional_options(transformer) -> dict:
     return dict(_REGIONAL[transformer])
 
 
+def compile_block_forward(block_type: type, options: dict):
+    """The repeated block class's ``forward`` compiled once for all its blocks (the block is an argument), with the
+    regional compile's torch.compile ``options``: what runs beneath cache hooks (hooked_compile), and what a block
+    torch could not compile for saving falls back to (precompiled)."""
+    return torch.compile(block_type.forward, **options)
+
+
 def _mark_text_dynamic(kwargs: dict) -> None:
     """Mark the text-token dimension of a block's inputs dynamic (diffusers calls blocks by keyword)."""
     mark = torch._dynamo.mark_dynamic
@@ -180,7 +187,8 @@ def _install_precompiled(transformer, options: dict) -> None:
 
     inductor = options.get("options") or torch._inductor.list_mode_options(options.get("mode", "default"))
     blocks = [m for m in transformer.modules() if type(m).__name__ in transformer._repeated_blocks]
-    store = PrecompiledBlocks(blocks[0], inductor, cache_dir() / PRECOMPILED, before_compile=_mark_text_dynamic)
+    store = PrecompiledBlocks(blocks[0], inductor, cache_dir() / PRECOMPILED, before_compile=_mark_text_dynamic,
+                              regional=lambda: compile_block_forward(type(blocks[0]), options))
     for block in blocks:
         block._compiled_call_impl = PrecompiledCall(store, block)
 

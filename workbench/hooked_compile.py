@@ -19,7 +19,7 @@ import weakref
 
 import torch
 
-from workbench.compiling import STASH, TextDynamicCall, compiled_blocks, regional_options
+from workbench.compiling import STASH, TextDynamicCall, compile_block_forward, compiled_blocks, regional_options
 
 _CLASS_FORWARDS: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
 
@@ -55,5 +55,5 @@ def _class_forward(transformer, block):
     """One compile of the block class's ``forward`` per transformer (the block is an argument: every block shares
     the graph), with the options of the regional compile it stands in for."""
     if transformer not in _CLASS_FORWARDS:
-        _CLASS_FORWARDS[transformer] = torch.compile(type(block).forward, **regional_options(transformer))
+        _CLASS_FORWARDS[transformer] = compile_block_forward(type(block), regional_options(transformer))
     return _CLASS_FORWARDS[transformer]

@@ -259,8 +259,9 @@ def _without_instance_reprs(block):
 class PrecompiledBlocks:
     """One per transformer: its repeated block's compiled variants, by attention-processor settings."""
 
-    def __init__(self, block, options: dict, root: Path, before_compile):
+    def __init__(self, block, options: dict, root: Path, before_compile, regional):
         self.inductor = dict(options)
+        self.regional = regional  # () -> Dynamo's regional compile of the block class, for a fallback
         self.static = static_facts(block, options)
         self.root = root
         self.before_compile = before_compile  # marks the text dimension dynamic on the example inputs
@@ -320,7 +321,7 @@ class PrecompiledBlocks:
                     "regional compile instead, as perf.precompile=false does", type(block).__name__,
                     type(err).__name__, first)
         COUNTS["fallbacks"] += 1
-        self.fallback = torch.compile(type(block).forward, fullgraph=True, dynamic=False, options=dict(self.inductor))
+        self.fallback = self.regional()
         return self.fallback
 
 
