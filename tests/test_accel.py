@@ -89,6 +89,48 @@ def test_no_state_leaks_between_runs_or_batches(counted, method):
     assert torch.equal(first[1:], alone)
 
 
+def _taylor_states(transformer) -> list:
+    return [m._diffusers_hook.hooks[name].state_manager for m in transformer.modules() if hasattr(m, "_diffusers_hook")
+            for name in m._diffusers_hook.hooks if "taylorseer" in name]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_taylorseer_keeps_its_factors_in_the_outputs_dtype_and_releases_them_after_the_run(precision, monkeypatch):
+    """Factors in fp32 doubled a bf16 run's state (about 10 GB at 1328x1328 at block granularity, run44) and bought
+    nothing: the differences are taken in the outputs' dtype. And a run's state is released when it ends, not held
+    until the next run starts (a sweep's next cell needs that memory)."""
+    from workbench import accel
+    from workbench.config import compose, to_run_config
+    from workbench.pipeline import Workbench
+
+    cfg = to_run_config(compose([*STEPS, f"precision={precision}", "accel=taylorseer", "accel.granularity=block"]))
+    bench = Workbench.from_config(cfg)
+    transformer = bench.components.transformer
+    seen = set()
+
+    def look(info):
+        seen.update(f.dtype for m in _taylor_states(transformer) for state in m._state_cache.values()
+                    for factors in state.taylor_factors.values() for f in factors.values())
+
+    ours = bench.generate(cfg, progress=False, callback=look)[0].latents
+    assert seen == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    states = _taylor_states(transformer)
+    assert len(states) == 3 and all(not m._state_cache for m in states)  # released with the run
+    original = accel.hook_config
+
+    def fp32_factors(*args):
+        config = original(*args)
+        if config is not None:
+            config.taylor_factors_dtype = torch.float32
+        return config
+
+    bench.set_accel(_cfg("accel=none").accel)
+    monkeypatch.setattr(accel, "hook_config", fp32_factors)
+    wide = bench.generate(cfg, progress=False)[0].latents
+    assert torch.equal(ours, wide)  # the same numbers in half the memory
+    bench.set_accel(_cfg("accel=none").accel)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["accel=taylorseer", "perf=fast"], "accel=taylorseer (accel.method=taylorseer, accel.granularity=attention) with "
      "perf.compile=regional (perf=fast): its hooks sit inside the blocks, which a compiled (fullgraph) block cannot "

@@ -96,7 +96,10 @@ def test_fit_report_names_the_numbers_preflight_refuses_with(monkeypatch):
     from workbench.errors import ConfigError
     from workbench.models.catalogue import catalogue_entries, fit_report, model_labels, weights_bytes
 
+    from workbench.models import build
+
     monkeypatch.setattr(limits, "available_memory", lambda device: (8 * 2**30, "CPU RAM"))
+    monkeypatch.setattr(build, "_CACHE", {})  # no resident build whose release would add room (other tests')
     monkeypatch.setenv("WORKBENCH_MODELS", "/nonexistent")
     entries = catalogue_entries(hf_cache=False)
     warning = fit_report(entries["random_full"], "bf16", "cpu")
@@ -111,6 +114,14 @@ def test_fit_report_names_the_numbers_preflight_refuses_with(monkeypatch):
     assert f"about {limits.fmt_bytes(2 * weights_bytes(entries['random_full'], 'bf16'))} (float32 / float32)" in fp32
     labels = dict((key, label) for label, key in model_labels(entries, "bf16", "cpu"))
     assert labels["random_full"].endswith(" — does not fit CPU RAM") and not labels["tiny"].endswith("CPU RAM")
+    # with a build resident, both count the memory a new build would release from it, in the same words
+    tiny = to_run_config(compose(["height=64", "width=64"]))
+    build.cached_components(tiny.model, tiny.precision, tiny.device, tiny.perf)
+    warning = fit_report(entries["random_full"], "bf16", "cpu")
+    with pytest.raises(ConfigError) as refused:
+        to_run_config(compose(["model=random_full", "precision=bf16", "device=cpu"]))
+    assert str(refused.value).split(";")[0] == warning.split(";")[0]
+    assert "of other resident builds it would release)" in warning and "8.0 GiB free" not in warning
 
 
 @pytest.mark.parametrize("base, new, keys, want", [

@@ -64,7 +64,6 @@ def _key(accel: AccelConfig) -> tuple:
 
 def hook_config(accel: AccelConfig, state: _State):
     """The diffusers config object of ``accel`` (None for ``none``)."""
-    import torch
     from diffusers.hooks import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
 
     m = accel.method
@@ -76,7 +75,10 @@ def hook_config(accel: AccelConfig, state: _State):
         return TaylorSeerCacheConfig(cache_interval=accel.cache_interval, max_order=accel.max_order,
                                      disable_cache_before_step=accel.disable_cache_before_step,
                                      disable_cache_after_step=after, cache_identifiers=blocks,
-                                     taylor_factors_dtype=torch.float32)  # bf16 factors would round fp32 runs
+                                     # None: each factor in its output's dtype. diffusers' default, bf16, would round
+                                     # fp32 runs; fp32 doubles a bf16 run's state (10 GB at 1328x1328 at block
+                                     # granularity, run44) for nothing: the differences are taken in the outputs' dtype
+                                     taylor_factors_dtype=None)
     if m == AccelMethod.pyramid_attention:
         return PyramidAttentionBroadcastConfig(
             spatial_attention_block_skip_range=accel.skip_range,
@@ -133,6 +135,17 @@ def reset(model: nn.Module) -> None:
     """Forget every cached tensor and step count: each denoise call starts as a fresh generation."""
     if active(model) != AccelMethod.none:
         _real(model)._reset_stateful_cache()
+
+
+@contextmanager
+def fresh(model: nn.Module) -> Iterator[None]:
+    """One denoise call: the hooks start with no cached output of an earlier run or batch, and what they cached is
+    released when it ends (a full-size run's state is GBs, which the next cell of a sweep needs)."""
+    reset(model)
+    try:
+        yield
+    finally:
+        reset(model)
 
 
 @contextmanager

@@ -184,12 +184,20 @@ def weight_width(precision) -> int:
     return max(bytes_of.get(DType(precision.transformer), 1), bytes_of.get(DType(precision.text_encoder), 1))
 
 
-def weights_message(what: str, need: int, precision, free: int, where: str) -> str:
+def weights_message(what: str, need: int, precision, free: int, where: str, reclaim: int = 0) -> str:
     """The one wording of "these weights do not fit", shared by the refusal below and the model
-    panel's warning (``models.catalogue.fit_report``), so both name the same numbers."""
+    panel's warning (``models.catalogue.fit_report``), so both name the same numbers. ``free`` includes the
+    ``reclaim`` bytes of other resident builds a new build releases (``models.build``)."""
+    freed = f" (with the {limits.fmt_bytes(reclaim)} of other resident builds it would release)" if reclaim else ""
     return (f"{what}: its weights need about {limits.fmt_bytes(need)} "
             f"({DType(precision.transformer).value} / {DType(precision.text_encoder).value}), more than the "
-            f"{limits.fmt_bytes(free)} free on {where}")
+            f"{limits.fmt_bytes(free)} free on {where}{freed}")
+
+
+def reclaimable(cfg_or_device, precision=None) -> int:
+    """Bytes of the resident builds a new build on that device would release (0 before any build)."""
+    built = sys.modules.get("workbench.models.build")  # loaded once this process built a model (not imported here)
+    return built.reclaimable_bytes(cfg_or_device, precision) if built is not None else 0
 
 
 def check_weights_memory(cfg: Config) -> None:
@@ -202,12 +210,10 @@ def check_weights_memory(cfg: Config) -> None:
         return  # the same weights are resident and reused: the free memory they take is not needed again
     need = seeded_parameters(cfg.model.tiny) * weight_width(cfg.precision)
     free, where = limits.available_memory(cfg.device)
-    reclaim = built.reclaimable_bytes(cfg) if built is not None else 0  # resident builds this one would release
+    reclaim = reclaimable(cfg)
     if need > free + reclaim:
-        freed = f" (with the {limits.fmt_bytes(reclaim)} of other resident builds it would release)" if reclaim else ""
-        raise ConfigError(f"{weights_message(f'model={cfg.model.name}', need, cfg.precision, free + reclaim, where)}"
-                          f"{freed}; it is meant for a CUDA GPU with room for them (device=cuda precision=bf16), "
-                          "or use model=tiny")
+        raise ConfigError(f"{weights_message(f'model={cfg.model.name}', need, cfg.precision, free + reclaim, where, reclaim)}"
+                          "; it is meant for a CUDA GPU with room for them (device=cuda precision=bf16), or use model=tiny")
 
 
 def check_control_tokens(cfg: Config) -> None:

@@ -167,13 +167,16 @@ def weights_bytes(entry: CatalogueEntry, precision: str) -> int:
     return entry.parameters * weight_width(precision_config(precision))
 
 
-def _need_and_room(entry: CatalogueEntry, precision: str, device: str, memory: Optional[str]) -> tuple[int, int, str]:
-    """(bytes needed, bytes free, where): files with an offload ``memory`` mode are held in CPU RAM."""
+def _need_and_room(entry: CatalogueEntry, precision: str, device: str, memory: Optional[str]) -> tuple[int, int, str, int]:
+    """(bytes needed, bytes free, where, of it held by resident builds a new one releases): files with an offload
+    ``memory`` mode are held in CPU RAM."""
     from workbench.config import limits
+    from workbench.config.preflight import reclaimable
 
     offload = not entry.seeded and memory not in (None, "all_on_device")
     free, where = limits.available_memory("cpu" if offload else device)
-    return weights_bytes(entry, precision), free, where
+    reclaim = 0 if offload else reclaimable(device, precision_config(precision))
+    return weights_bytes(entry, precision), free + reclaim, where, reclaim
 
 
 def fit_report(entry: CatalogueEntry, precision: str = "fp32", device: str = "auto",
@@ -185,14 +188,15 @@ def fit_report(entry: CatalogueEntry, precision: str = "fp32", device: str = "au
     from workbench.config import limits
     from workbench.config.preflight import weights_message
 
-    need, free, where = _need_and_room(entry, precision, device, memory)
+    need, free, where, reclaim = _need_and_room(entry, precision, device, memory)
     if need <= free:
         return None
     if entry.seeded:
         fix = f"pick model=tiny, or a device with >= {limits.fmt_bytes(need)} free (a CUDA GPU: device=cuda precision=bf16)"
-        return f"{weights_message(f'model={entry.key}', need, precision_config(precision), free, where)}; {fix}"
+        return f"{weights_message(f'model={entry.key}', need, precision_config(precision), free, where, reclaim)}; {fix}"
     fix = "pick a narrower precision (bf16, fp8_e4m3fn), an offload memory mode, or a device with more memory"
-    return f"{weights_message(entry.key, need, precision_config(precision), free, where)} (estimated from the file sizes); {fix}"
+    message = weights_message(entry.key, need, precision_config(precision), free, where, reclaim)
+    return f"{message} (estimated from the file sizes); {fix}"
 
 
 def model_labels(entries: dict[str, CatalogueEntry], precision: str = "fp32", device: str = "auto",
@@ -203,7 +207,7 @@ def model_labels(entries: dict[str, CatalogueEntry], precision: str = "fp32", de
 
     out = []
     for key, e in entries.items():
-        need, free, where = _need_and_room(e, precision, device, memory)
+        need, free, where, _ = _need_and_room(e, precision, device, memory)
         label = f"{key} — {e.description}" if e.seeded else e.description
         label += f" (≈ {limits.fmt_bytes(need)} at {precision})" + (f" — does not fit {where}" if need > free else "")
         out.append((label, key))

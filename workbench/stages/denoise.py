@@ -139,22 +139,22 @@ def denoise(
             v_uncond = _forward(transformer, x, uncond, masks["uncond"], t, img_shapes, reference, "uncond", prefix)
         return guide(sampler, v_cond, v_uncond, x, sigma)
 
-    accel.reset(transformer)  # a new generation: no cached block output of an earlier run or batch is reused
     sigmas = schedule.sigmas
     timesteps = [float(x) for x in schedule.scheduler.timesteps.tolist()] if callback is not None else None  # read once
     size = (img_shapes[0][1] * 16, img_shapes[0][2] * 16)  # (frames, h/16, w/16) of the target
     finite = FiniteWatch(latents.device, schedule.steps, sampler.cfg)
-    for i, t in tqdm(schedule.remaining(), desc="denoise", disable=not progress, leave=False):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        v = velocity(latents, t, sigma)
-        x0 = latents - sigma * v  # flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0
-        if sampler.scheduler == SchedulerKind.heun:
-            latents = _heun_step(velocity, latents, v, t, sigma, sigma_next)
-        else:
-            latents = schedule.scheduler.step(v, t, latents, return_dict=False)[0]
-        finite.step(i, latents, v)  # stops fp16 overflow at its first step, naming the fix
-        if callback is not None and callback(StepInfo(i, timesteps[i], sigma, latents, x0, size)):
-            finite.flush()  # a non-finite step is reported as such, not as an interruption
-            raise Interrupted(f"interrupted by the step callback after step {i + 1} of {schedule.steps}")
+    with accel.fresh(transformer):  # no cached block output of an earlier run or batch is reused, none outlives it
+        for i, t in tqdm(schedule.remaining(), desc="denoise", disable=not progress, leave=False):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            v = velocity(latents, t, sigma)
+            x0 = latents - sigma * v  # flow matching: x_t = (1 - s) x0 + s noise, v = noise - x0
+            if sampler.scheduler == SchedulerKind.heun:
+                latents = _heun_step(velocity, latents, v, t, sigma, sigma_next)
+            else:
+                latents = schedule.scheduler.step(v, t, latents, return_dict=False)[0]
+            finite.step(i, latents, v)  # stops fp16 overflow at its first step, naming the fix
+            if callback is not None and callback(StepInfo(i, timesteps[i], sigma, latents, x0, size)):
+                finite.flush()  # a non-finite step is reported as such, not as an interruption
+                raise Interrupted(f"interrupted by the step callback after step {i + 1} of {schedule.steps}")
     finite.flush()
     return latents
