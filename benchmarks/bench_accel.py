@@ -49,7 +49,7 @@ def sweep_rows(axes: list[str], overrides: list[str], folder: Path) -> list[dict
         rows.append({k: row.get(k) for k in ("cell", "accel", "accel.threshold", "accel.cache_interval",
                                               "accel.granularity", "status",
                                               "denoise_s", "speedup_vs_0", "work_speedup", "psnr_vs_0", "ssim_vs_0",
-                                              "latent_rel_l2_vs_0", "error") if k in row}
+                                              "latent_rel_l2_vs_0", "peak_mem_mb", "error") if k in row}
                     | {"skips_depend_on_weights": WEIGHT_DEPENDENT.get(str(method))})
     return rows
 
@@ -67,8 +67,6 @@ def meta() -> dict:
 
 
 def main() -> None:
-    from workbench import free_models
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=20)
@@ -93,7 +91,7 @@ def main() -> None:
                                                       overrides + ["accel=taylorseer"], folder / "granularity")
         compiled = overrides + ["perf.compile=regional", "accel.granularity=block"]
         warm = [o for o in compiled if not o.startswith("sampler.steps=")]  # compiles once, before the timed cells
-        free_models()  # the compiled build is another 53 GiB: an 80 GB card cannot hold both
+        # the compiled build is another 53 GiB: on an 80 GB card building it releases the eager one (models.build)
         sweep_rows(["sampler.steps=2"], warm, folder / "warm-up-compiled")
         report["compiled"] = sweep_rows(["accel=none,first_block,taylorseer"], compiled, folder / "compiled")
     args.out.write_text(json.dumps({"meta": meta(), "results": report}, indent=1, default=str) + "\n")
