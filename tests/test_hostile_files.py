@@ -373,3 +373,17 @@ def test_a_bad_lora_on_the_tiny_model_fails_before_it_is_built(make_cfg, tmp_pat
     monkeypatch.setattr(tiny, "build_transformer", lambda *a: pytest.fail("built before the LoRA was checked"))
     with pytest.raises(LoraError, match=r"pickle.safetensors: not a safetensors file but a Python pickle"):
         build_components(make_cfg().model, make_cfg().precision, "cpu", loras=[LoraItem(file=str(tmp_path / "pickle.safetensors"))])
+
+
+def test_a_file_builds_weight_need_is_read_from_the_headers(root):
+    """models.build releases resident builds to make room for a new one by what its weights take: for files, the
+    parameters their headers declare (nothing read), times the precision's width; equal to what the load holds."""
+    from workbench.config.preflight import weight_width
+    from workbench.models.build import weights_need
+    from workbench.models.catalogue import precision_config
+
+    model = cfg(root)
+    loaded = sum(p.numel() for slot in FILES for p in load(root, slot, FILES[slot]).module.parameters())
+    for name in ("fp32", "bf16"):
+        precision = precision_config(name)
+        assert weights_need(model, precision) == loaded * weight_width(precision)

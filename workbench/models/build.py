@@ -74,7 +74,7 @@ def _same_device(key: tuple, device: str) -> bool:
 
 def _others_on(key: tuple, device: str, precision: PrecisionConfig) -> list[tuple]:
     """The resident builds whose weights hold ``device``'s memory, besides ``key``'s, least recently used first.
-    None for a streamed (offload) build: its weights sit in host memory, what it needs on the card is not its size."""
+    Nothing for a streamed (offload) build: its weights sit in host memory, what it needs on the card is not their size."""
     if precision.memory != MemoryMode.all_on_device:
         return []
     return [k for k in _CACHE if k != key and _same_device(k, device)]
