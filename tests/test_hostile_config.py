@@ -192,6 +192,32 @@ def test_sizes_that_cannot_fit_are_refused_with_estimate_and_free_memory(monkeyp
     assert to_run_config(compose(["height=1024", "width=1024", "batch_size=4"])).batch_size == 4
 
 
+@pytest.mark.parametrize("accel, per_block, fixed", [
+    (["accel=taylorseer", "accel.max_order=2"], 3, 0),  # (order + 1) factors per block
+    (["accel=taylorseer", "accel.granularity=block"], 2, 0),
+    (["accel=pyramid_attention", "sampler.cfg_batching=padded"], 1, 0),  # one attention output per block
+    (["accel=first_block"], 0, 2),  # two residuals
+])
+def test_what_accel_hooks_keep_between_steps_counts_in_the_memory_check(monkeypatch, accel, per_block, fixed):
+    """TaylorSeer's state was ~10 GB at 1328x1328 (run44: an out-of-memory in the middle of a sweep cell); what the
+    hooks keep is estimated with the activations and named, before any model loads."""
+    base = ["model=tiny_random", "height=1024", "width=1024", "sampler.cfg=4", "seeds=[0,1]", "batch_size=2"]
+    outputs = per_block * to_run_config(compose(base)).model.tiny.transformer.num_layers + fixed
+    plain = limits.estimate_bytes(2, 1024, 1024, hidden=64, vae_base_dim=16, transformer_bytes=4, vae_bytes=4, cfg_batch=2)
+    kept = outputs * (2 * 2) * (1024 * 1024 // 256) * 64 * 4  # rows: 2 images x cond / uncond; float32
+    monkeypatch.setattr(limits, "available_memory", lambda device: (plain + kept - 1, "CPU RAM"))
+    to_run_config(compose(base))  # without accel it fits
+    message = refused(*base, *accel)
+    name = accel[0].split("=")[1]
+    assert message.startswith(f"height=1024 width=1024 batch_size=2 with accel={name} (of it "
+                              f"{limits.fmt_bytes(kept)} of outputs its hooks keep between steps) needs about "
+                              f"{limits.fmt_bytes(plain + kept)} for latents and activations")
+    assert message.endswith("lower height/width or batch_size, or accel=none"
+                            + (" or a lower accel.max_order" if "accel.max_order=2" in accel else ""))
+    monkeypatch.setattr(limits, "available_memory", lambda device: (plain + kept, "CPU RAM"))
+    to_run_config(compose(base + accel))  # exactly enough
+
+
 def test_size_taken_from_the_reference_is_estimated_before_encoding(monkeypatch, make_cfg, bench):
     cfg = make_cfg("experiment=edit_tiny")  # height / width null: the last reference's VAE size (160x96)
     monkeypatch.setattr(limits, "available_memory", lambda device: (1000, "CPU RAM"))

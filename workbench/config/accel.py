@@ -110,6 +110,22 @@ def check_accel_fits(accel: AccelConfig, sampler: SamplerConfig, perf: PerfConfi
         )
 
 
+def state_bytes(accel: AccelConfig, layers: int, tokens: int, hidden: int, rows: int, width: int) -> int:
+    """At most what the method's hooks keep between steps: TaylorSeer ``max_order + 1`` factors of each hooked
+    module's image-stream output (each block's, or each attention's), PyramidAttentionBroadcast one attention output
+    per block, FirstBlockCache two residuals. ``rows``: images per step over all cache slots (cond and uncond);
+    ``width``: bytes per activation (factors keep their output's dtype). Text tokens are left out (a few hundred
+    beside thousands). 1328x1328 in bf16 at TaylorSeer's order 1: 2 x 60 x 6889 x 3072 x 2 B = 5.1 GB."""
+    per_output = rows * tokens * hidden * width
+    if accel.method == AccelMethod.taylorseer:
+        return (accel.max_order + 1) * layers * per_output
+    if accel.method == AccelMethod.pyramid_attention:
+        return layers * per_output
+    if accel.method == AccelMethod.first_block:
+        return 2 * per_output
+    return 0
+
+
 def hooks_on_blocks(accel: AccelConfig) -> bool:
     """Whether the method's hooks wrap whole transformer blocks (so compiled blocks can run beneath them)."""
     return accel.method == AccelMethod.first_block or (

@@ -106,6 +106,7 @@ def check_device(device: str, error=ConfigError) -> None:
 # ----------------------------------------------------------------------------- memory
 # Real Qwen-Image sizes, used for model.source=files (the tiny / random_full models give their own)
 REAL_HIDDEN = 3072
+REAL_LAYERS = 60  # Qwen-Image's transformer blocks
 REAL_VAE_BASE_DIM = 96
 
 
@@ -149,13 +150,13 @@ def available_memory(device: str) -> tuple[int, str]:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "CPU RAM"
 
 
-def check_memory(estimate: int, device: str, what: str, error=ConfigError) -> None:
+def check_memory(estimate: int, device: str, what: str, error=ConfigError,
+                 fix: str = "lower height/width or batch_size") -> None:
     """Refuse a size whose activations alone cannot fit the free memory of the run's device."""
     free, where = available_memory(device)
     if estimate > free:
         raise error(f"{what} needs about {fmt_bytes(estimate)} for latents and activations (VAE decode at full "
-                    f"resolution) besides the weights, more than the {fmt_bytes(free)} free on {where}; "
-                    "lower height/width or batch_size")
+                    f"resolution) besides the weights, more than the {fmt_bytes(free)} free on {where}; {fix}")
 
 
 # ----------------------------------------------------------------------------- image files

@@ -13,6 +13,7 @@ import sys
 from typing import Callable
 
 from workbench.config import limits
+from workbench.config.accel import AccelMethod, state_bytes
 from workbench.config.model import ModelSource
 from workbench.config.precision import DType
 from workbench.config.run import Config
@@ -148,19 +149,26 @@ def check_run_memory(cfg: Config, height: int, width: int, device: str) -> None:
     tiny = cfg.model.source == ModelSource.tiny
     batch = min(cfg.batch_size, len(cfg.prompts) * len(cfg.seeds))
     if tiny:
-        hidden, vae_base = cfg.model.tiny.transformer.num_heads * cfg.model.tiny.transformer.head_dim, cfg.model.tiny.vae.base_dim
+        spec = cfg.model.tiny
+        hidden, vae_base, layers = spec.transformer.num_heads * spec.transformer.head_dim, spec.vae.base_dim, spec.transformer.num_layers
     elif cfg.model.variant.family == "qwen-image-2.1":
         from workbench.models import arch21
 
-        hidden, vae_base = arch21.DIT_HIDDEN, arch21.VAE_DECODER_BASE_DIM
+        hidden, vae_base, layers = arch21.DIT_HIDDEN, arch21.VAE_DECODER_BASE_DIM, 0  # accel is refused on 2.1
     else:
-        hidden, vae_base = limits.REAL_HIDDEN, limits.REAL_VAE_BASE_DIM
-    estimate = limits.estimate_bytes(
-        batch, height, width, hidden=hidden, vae_base_dim=vae_base,
-        transformer_bytes=bytes_of[DType(cfg.precision.transformer)], vae_bytes=bytes_of[DType(cfg.precision.vae)],
-        cfg_batch=2 if cfg.sampler.cfg > 1 else 1,
-    )
-    limits.check_memory(estimate, device, f"height={height} width={width} batch_size={batch}", ConfigError)
+        hidden, vae_base, layers = limits.REAL_HIDDEN, limits.REAL_VAE_BASE_DIM, limits.REAL_LAYERS
+    width_of = bytes_of[DType(cfg.precision.transformer)]
+    cfg_batch = 2 if cfg.sampler.cfg > 1 else 1
+    estimate = limits.estimate_bytes(batch, height, width, hidden=hidden, vae_base_dim=vae_base,
+                                     transformer_bytes=width_of, vae_bytes=bytes_of[DType(cfg.precision.vae)],
+                                     cfg_batch=cfg_batch)
+    what, fix = f"height={height} width={width} batch_size={batch}", "lower height/width or batch_size"
+    cached = state_bytes(cfg.accel, layers, height * width // 256, hidden, batch * cfg_batch, width_of)
+    if cached:
+        what += f" with accel={cfg.accel.name} (of it {limits.fmt_bytes(cached)} of outputs its hooks keep between steps)"
+        taylor = cfg.accel.method == AccelMethod.taylorseer and cfg.accel.max_order > 1
+        fix += ", or accel=none" + (" or a lower accel.max_order" if taylor else "")
+    limits.check_memory(estimate + cached, device, what, ConfigError, fix)
 
 
 def seeded_parameters(spec) -> int:
