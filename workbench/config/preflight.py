@@ -202,10 +202,10 @@ def weights_message(what: str, need: int, precision, free: int, where: str, recl
             f"{limits.fmt_bytes(free)} free on {where}{freed}")
 
 
-def reclaimable(cfg_or_device, precision=None) -> int:
-    """Bytes of the resident builds a new build on that device would release (0 before any build)."""
+def reclaimable(cfg: Config) -> int:
+    """Bytes of the resident builds building ``cfg`` would release (0 before any build)."""
     built = sys.modules.get("workbench.models.build")  # loaded once this process built a model (not imported here)
-    return built.reclaimable_bytes(cfg_or_device, precision) if built is not None else 0
+    return built.reclaimable_bytes(cfg) if built is not None else 0
 
 
 def check_weights_memory(cfg: Config) -> None:

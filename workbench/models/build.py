@@ -80,15 +80,16 @@ def _others_on(key: tuple, device: str, precision: PrecisionConfig) -> list[tupl
     return [k for k in _CACHE if k != key and _same_device(k, device)]
 
 
-def reclaimable_bytes(cfg_or_device, precision: Optional[PrecisionConfig] = None) -> int:
-    """What the resident builds other than ``cfg``'s hold on its device: building ``cfg`` releases them if needed.
-    Or, given a device and a precision (the model panel, before a config exists), every build resident there."""
-    if isinstance(cfg_or_device, str):
-        key, device = (), cfg_or_device
-    else:
-        cfg = cfg_or_device
-        key, device, precision = _cache_key(cfg.model, cfg.precision, cfg.device, cfg.perf), cfg.device, cfg.precision
-    return sum(_nbytes_of(_CACHE[k]) for k in _others_on(key, device, precision))
+def reclaimable_bytes(cfg: Config) -> int:
+    """What the resident builds other than ``cfg``'s hold on its device: building ``cfg`` releases them if needed."""
+    key = _cache_key(cfg.model, cfg.precision, cfg.device, cfg.perf)
+    return sum(_nbytes_of(_CACHE[k]) for k in _others_on(key, cfg.device, cfg.precision))
+
+
+def resident_bytes_on(device: str, precision: PrecisionConfig) -> int:
+    """What every build resident on ``device`` holds, which a new build at ``precision`` there would release if
+    needed (the model panel, before a config exists)."""
+    return sum(_nbytes_of(_CACHE[k]) for k in _others_on((), device, precision))
 
 
 def _make_room(key: tuple, model: ModelConfig, precision: PrecisionConfig) -> None:

@@ -170,12 +170,14 @@ def weights_bytes(entry: CatalogueEntry, precision: str) -> int:
 def _need_and_room(entry: CatalogueEntry, precision: str, device: str, memory: Optional[str]) -> tuple[int, int, str, int]:
     """(bytes needed, bytes free, where, of it held by resident builds a new one releases): files with an offload
     ``memory`` mode are held in CPU RAM."""
+    import sys
+
     from workbench.config import limits
-    from workbench.config.preflight import reclaimable
 
     offload = not entry.seeded and memory not in (None, "all_on_device")
     free, where = limits.available_memory("cpu" if offload else device)
-    reclaim = 0 if offload else reclaimable(device, precision_config(precision))
+    built = sys.modules.get("workbench.models.build")  # loaded once this process built a model
+    reclaim = 0 if offload or built is None else built.resident_bytes_on(device, precision_config(precision))
     return weights_bytes(entry, precision), free + reclaim, where, reclaim
 
 
