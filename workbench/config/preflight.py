@@ -202,12 +202,6 @@ def weights_message(what: str, need: int, precision, free: int, where: str, recl
             f"{limits.fmt_bytes(free)} free on {where}{freed}")
 
 
-def reclaimable(cfg: Config) -> int:
-    """Bytes of the resident builds building ``cfg`` would release (0 before any build)."""
-    built = sys.modules.get("workbench.models.build")  # loaded once this process built a model (not imported here)
-    return built.reclaimable_bytes(cfg) if built is not None else 0
-
-
 def check_weights_memory(cfg: Config) -> None:
     """A seeded model whose weights alone exceed the device's free memory (``model=random_full``, 28 B
     parameters, on a CPU) is refused before a single weight is drawn."""
@@ -218,7 +212,7 @@ def check_weights_memory(cfg: Config) -> None:
         return  # the same weights are resident and reused: the free memory they take is not needed again
     need = seeded_parameters(cfg.model.tiny) * weight_width(cfg.precision)
     free, where = limits.available_memory(cfg.device)
-    reclaim = reclaimable(cfg)
+    reclaim = built.reclaimable_bytes(cfg) if built is not None else 0  # resident builds building it would release
     if need > free + reclaim:
         raise ConfigError(f"{weights_message(f'model={cfg.model.name}', need, cfg.precision, free + reclaim, where, reclaim)}"
                           "; it is meant for a CUDA GPU with room for them (device=cuda precision=bf16), or use model=tiny")
